@@ -1,0 +1,89 @@
+"""Multi-head self-attention, per head, with every intermediate available.
+
+Axis letters: B batch, S query positions, T key positions, D hidden, N heads, H head size.
+The kernels stay in the tree's [D, D] layout; they are viewed as [D, N, H] (query/key/value) and
+[N, H, D] (output) so that each head's slice is explicit in the einsums.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+import jax.numpy as jnp
+
+from bertjax import capture as C
+from bertjax.config import BertConfig
+from bertjax.nn import dropout, last_axis
+
+# Added to the scores of padded keys. transformers uses the dtype's most negative finite value;
+# we do the same (in float32, where the scores live) so that captured scores match it exactly and a
+# fully padded row softmaxes to a uniform row instead of NaN.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def mask_bias(attention_mask: ArrayLike | None) -> Float[Array, "B 1 1 T"] | None:
+    """0/1 mask [B, T] -> additive float32 bias [B, 1, 1, T] (0 for tokens, MASK_VALUE for padding)."""
+    if attention_mask is None:
+        return None
+    bias = jnp.where(jnp.asarray(attention_mask) != 0, 0.0, MASK_VALUE).astype(jnp.float32)
+    return bias[:, None, None, :]  # [B, 1, 1, T]
+
+
+def _project(params: dict, x: jax.Array, config: BertConfig) -> jax.Array:
+    """One of query/key/value: [B, S, D] -> [B, N, S, H]."""
+    N, H = config.num_attention_heads, config.head_size
+    kernel = params["kernel"].reshape(-1, N, H)  # [D, N, H]
+    return jnp.einsum("BSD,DNH->BNSH", x, kernel) + params["bias"].reshape(1, N, 1, H)
+
+
+def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+              attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
+              head_mask: Float[ArrayLike, "N"] | None = None,
+              patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """Self-attention of one layer, through the output dense (before residual and LayerNorm).
+
+    Args:
+      params: one layer's `attention` subtree (`self/{query,key,value}`, `output/dense`).
+      hidden: float [B, S, D], the layer input.
+      attention_mask: [B, S] with 1 for tokens and 0 for padding, or None.
+      capture: names among attn.q, attn.k, attn.v, attn.scores, attn.probs, attn.context,
+        attn.head_out, attn.out.
+      rng: PRNG key for dropout on the probabilities; None for inference.
+      head_mask: float [N] multiplying each head's probabilities (after dropout), or None.
+      patch: name -> (new, mask) replacing attn.* activations (see `bertjax.capture.Taps`).
+
+    Returns:
+      attn.out, float [B, S, D], and the captured activations (one layer's shapes).
+    """
+    taps = C.taps_for(capture, patch)
+    hidden = jnp.asarray(hidden)
+    q = taps(C.ATTN_Q, _project(params["self"]["query"], hidden, config))  # [B, N, S, H]
+    k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]
+    v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
+    scores = jnp.einsum("BNSH,BNTH->BNST", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(config.head_size))  # [B, N, S, T], float32
+    bias = mask_bias(attention_mask)
+    if bias is not None:
+        scores = scores + bias
+    scores = taps(C.ATTN_SCORES, scores)
+    probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(hidden.dtype))  # [B, N, S, T]
+    weights = dropout(rng, probs, config.attention_probs_dropout_prob)
+    if head_mask is not None:
+        weights = weights * jnp.asarray(head_mask, weights.dtype).reshape(1, -1, 1, 1)
+    context = taps(C.ATTN_CONTEXT, jnp.einsum("BNST,BNTH->BNSH", weights, v))  # [B, N, S, H]
+    return _output(params["output"]["dense"], context, config, taps), taps.acts
+
+
+def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) -> jax.Array:
+    """Output dense over the concatenated heads: [B, N, S, H] -> [B, S, D]; per head on request."""
+    kernel = params["kernel"].reshape(config.num_attention_heads, config.head_size, -1)  # [N, H, D]
+    if taps.wants(C.ATTN_HEAD_OUT):
+        head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,NHD->BNSD", context, kernel))  # [B, N, S, D]
+        out = jnp.sum(head_out, axis=1)  # [B, S, D]
+    else:
+        out = jnp.einsum("BNSH,NHD->BSD", context, kernel)  # [B, S, D]
+    out = out + last_axis(params["bias"], 3)
+    return taps(C.ATTN_OUT, out)

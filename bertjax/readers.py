@@ -1,0 +1,180 @@
+"""Reading PyTorch BERT weights into NumPy without executing untrusted code.
+
+* `.safetensors` is parsed here (header + memory map), without torch, bf16 included (as
+  `ml_dtypes.bfloat16`); every tensor's byte range is checked against the file, so a truncated or
+  corrupted file is reported by name instead of read short.
+* `.bin` is read only with `torch.load(..., weights_only=True)`; a pickle that needs more than
+  plain tensors is refused. torch is imported only here and only for `.bin` files.
+* A sharded checkpoint is read through its `*.index.json` weight map.
+
+Tensors are read lazily: `read_weights` returns a mapping whose values are materialised on access,
+so converting needs about one copy of the checkpoint in memory, not two.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or is not a BERT checkpoint bertjax can convert."""
+
+
+class SafetensorsFile(Mapping):
+    """A read-only, memory-mapped view of one `.safetensors` file: name -> np.ndarray."""
+
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise CheckpointError(f"{path} is not a valid safetensors file (header length {n}, "
+                                      f"file size {size}): corrupted or truncated")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{path} has a corrupted safetensors header: {e}") from None
+        header.pop("__metadata__", None)
+        self._start = 8 + n
+        self._entries = {}
+        for name, info in header.items():
+            try:
+                dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+                shape = tuple(int(s) for s in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or corrupted "
+                                      f"header entry {info!r}") from None
+            if end - begin != int(np.prod(shape)) * dtype.itemsize or begin < 0:
+                raise CheckpointError(f"{path}: tensor {name!r} has a corrupted byte range")
+            if self._start + end > size:
+                raise CheckpointError(f"{path} is truncated: tensor {name!r} ends at byte "
+                                      f"{self._start + end} but the file has {size} bytes")
+            self._entries[name] = (dtype, shape, begin, end)
+        self._map = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype, shape, begin, end = self._entries[name]
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(self._map, dtype, count=int(np.prod(shape)),
+                             offset=self._start + begin).reshape(shape)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def read_bin(path: str) -> dict[str, np.ndarray]:
+    """A pickled PyTorch state dict, read with `torch.load(weights_only=True)` only."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path} is a pickled PyTorch checkpoint and reading it needs torch "
+                              f"(pip install 'bertjax[torch]'), or convert from .safetensors") from None
+    import pickle
+    import zipfile
+
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"refusing to read {path}: it is not a plain tensor checkpoint and "
+                              f"would need full unpickling, which bertjax never does ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path}: corrupted or truncated PyTorch file ({first})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k: _torch_to_numpy(v) for k, v in sd.items()}
+
+
+class _Merged(Mapping):
+    """Several shard mappings seen as one."""
+
+    def __init__(self, parts: list[Mapping]):
+        self._where = {}
+        for part in parts:
+            for name in part:
+                self._where[name] = part
+
+    def __getitem__(self, name):
+        return self._where[name][name]
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+
+def read_index(path: str) -> Mapping[str, np.ndarray]:
+    """A sharded checkpoint through its `*.index.json` (safetensors or .bin shards)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid sharded-checkpoint index ({e})") from None
+    folder = os.path.dirname(path)
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.exists(os.path.join(folder, s))]
+    if missing:
+        raise CheckpointError(f"{path} lists shard(s) that are not there: {', '.join(missing)}")
+    merged = _Merged([read_weights(os.path.join(folder, s)) for s in shards])
+    absent = sorted(set(weight_map) - set(merged))
+    if absent:
+        raise CheckpointError(f"{path}: tensors listed in the index are missing from the shards: "
+                              f"{', '.join(absent[:5])}")
+    return merged
+
+
+def read_weights(path: str) -> Mapping[str, np.ndarray]:
+    """name -> array for a `.safetensors`, `.bin` or `*.index.json` file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no weights file at {path}")
+    if path.endswith(".index.json"):
+        return read_index(path)
+    if path.endswith(".safetensors"):
+        return SafetensorsFile(path)
+    if path.endswith((".bin", ".pt", ".pth")):
+        return read_bin(path)
+    raise CheckpointError(f"{path}: unknown weights format (expected .safetensors, .bin or an "
+                          f"*.index.json of shards)")

