@@ -57,7 +57,7 @@ SHAPES = {
 }
 
 
-def resolve(capture: str | Iterable[str] | None, *, has_pooler: bool = True,
+def resolve(capture: str | Iterable | None, *, has_pooler: bool = True,
             has_mlm: bool = True) -> frozenset[str]:
     """Expands a capture request into the frozenset of contract names it means.
 

@@ -42,7 +42,11 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
         token_type_ids = jnp.zeros((B, S), jnp.int32)
     if position_ids is None:
         position_ids = jnp.arange(S, dtype=jnp.int32)
-    word = taps(C.EMBED_WORD, params["word_embeddings"]["embedding"][input_ids])  # [B, S, D]
+    word = params["word_embeddings"]["embedding"][input_ids]  # [B, S, D]
+    # As torch's nn.Embedding(padding_idx=pad_token_id): the [PAD] row gets no gradient from the
+    # lookup (values unchanged; the tied MLM decoder still trains it).
+    is_pad = (input_ids == config.pad_token_id)[..., None]  # [B, S, 1]
+    word = taps(C.EMBED_WORD, jnp.where(is_pad, jax.lax.stop_gradient(word), word))
     token_type = taps(C.EMBED_TOKEN_TYPE,
                       params["token_type_embeddings"]["embedding"][token_type_ids])  # [B, S, D]
     position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 from jax.typing import ArrayLike
@@ -31,8 +32,9 @@ class BertOutput:
       acts: activation name -> array, exactly the names asked for ({} for capture=()).
     """
 
-    last_hidden_state: jax.Array
-    pooler_output: jax.Array | None
+    # Any, not jax.Array: as a pytree its leaves may also be tracers, ShapeDtypeStructs or specs.
+    last_hidden_state: Any
+    pooler_output: Any
     acts: dict
 
 

@@ -1,0 +1,51 @@
+"""Attention on hand-computed numbers: the mask bias matrix and a 2-token, 2-head example."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+import bertjax
+from bertjax.attention import MASK_VALUE, mask_bias
+
+
+def test_mask_bias_is_explicit():
+    bias = np.asarray(mask_bias(jnp.array([[1, 1, 0], [1, 0, 0]])))
+    np.testing.assert_array_equal(bias[:, 0, 0], [[0, 0, MASK_VALUE], [0, MASK_VALUE, MASK_VALUE]])
+    assert bias.shape == (2, 1, 1, 3) and MASK_VALUE <= -1e4
+
+
+def _eye_layer(d):
+    dense = {"kernel": jnp.eye(d), "bias": jnp.zeros(d)}
+    return {"self": {"query": dense, "key": dense, "value": dense}, "output": {"dense": dense}}
+
+
+def test_two_heads_by_hand():
+    # D=4, N=2, H=2, identity projections: head 0 sees dims 0-1, head 1 dims 2-3.
+    config = bertjax.BertConfig(vocab_size=5, hidden_size=4, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=3)
+    x = jnp.array([[[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 2.0]]])  # [B=1, S=2, D=4]
+    out, acts = bertjax.attention(_eye_layer(4), x, config, capture="all")
+    s = 1 / math.sqrt(2)
+    # head 0: q = k = v = [[1, 0], [0, 1]] -> scores [[s, 0], [0, s]]
+    # head 1: q = k = v = [[2, 0], [0, 2]] -> scores [[4s, 0], [0, 4s]]
+    np.testing.assert_allclose(acts["attn.scores"][0, 0], [[s, 0], [0, s]], rtol=1e-6)
+    np.testing.assert_allclose(acts["attn.scores"][0, 1], [[4 * s, 0], [0, 4 * s]], rtol=1e-6)
+    p0, p1 = 1 / (1 + math.exp(-s)), 1 / (1 + math.exp(-4 * s))
+    np.testing.assert_allclose(acts["attn.probs"][0, 0], [[p0, 1 - p0], [1 - p0, p0]], rtol=1e-6)
+    np.testing.assert_allclose(acts["attn.context"][0, 1], [[2 * p1, 2 - 2 * p1],
+                                                            [2 - 2 * p1, 2 * p1]], rtol=1e-6)
+    want = [[p0, 1 - p0, 2 * p1, 2 - 2 * p1], [1 - p0, p0, 2 - 2 * p1, 2 * p1]]
+    np.testing.assert_allclose(out[0], want, rtol=1e-6)
+    np.testing.assert_allclose(acts["attn.head_out"][0, 0, :, 2:], 0.0)  # head 0 writes dims 0-1
+
+
+def test_padded_key_gets_no_attention():
+    config = bertjax.BertConfig(vocab_size=5, hidden_size=4, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=3)
+    x = jnp.arange(12, dtype=jnp.float32).reshape(1, 3, 4) / 10
+    _, acts = bertjax.attention(_eye_layer(4), x, config, jnp.array([[1, 1, 0]]), "attn.probs")
+    np.testing.assert_array_equal(acts["attn.probs"][0, :, :, 2], 0.0)
+    np.testing.assert_allclose(acts["attn.probs"][0].sum(-1), 1.0, rtol=1e-6)
