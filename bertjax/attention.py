@@ -63,18 +63,42 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
     q = taps(C.ATTN_Q, _project(params["self"]["query"], hidden, config))  # [B, N, S, H]
     k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]
     v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
+    bias = mask_bias(attention_mask)
+    active = rng is not None and config.attention_probs_dropout_prob > 0.0
+    if taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active or head_mask is not None:
+        context = _context(q, k, v, bias, config, taps, rng, head_mask)
+    else:
+        context = _fused_context(q, k, v, bias)
+    context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
+    return _output(params["output"]["dense"], context, config, taps), taps.acts
+
+
+def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+             config: BertConfig, taps: C.Taps, rng: jax.Array | None,
+             head_mask: ArrayLike | None) -> jax.Array:
+    """probs @ v step by step, through the attn.scores and attn.probs taps: [B, N, S, H]."""
     scores = jnp.einsum("BNSH,BNTH->BNST", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(config.head_size))  # [B, N, S, T], float32
-    bias = mask_bias(attention_mask)
     if bias is not None:
         scores = scores + bias
     scores = taps(C.ATTN_SCORES, scores)
-    probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(hidden.dtype))  # [B, N, S, T]
+    probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(q.dtype))  # [B, N, S, T]
     weights = dropout(rng, probs, config.attention_probs_dropout_prob)
     if head_mask is not None:
         weights = weights * jnp.asarray(head_mask, weights.dtype).reshape(1, -1, 1, 1)
-    context = taps(C.ATTN_CONTEXT, jnp.einsum("BNST,BNTH->BNSH", weights, v))  # [B, N, S, H]
-    return _output(params["output"]["dense"], context, config, taps), taps.acts
+    return jnp.einsum("BNST,BNTH->BNSH", weights, v)  # [B, N, S, H]
+
+
+def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
+    captured or patched and there is no dropout or head mask (cuDNN's fused kernel on GPU).
+
+    Same float32 arithmetic as `_context`: scaled scores plus the same additive bias, float32
+    softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
+    """
+    to_bsnh = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, S, H] <-> [B, S, N, H]
+    context = jax.nn.dot_product_attention(to_bsnh(q), to_bsnh(k), to_bsnh(v), bias=bias)
+    return to_bsnh(context)  # [B, N, S, H]
 
 
 def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) -> jax.Array:

@@ -80,12 +80,14 @@ class BertConfig:
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
                 f"BertConfig.hidden_act={self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+            if value is not None and not (_is_number(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value > 0):
+                raise ValueError(f"BertConfig.{name} must be a number > 0, got {value!r}")
         if self.id2label and len(self.id2label) != self.num_labels:
             raise ValueError(f"BertConfig.id2label has {len(self.id2label)} names but "
                              f"num_labels={self.num_labels}")
@@ -110,15 +112,13 @@ class BertConfig:
         bad = [f"{k}={d[k]!r}" for k, ok in _UNSUPPORTED.items() if k in d and d[k] not in ok]
         if bad:
             raise ValueError(f"unsupported BERT config feature(s): {', '.join(bad)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields and k != "id2label"}
-        id2label = d.get("id2label")
-        if isinstance(id2label, dict) and id2label:
-            names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-            kwargs["id2label"] = names
+        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "id2label"}
+        kwargs = {k: _coerce(k, v, types[k]) for k, v in d.items() if k in types}
+        names = _label_names(d.get("id2label"))
+        if names:
             kwargs.setdefault("num_labels", len(names))
-        elif isinstance(id2label, (list, tuple)) and id2label:
-            kwargs["id2label"] = tuple(str(x) for x in id2label)
+            if names != _default_labels(len(names)):  # transformers' LABEL_i names mean unnamed
+                kwargs["id2label"] = names
         return cls(**kwargs)
 
     @classmethod
@@ -143,7 +143,7 @@ class BertConfig:
         d = dataclasses.asdict(self)
         d.pop("id2label")
         d.pop("num_labels")
-        labels = self.id2label or tuple(f"LABEL_{i}" for i in range(self.num_labels))
+        labels = self.id2label or _default_labels(self.num_labels)
         d["id2label"] = {str(i): name for i, name in enumerate(labels)}
         d["label2id"] = {name: i for i, name in enumerate(labels)}
         d["model_type"] = "bert"
@@ -154,3 +154,37 @@ class BertConfig:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def _coerce(name: str, value, kind: str):
+    """A JSON value as the field's type (an int is a valid float); ValueError naming the field."""
+    if kind in ("float", "float | None") and _is_number(value):
+        return float(value)
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float | None": value is None, "str": isinstance(value, str),
+          "bool": isinstance(value, bool)}.get(kind, False)
+    if not ok:
+        raise ValueError(f"BertConfig.{name} must be of type {kind}, got {value!r}")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _default_labels(n: int) -> tuple[str, ...]:
+    """transformers' names for unnamed labels: LABEL_0 .. LABEL_{n-1}."""
+    return tuple(f"LABEL_{i}" for i in range(n))
+
+
+def _label_names(id2label) -> tuple[str, ...]:
+    """Label names in id order from a config's id2label (a dict keyed by id, or a list)."""
+    if isinstance(id2label, dict) and id2label:
+        try:
+            order = sorted(id2label, key=int)
+        except (TypeError, ValueError):
+            raise ValueError(f"config id2label keys must be label ids, got {sorted(id2label)!r}") from None
+        return tuple(str(id2label[k]) for k in order)
+    if isinstance(id2label, (list, tuple)):
+        return tuple(str(x) for x in id2label)
+    return ()

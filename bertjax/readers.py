@@ -7,15 +7,17 @@
   plain tensors is refused. torch is imported only here and only for `.bin` files.
 * A sharded checkpoint is read through its `*.index.json` weight map.
 
-Tensors are read lazily: `read_weights` returns a mapping whose values are materialised on access,
-so converting needs about one copy of the checkpoint in memory, not two.
+Tensors are read lazily: `read_weights` returns a mapping whose values are read from disk on access,
+each into a fresh array (plain reads, not a memory map: the touched pages of a map would stay resident
+for the whole conversion, on top of the converted copies), so converting holds about one copy of the
+checkpoint in memory, not two. `shape_of` gives a tensor's shape without reading it.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
+import re
 import struct
 from collections.abc import Iterator, Mapping
 
@@ -68,18 +70,26 @@ class SafetensorsFile(Mapping):
                 raise CheckpointError(f"{path} is truncated: tensor {name!r} ends at byte "
                                       f"{self._start + end} but the file has {size} bytes")
             self._entries[name] = (dtype, shape, begin, end)
-        self._map = None
 
     def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor, read from disk into a new (writable, aligned) array."""
         dtype, shape, begin, end = self._entries[name]
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return np.frombuffer(self._map, dtype, count=int(np.prod(shape)),
-                             offset=self._start + begin).reshape(shape)
+        array = np.empty(shape, dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            got = f.readinto(array.reshape(-1).view(np.uint8))
+        if got != end - begin:
+            raise CheckpointError(f"{self.path} is truncated: tensor {name!r} is cut short")
+        return array
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entries[name][1]
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._entries[name][0]
+
+    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+        return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -88,12 +98,56 @@ class SafetensorsFile(Mapping):
         return len(self._entries)
 
 
+def shape_of(state: Mapping, name: str) -> tuple[int, ...]:
+    """The shape of `state[name]`, without reading the tensor when the mapping is lazy."""
+    if callable(getattr(state, "shape", None)):
+        return tuple(state.shape(name))
+    return tuple(np.shape(state[name]))
+
+
+def dtype_of(state: Mapping, name: str) -> np.dtype:
+    """The dtype of `state[name]`, without reading the tensor when the mapping is lazy."""
+    if callable(getattr(state, "dtype", None)):
+        return np.dtype(state.dtype(name))
+    return np.dtype(state[name].dtype)
+
+
 def _torch_to_numpy(t) -> np.ndarray:
     import torch
 
     if t.dtype == torch.bfloat16:
         return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
+
+
+def _unpickling_error(path: str, error: Exception) -> CheckpointError:
+    """One line for torch's weights_only refusal: a forbidden global (refused on purpose) or an
+    unreadable pickle stream (a corrupted file)."""
+    text = str(error)
+    forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if forbidden:
+        return CheckpointError(
+            f"refusing to read {path}: it holds {forbidden.group(1)}, which only full unpickling "
+            f"(arbitrary code) could build, and bertjax reads .bin files with weights_only=True")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return CheckpointError(f"cannot read {path}: corrupted or not a PyTorch checkpoint "
+                           f"({detail.group(1).strip() if detail else _first_line(error)})")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _torch_load(path: str):
+    """torch.load(weights_only=True), memory-mapped when the file format allows it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # the legacy (non-zip) format cannot be mapped
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_bin(path: str) -> dict[str, np.ndarray]:
@@ -107,20 +161,13 @@ def read_bin(path: str) -> dict[str, np.ndarray]:
     import zipfile
 
     try:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = _torch_load(path)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"refusing to read {path}: it is not a plain tensor checkpoint and "
-                              f"would need full unpickling, which bertjax never does ({first})") from None
+        raise _unpickling_error(path, e) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: corrupted or truncated PyTorch file ({first})") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        raise CheckpointError(f"cannot read {path}: corrupted or truncated PyTorch file "
+                              f"({_first_line(e)})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
@@ -138,6 +185,15 @@ class _Merged(Mapping):
 
     def __getitem__(self, name):
         return self._where[name][name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return shape_of(self._where[name], name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return dtype_of(self._where[name], name)
+
+    def __contains__(self, name) -> bool:
+        return name in self._where
 
     def __iter__(self):
         return iter(self._where)

@@ -21,9 +21,13 @@ OFFLINE_PACKAGES = {
 }
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-# Weight files of a model folder, in order of preference.
-WEIGHT_FILES = ("flax_model.msgpack", "model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
+# PyTorch weight files of a model folder or hub repo, in order of preference (safetensors needs no
+# torch and runs no pickle).
+PYTORCH_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
+# Weight files of a local folder, in order of preference: the PyTorch weights (the reference a
+# conversion can be verified against), then a Flax msgpack (a bertjax folder, or transformers 4.x's).
+WEIGHT_FILES = (*PYTORCH_WEIGHT_FILES, "flax_model.msgpack")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _HUB_PATTERNS = ["config.json", *TOKENIZER_FILES]
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".msgpack", ".pt", ".pth")
@@ -82,10 +86,10 @@ def _download(hub_id: str) -> str:
         files = {s.rfilename for s in hf.model_info(hub_id).siblings or ()}
     except Exception:  # noqa: BLE001  (offline or unreachable: a cached snapshot may still do)
         return hf.snapshot_download(hub_id, local_files_only=True)
-    weights = next((name for name in WEIGHT_FILES[1:] if name in files), None)
+    weights = next((name for name in PYTORCH_WEIGHT_FILES if name in files), None)
     if weights is None:
         raise CheckpointError(f"{hub_id} on the hub has no PyTorch BERT weights "
-                              f"(looked for {', '.join(WEIGHT_FILES[1:])})")
+                              f"(looked for {', '.join(PYTORCH_WEIGHT_FILES)})")
     patterns = [*_HUB_PATTERNS, weights]
     if weights.endswith(".index.json"):
         patterns.append(weights.replace(".index.json", "").replace(".", "-*-of-*.", 1))

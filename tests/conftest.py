@@ -52,7 +52,10 @@ def make_checkpoint(folder, model_class: str = "BertModel", safe: bool = True, s
     torch.manual_seed(seed)
     model = getattr(transformers, model_class)(cfg, **extra)
     model.eval()
-    model.save_pretrained(folder, safe_serialization=safe)
+    model.save_pretrained(folder)
+    if not safe:  # transformers 5 always writes safetensors: write the pickled .bin of older versions
+        os.remove(os.path.join(folder, "model.safetensors"))
+        torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))
     return str(folder)
 
 

@@ -24,6 +24,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertjax.checkpoint import convert_checkpoint
 
+    if args.verify:  # fail before converting, not after
+        from bertjax.verify import require_reference
+
+        require_reference()
     summary = convert_checkpoint(args.src, args.out, args.dtype, args.force, args.config)
     heads = [name for name, present in summary["heads"].items() if present]
     print(f"converted {summary['source']}")
@@ -36,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from bertjax.verify import verify_conversion
 
-        return verify_conversion(summary["out"], args.src, args.config)
+        return verify_conversion(summary["out"], args.src, args.config, summary["dtype"])
     return 0
