@@ -1,4 +1,4 @@
-"""Heads on top of the encoder: the pooler, the MLM head and the sequence classifier."""
+"""Heads on top of the encoder: the pooler, the MLM head and the sequence and token classifiers."""
 
 from __future__ import annotations
 
@@ -58,5 +58,16 @@ def mlm_logits(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConf
 def classifier_logits(params: dict, pooled: Float[ArrayLike, "B D"], config: BertConfig,
                       rng: jax.Array | None = None) -> Float[Array, "B C"]:
     """Sequence classification head: dropout then `classifier` dense, [B, D] -> [B, C]."""
-    rate = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
-    return dense(subtree(params, "classifier"), dropout(rng, pooled, rate))
+    return dense(subtree(params, "classifier"), dropout(rng, pooled, _classifier_rate(config)))
+
+
+def token_classifier_logits(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+                            rng: jax.Array | None = None) -> Float[Array, "B S C"]:
+    """Token classification head (transformers' BertForTokenClassification): dropout then the
+    `classifier` dense at every position, [B, S, D] -> [B, S, C]."""
+    return dense(subtree(params, "classifier"), dropout(rng, hidden, _classifier_rate(config)))
+
+
+def _classifier_rate(config: BertConfig) -> float:
+    """Dropout before a classifier: classifier_dropout, or hidden_dropout_prob when None."""
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
