@@ -1,0 +1,394 @@
+"""`bertjax extract`: a corpus through BERT, its activations written to disk, resumable at any moment.
+
+The input (`.txt`, one text a line, or `.jsonl` with a text field and an optional pair field) is
+streamed in fixed chunks of `chunk_size` lines. Each chunk is tokenized, grouped by length into
+buckets (`bertjax.buckets`, so a few shapes compile), run data parallel over the devices
+(`bertjax.sharding`; layer selection and pooling run on the devices), stripped of padding and
+committed: its shard is written to a temporary name, fsynced and renamed, and only then its manifest
+file, the same way. A chunk therefore counts as done exactly when its manifest exists; a run killed
+at any moment (kill -9) and started again with the same command skips the committed chunks and
+redoes the rest, and the folder ends up identical to an uninterrupted run's. `extract.json` keeps
+the command's parameters; another command on the same OUT is refused. Memory is bounded by one
+chunk (its tokens and its activations), never by the corpus. The format is described in
+`bertjax.store`, whose `ActivationStore` reads it.
+
+Bad input: empty (or all-blank) lines are skipped and counted; a line that is not UTF-8 (or, in
+.jsonl, not a JSON object with a string text field) stops the run with its line number, or is skipped
+and counted with `skip_invalid`; texts longer than `max_length` tokens are truncated and counted.
+Multi-host: chunk k is processed by process k % process_count, each on its local devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import save as safetensors_bytes
+
+from bertjax import capture as C
+from bertjax.buckets import bucket_lengths, pad_batch
+from bertjax.encoder import stack_layers
+from bertjax.params import Heads
+from bertjax.sharding import make_mesh, replicate, shard_batch, sharded_forward
+from bertjax.store import (MANIFEST, META_FILE, SHARDS, SUMMARY_FILE, array_layout,
+                           manifest_path, read_json, shard_name)
+
+REDUCE = ("none", "mean", "cls")
+_SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What `bertjax extract` was asked to do (all of it but `out` identifies the command)."""
+
+    input: str
+    out: str
+    capture: tuple[str, ...]
+    model: str | None = None
+    layers: tuple[int, ...] | None = None  # None: every layer
+    batch_size: int = 32
+    max_length: int | None = None  # None: min(512, max_position_embeddings)
+    reduce: str = "none"
+    dtype: str = "float32"
+    chunk_size: int = 256  # lines per committed chunk (and so per shard)
+    text_field: str = "text"
+    pair_field: str = "text_pair"
+    skip_invalid: bool = False
+
+
+@dataclasses.dataclass
+class Line:
+    number: int  # 1-based
+    text: str | None = None  # None for a skipped line
+    pair: str | None = None
+    skipped: str | None = None  # "empty" or "invalid"
+
+
+def _parse_jsonl(text: str, number: int, opts: Options) -> Line:
+    record = json.loads(text)
+    if not isinstance(record, dict) or not isinstance(record.get(opts.text_field), str):
+        raise ValueError(f"no string field {opts.text_field!r}")
+    pair = record.get(opts.pair_field)
+    if pair is not None and not isinstance(pair, str):
+        raise ValueError(f"field {opts.pair_field!r} is not a string")
+    if not record[opts.text_field].strip():
+        return Line(number, skipped="empty")
+    return Line(number, record[opts.text_field], pair)
+
+
+def parse_line(raw: bytes, number: int, jsonl: bool, opts: Options) -> Line:
+    """One input line: its text (and pair), or why it is skipped.
+
+    Raises:
+      ValueError: a line that is not UTF-8 or not a valid record, unless opts.skip_invalid.
+    """
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+        if not text.strip():
+            return Line(number, skipped="empty")
+        return _parse_jsonl(text, number, opts) if jsonl else Line(number, text)
+    except ValueError as e:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+        if opts.skip_invalid:
+            return Line(number, skipped="invalid")
+        what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not a valid record"
+        raise ValueError(f"{opts.input}, line {number}: {what} ({e}); fix it, or pass "
+                         f"--skip-invalid to skip and count such lines") from None
+
+
+def read_chunks(opts: Options) -> Iterator[list[Line]]:
+    """The input in chunks of `chunk_size` lines, streamed."""
+    jsonl = opts.input.endswith((".jsonl", ".json"))
+    with open(opts.input, "rb") as f:
+        numbered = enumerate(f, start=1)
+        while chunk := list(itertools.islice(numbered, opts.chunk_size)):
+            yield [parse_line(raw, n, jsonl, opts) for n, raw in chunk]
+
+
+@dataclasses.dataclass
+class Example:
+    line: int
+    ids: list[int]
+    types: list[int]
+    truncated: bool
+
+
+def _encode(tokenizer, lines: list[Line], max_length: int, truncation: bool) -> list[dict]:
+    texts, pairs = [x.text for x in lines], [x.pair for x in lines]
+    kwargs = dict(truncation=truncation, max_length=max_length if truncation else None)
+    enc = tokenizer(texts, pairs if lines[0].pair is not None else None, **kwargs)
+    return [{"ids": i, "types": t} for i, t in zip(enc["input_ids"], enc["token_type_ids"])]
+
+
+def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
+    """Token ids and types of the lines, in order; texts over max_length tokens are truncated."""
+    kept = [x for x in lines if x.skipped is None]
+    out = {}
+    for has_pair, group in itertools.groupby(sorted(kept, key=lambda x: x.pair is None),
+                                             key=lambda x: x.pair is None):
+        group = list(group)
+        encoded = _encode(tokenizer, group, max_length, truncation=False)
+        long = [x for x, e in zip(group, encoded) if len(e["ids"]) > max_length]
+        shortened = dict(zip([x.number for x in long],
+                             _encode(tokenizer, long, max_length, True) if long else []))
+        for x, e in zip(group, encoded):
+            e = shortened.get(x.number, e)
+            out[x.number] = Example(x.number, e["ids"], e["types"], x.number in shortened)
+    return [out[x.number] for x in kept]
+
+
+def _post(names: frozenset[str], layers: tuple[int, ...], reduce: str, dtype):
+    """The on-device step after forward: select layers, batch axis first, S second or pooled."""
+    def post(out, attention_mask):
+        result = {}
+        for name in sorted(names):
+            a, letters = out.acts[name], C.SHAPES[name].split()
+            if name in C.LAYER_NAMES:
+                a = a[np.asarray(layers)]
+            a = jnp.moveaxis(a, letters.index("B"), 0)  # [B, ...rest]
+            letters = ["B"] + [x for x in letters if x != "B"]
+            if "S" in letters:
+                a = _pool(a, letters.index("S"), attention_mask, reduce)
+            result[name] = a.astype(dtype)
+        return result
+    return post
+
+
+def _pool(a, axis: int, attention_mask, reduce: str):
+    """[B, ..., S, ...] -> [B, S, ...] (none), or the mean over real tokens / position 0."""
+    if reduce == "none":
+        return jnp.moveaxis(a, axis, 1)
+    if reduce == "cls":
+        return jnp.take(a, 0, axis=axis)
+    shape = [1] * a.ndim
+    shape[0], shape[axis] = attention_mask.shape
+    w = attention_mask.reshape(shape).astype(jnp.float32)
+    return (a.astype(jnp.float32) * w).sum(axis) / jnp.maximum(w.sum(axis), 1.0)
+
+
+def _strip(row: np.ndarray, layout: dict, length: int) -> np.ndarray:
+    """One example's row of a batch output with every length axis cut to its tokens, flattened."""
+    cut = tuple(slice(0, length) if d == "S" else slice(None) for d in layout["shape"])
+    return np.ascontiguousarray(row[cut]).ravel()
+
+
+@dataclasses.dataclass
+class _Model:
+    """Everything a chunk needs: the sharded program, its inputs' padding and the output layouts."""
+
+    run: object
+    params: dict
+    mesh: object
+    tokenizer: object
+    buckets: tuple[int, ...]
+    rows: int  # padded batch size, a multiple of the devices on the "batch" axis
+    pad_id: int
+    layouts: dict
+    max_length: int
+
+
+def _batches(examples: list[Example], model: _Model) -> Iterator[list[int]]:
+    """Indices of examples grouped by bucket, in batches of at most `rows` (deterministic)."""
+    from bertjax.buckets import bucket_for
+
+    def bucket(i):
+        return bucket_for(len(examples[i].ids), model.buckets)
+
+    order = sorted(range(len(examples)), key=lambda i: (bucket(i), i))
+    for _, group in itertools.groupby(order, key=bucket):
+        group = list(group)
+        for start in range(0, len(group), model.rows):
+            yield group[start: start + model.rows]
+
+
+def _run_batch(model: _Model, batch: list[Example]) -> dict[str, np.ndarray]:
+    ids, mask = pad_batch([e.ids for e in batch], model.buckets, model.pad_id, model.rows)
+    types, _ = pad_batch([e.types for e in batch], model.buckets, 0, model.rows)
+    (ids, mask, types), _ = shard_batch(model.mesh, ids, mask, types)
+    return jax.device_get(model.run(model.params, ids, mask, types))
+
+
+def run_chunk(model: _Model, examples: list[Example], bar) -> dict[str, np.ndarray]:
+    """name -> flat 1-D array: the examples' stored arrays concatenated in input order."""
+    flats = {name: [None] * len(examples) for name in model.layouts}
+    for batch in _batches(examples, model):
+        outputs = _run_batch(model, [examples[i] for i in batch])
+        for name, layout in model.layouts.items():
+            for row, i in enumerate(batch):
+                flats[name][i] = _strip(outputs[name][row], layout, len(examples[i].ids))
+        bar.update(len(batch))
+    return {name: np.concatenate(parts) for name, parts in flats.items()} if examples else {}
+
+
+def _atomic_write(path: str, data: bytes, tag: str) -> None:
+    """Writes to a temporary name, fsyncs, renames over `path`, fsyncs the folder."""
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".tmp-{tag}-{os.path.basename(path)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(out: str, k: int, lines: list[Line], examples: list[Example],
+           arrays: dict[str, np.ndarray], tag: str) -> dict:
+    """Writes chunk k's shard, then its manifest (the commit point). Returns its counts."""
+    shard = shard_name(k) if examples else None
+    if shard:
+        _atomic_write(os.path.join(out, shard), safetensors_bytes(arrays), tag)
+    counts = {"written": len(examples), "truncated": sum(e.truncated for e in examples),
+              "empty": sum(x.skipped == "empty" for x in lines),
+              "invalid": sum(x.skipped == "invalid" for x in lines)}
+    records = [{"line": e.line, "offset": row, "length": len(e.ids), "truncated": e.truncated,
+                "tokens": e.ids} for row, e in enumerate(examples)]
+    manifest = {"chunk": k, "lines": [lines[0].number, lines[-1].number], "shard": shard,
+                "counts": counts, "examples": records}
+    _atomic_write(manifest_path(out, k), json.dumps(manifest).encode(), tag)
+    return counts
+
+
+def check_request(opts: Options) -> None:
+    """Checks what can be checked before loading anything (names, options, files)."""
+    if not opts.capture:
+        raise ValueError("--capture needs at least one activation name (or 'all')")
+    C.resolve(opts.capture)  # unknown names: the message lists the valid ones
+    if opts.reduce not in REDUCE:
+        raise ValueError(f"--reduce must be one of {', '.join(REDUCE)}, got {opts.reduce!r}")
+    if opts.dtype not in _SAFETENSORS_DTYPE:
+        raise ValueError(f"--dtype must be float32 or bfloat16, got {opts.dtype!r}")
+    if opts.batch_size < 1 or opts.chunk_size < 1:
+        raise ValueError(f"--batch-size ({opts.batch_size}) and --chunk-size ({opts.chunk_size}) "
+                         f"must be >= 1")
+    if not os.path.isfile(opts.input):
+        raise ValueError(f"input file {opts.input} does not exist")
+    if os.path.isdir(opts.out) and os.listdir(opts.out) and \
+            not os.path.isfile(os.path.join(opts.out, META_FILE)):
+        raise ValueError(f"{opts.out} exists and is not a bertjax extract folder (no {META_FILE}); "
+                         f"choose another --out")
+
+
+def resolve_request(opts: Options, config, heads: Heads) -> tuple[frozenset, tuple, int]:
+    """The capture names, the selected layers and max_length, checked against the model."""
+    names = C.resolve(opts.capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    L = config.num_hidden_layers
+    layers = tuple(range(L)) if opts.layers is None else tuple(opts.layers)
+    bad = [i for i in layers if not 0 <= i < L]
+    if bad or not layers:
+        raise ValueError(f"--layers {','.join(map(str, bad or layers))} out of range: this model "
+                         f"has {L} layers, 0..{L - 1}")
+    max_length = opts.max_length or min(512, config.max_position_embeddings)
+    if not 2 <= max_length <= config.max_position_embeddings:
+        raise ValueError(f"--max-length must be in [2, {config.max_position_embeddings}] "
+                         f"(max_position_embeddings), got {max_length}")
+    return names, layers, max_length
+
+
+def describe(opts: Options, config, names, layers, max_length) -> dict:
+    """extract.json: the command (compared on resume) and each name's stored layout."""
+    from bertjax.sources import DEFAULT_MODEL
+
+    command = {"model": opts.model or DEFAULT_MODEL, "input": os.path.abspath(opts.input),
+               "input_bytes": os.path.getsize(opts.input), "capture": sorted(names),
+               "layers": list(layers), "max_length": max_length, "reduce": opts.reduce,
+               "dtype": opts.dtype, "batch_size": opts.batch_size, "chunk_size": opts.chunk_size,
+               "text_field": opts.text_field, "pair_field": opts.pair_field,
+               "skip_invalid": opts.skip_invalid}
+    arrays = {name: {**array_layout(name, config, len(layers), opts.reduce),
+                     "dtype": _SAFETENSORS_DTYPE[opts.dtype]} for name in sorted(names)}
+    return {"format": 1, "command": command, "arrays": arrays}
+
+
+def prepare_out(out: str, meta: dict, tag: str) -> None:
+    """Creates OUT with extract.json, or checks that OUT was made by the same command."""
+    path = os.path.join(out, META_FILE)
+    if os.path.isfile(path):
+        old = read_json(path)["command"]
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in meta["command"].items()
+                 if old.get(k) != v]
+        if diffs:
+            raise ValueError(f"{out} was made by a different command ({'; '.join(diffs)}); "
+                             f"rerun the same command to resume it, or choose another --out")
+    else:
+        for sub in (SHARDS, MANIFEST):
+            os.makedirs(os.path.join(out, sub), exist_ok=True)
+        _atomic_write(path, json.dumps(meta, indent=1).encode(), tag)
+    for sub in (SHARDS, MANIFEST):  # leftovers of a killed run of this process
+        for name in os.listdir(os.path.join(out, sub)):
+            if name.startswith(f".tmp-{tag}-"):
+                os.remove(os.path.join(out, sub, name))
+
+
+def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> _Model:
+    """The sharded program over `devices` (default: this process's local devices)."""
+    if pre.tokenizer is None:
+        raise ValueError(f"model {opts.model} has no tokenizer files (vocab.txt or tokenizer.json)")
+    mesh = make_mesh(jax.local_devices() if devices is None else devices)
+    params = replicate(mesh, stack_layers(pre.params))
+    post = _post(names, layers, opts.reduce, jnp.dtype(opts.dtype))
+    run = sharded_forward(mesh, params, pre.config, names, post=post)
+    per = mesh.shape["batch"]
+    rows = -(-opts.batch_size // per) * per
+    pad_id = pre.tokenizer.pad_token_id or 0
+    layouts = {name: array_layout(name, pre.config, len(layers), opts.reduce) for name in names}
+    return _Model(run, params, mesh, pre.tokenizer, bucket_lengths(max_length), rows, pad_id,
+                  layouts, max_length)
+
+
+def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
+            progress: bool = True) -> dict:
+    """Runs (or resumes) an extraction; returns the closing summary's counts.
+
+    Args:
+      devices: the devices to shard over (default: this process's local devices).
+      process: (index, count); this process does the chunks k with k % count == index
+        (default: jax.process_index(), jax.process_count()).
+    """
+    from tqdm import tqdm
+
+    from bertjax.pretrained import load_pretrained
+
+    start = time.perf_counter()
+    check_request(opts)
+    pre = load_pretrained(opts.model, jnp.dtype(opts.dtype))
+    names, layers, max_length = resolve_request(opts, pre.config, Heads.of(pre.params))
+    index, count = process or (jax.process_index(), jax.process_count())
+    tag = f"p{index}"
+    prepare_out(opts.out, describe(opts, pre.config, names, layers, max_length), tag)
+    model = build_model(opts, pre, names, layers, max_length, devices)
+    totals = dict.fromkeys(("written", "truncated", "empty", "invalid"), 0)
+    new = 0
+    with tqdm(desc="extract", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
+        for k, lines in enumerate(read_chunks(opts)):
+            done = manifest_path(opts.out, k)
+            if k % count != index:
+                continue
+            if os.path.isfile(done):
+                counts = read_json(done)["counts"]
+            else:
+                examples = tokenize(model.tokenizer, lines, max_length)
+                counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag)
+                new += counts["written"]
+            totals = {key: totals[key] + counts[key] for key in totals}
+    seconds = time.perf_counter() - start
+    summary = {**totals, "this_run": new, "seconds": seconds, "examples_per_s": new / seconds}
+    name = SUMMARY_FILE if count == 1 else f"summary-{tag}.json"
+    _atomic_write(os.path.join(opts.out, name), json.dumps(summary).encode(), tag)
+    return summary
+
+
+def summary_line(out: str, s: dict) -> str:
+    return (f"extract: {s['written']} examples in {out} ({s['this_run']} this run), "
+            f"{s['truncated']} truncated, skipped {s['empty']} empty and {s['invalid']} invalid "
+            f"lines; {s['seconds']:.1f} s, {s['examples_per_s']:.1f} examples/s")
