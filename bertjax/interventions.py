@@ -231,10 +231,16 @@ def attribution_patch(params: dict, config: BertConfig, corrupted_inputs: dict, 
                       capture=()) -> Float[Array, "L K"]:
     """Attribution patching: a first-order estimate of each group's patching effect.
 
-    effect[l, k] ~ sum over the group of  d metric / d act  *  (clean - corrupted),
-    the gradient taken once in the corrupted run. It estimates
-    `patch_sweep(...) - metric(corrupted run)` with one forward and one backward pass instead of
+    effect[l, k] ~ sum over the group of  d metric / d act[l]  *  (clean - corrupted)[l],
+    the gradients taken in the corrupted run. It estimates
+    `patch_sweep(...) - metric(corrupted run)` with one forward and L backward passes instead of
     L * K forwards. Arguments as `patch_sweep`.
+
+    The gradient at layer l must let every later layer respond (as it does when the sweep patches
+    layer l alone), so it is taken with only layer l patched: a patch replaces the computed value,
+    and patching all layers at once would cut the paths from layer l through the later layers'
+    `name` (e.g. through a later layer's heads for attn.head_out). Groups within one layer
+    (heads, positions) do not feed each other, so one gradient per layer serves them all.
     """
     axes, letter = _sweep_axes(name, over)
     inputs = _inputs(config, corrupted_inputs)
@@ -248,12 +254,18 @@ def attribution_patch(params: dict, config: BertConfig, corrupted_inputs: dict, 
                                              "capture"))
 def _attribution(params, inputs, clean, *, config, name, metric, axes, letter, capture):
     corrupted = forward(params, config=config, capture=capture | {name}, **inputs).acts[name]
+    L = corrupted.shape[0]
 
-    def run(values):
-        patch = {name: (values, jnp.ones((), bool))}
-        return metric(forward(params, config=config, capture=capture, patch=patch, **inputs))
+    def layer_grad(layer):  # d metric / d act[layer], the later layers live
+        only = (jnp.arange(L) == layer).reshape((L,) + (1,) * (corrupted.ndim - 1))  # [L, 1, ...]
 
-    grad = jax.grad(run)(corrupted)
-    contribution = grad * (clean - corrupted)  # the activation's shape
+        def run(values):
+            patch = {name: (values, only)}
+            return metric(forward(params, config=config, capture=capture, patch=patch, **inputs))
+
+        return jax.grad(run)(corrupted)[layer]
+
+    grad = jax.lax.map(layer_grad, jnp.arange(L))  # the activation's shape
+    contribution = grad * (clean - corrupted)
     keep = (0, list(axes).index(letter))
     return jnp.sum(contribution, axis=tuple(i for i in range(len(axes)) if i not in keep))
