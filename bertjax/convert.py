@@ -9,10 +9,12 @@ Checkpoint dialects accepted, normalised before the mapping:
 * Google-ported LayerNorm `gamma` / `beta`;
 * `position_ids` / `token_type_ids` buffers (dropped);
 * the NSP head `cls.seq_relationship.*` (dropped, reported in `notes`);
-* the MLM decoder: with `tie_word_embeddings` (the default) the decoder is the word embedding table,
-  as in transformers, and a stored `cls.predictions.decoder.weight` is dropped; with
-  `tie_word_embeddings: false` it is kept as `cls/predictions/decoder/kernel`.
-  `cls.predictions.decoder.bias` is the same tensor as `cls.predictions.bias` and is dropped.
+* the MLM decoder, resolved as transformers 5 loads it (`resolve_decoder`): the decoder weight is
+  the word embedding table (tied, the default) unless the config says `tie_word_embeddings: false`
+  or the file holds a `cls.predictions.decoder.weight` that differs from the word embeddings; an
+  untied one is kept as `cls/predictions/decoder/kernel`. The output bias is the one transformers'
+  forward adds, `cls.predictions.decoder.bias`, when the file has it (the same tensor as
+  `cls.predictions.bias` unless the decoder is untied), else `cls.predictions.bias`.
 
 Everything is checked before any array is converted: missing and unexpected keys are listed by name,
 every shape is compared with the config and every dtype must be floating point.
@@ -38,6 +40,7 @@ _DECODER_WEIGHT = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
 _MLM_BIAS = "cls.predictions.bias"
 _WORD = "embeddings.word_embeddings.weight"
+_TRANSFORM = "cls.predictions.transform.dense.weight"
 # A progress bar over tensors only for checkpoints this big (tiny test models stay quiet).
 PROGRESS_MIN_PARAMS = 50_000_000
 
@@ -98,13 +101,46 @@ def normalize(state: Mapping[str, np.ndarray]) -> Normalized:
     return Normalized(keys, notes)
 
 
-def detect_heads(keys: Mapping[str, str], config: BertConfig) -> Heads:
-    """Which heads a normalised checkpoint carries; the decoder is untied only when the config
-    says so (transformers ties it otherwise, whatever the file holds)."""
-    mlm = "cls.predictions.transform.dense.weight" in keys
-    return Heads(pooler="pooler.dense.weight" in keys, mlm=mlm,
-                 untied_decoder=mlm and not config.tie_word_embeddings,
+def detect_heads(keys: Mapping[str, str], untied_decoder: bool = False) -> Heads:
+    """Which heads a normalised checkpoint carries (`untied_decoder` from `resolve_decoder`)."""
+    mlm = _TRANSFORM in keys
+    return Heads(pooler="pooler.dense.weight" in keys, mlm=mlm, untied_decoder=mlm and untied_decoder,
                  classifier="classifier.weight" in keys)
+
+
+def _differs(state: Mapping, a: str, b: str) -> bool:
+    return shape_of(state, a) != shape_of(state, b) or not np.array_equal(state[a], state[b])
+
+
+def resolve_decoder(state: Mapping, keys: Mapping[str, str],
+                    config: BertConfig) -> tuple[dict[str, str], bool, list[str]]:
+    """The MLM decoder's weight and bias, picked as transformers 5 picks them when loading.
+
+    Returns the canonical key map with the decoder resolved (`cls.predictions.bias` -> the source
+    key of the bias the forward adds, `cls.predictions.decoder.weight` kept only when untied),
+    whether the decoder is untied, and notes. transformers 5 ties a pair only when the file holds
+    one of the two or both are equal, so a stored decoder that differs stays untied.
+    """
+    keys = dict(keys)
+    if _TRANSFORM not in keys:
+        return keys, False, []
+    notes = []
+    if _DECODER_BIAS in keys:  # the bias transformers' decoder Linear adds
+        if (_MLM_BIAS in keys and config.tie_word_embeddings
+                and _differs(state, keys[_DECODER_BIAS], keys[_MLM_BIAS])):
+            notes.append(f"{keys[_MLM_BIAS]} differs from {keys[_DECODER_BIAS]}: used the "
+                         f"decoder's bias, which transformers' forward adds")
+        keys[_MLM_BIAS] = keys.pop(_DECODER_BIAS)
+    untied = not config.tie_word_embeddings
+    if not untied and _DECODER_WEIGHT in keys and _WORD in keys:
+        untied = _differs(state, keys[_DECODER_WEIGHT], keys[_WORD])
+        if untied:
+            notes.append(f"{keys[_DECODER_WEIGHT]} differs from the word embeddings although the "
+                         f"config ties them: kept it untied (cls/predictions/decoder/kernel, "
+                         f"tie_word_embeddings=false), as transformers 5 does")
+        else:
+            keys.pop(_DECODER_WEIGHT)
+    return keys, untied, notes
 
 
 def _listed(kind: str, names: list[str], most: int = 6) -> str:
@@ -112,12 +148,11 @@ def _listed(kind: str, names: list[str], most: int = 6) -> str:
     return f"{kind} {len(names)}: {', '.join(names[:most])}{more}"
 
 
-def check_keys(keys: Mapping[str, str], table, heads: Heads) -> None:
+def check_keys(keys: Mapping[str, str], table) -> None:
     """Raises CheckpointError listing missing and unexpected keys (canonical names)."""
     expected = {k for k, _, _ in table}
-    ignorable = {_DECODER_BIAS} | ({_DECODER_WEIGHT} if heads.mlm else set())
     missing = sorted(expected - set(keys))
-    unexpected = sorted(set(keys) - expected - ignorable)
+    unexpected = sorted(set(keys) - expected)
     parts = ([_listed("missing", missing)] if missing else []) + (
         [_listed("unexpected", unexpected)] if unexpected else [])
     if parts:
@@ -138,20 +173,6 @@ def check_tensors(state: Mapping, keys: Mapping[str, str], table, config: BertCo
         dtype = dtype_of(state, keys[key])
         if not jnp.issubdtype(dtype, jnp.floating):
             raise CheckpointError(f"{keys[key]} has dtype {dtype}, expected floating point")
-
-
-def decoder_notes(state: Mapping, keys: Mapping[str, str], heads: Heads) -> list[str]:
-    """Checks the decoder tensors that are dropped; returns a note when a tied one differs."""
-    if _DECODER_BIAS in keys and not np.array_equal(state[keys[_DECODER_BIAS]],
-                                                     state[keys[_MLM_BIAS]]):
-        raise CheckpointError("cls.predictions.decoder.bias differs from cls.predictions.bias; "
-                              "transformers ties them, so this checkpoint is inconsistent")
-    if heads.mlm and not heads.untied_decoder and _DECODER_WEIGHT in keys:
-        decoder, word = state[keys[_DECODER_WEIGHT]], state[keys[_WORD]]
-        if decoder.shape != word.shape or not np.array_equal(decoder, word):
-            return [f"{keys[_DECODER_WEIGHT]} differs from the word embeddings but the config ties "
-                    f"them (tie_word_embeddings=true): used the word embeddings, as transformers does"]
-    return []
 
 
 def convert_tensors(state: Mapping, keys: Mapping[str, str], table, dtype) -> dict[str, np.ndarray]:
@@ -185,9 +206,10 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
       key is missing or unexpected, or a shape or dtype disagrees with the config.
     """
     norm = normalize(state)
-    heads = detect_heads(norm.tensors, config)
+    keys, untied, decoder_notes = resolve_decoder(state, norm.tensors, config)
+    heads = detect_heads(keys, untied)
     table = key_table(config, heads)
-    check_keys(norm.tensors, table, heads)
-    check_tensors(state, norm.tensors, table, config, heads)
-    notes = norm.notes + decoder_notes(state, norm.tensors, heads)
-    return unflatten(convert_tensors(state, norm.tensors, table, dtype)), heads, notes
+    check_keys(keys, table)
+    check_tensors(state, keys, table, config, heads)
+    notes = norm.notes + decoder_notes
+    return unflatten(convert_tensors(state, keys, table, dtype)), heads, notes
