@@ -33,7 +33,8 @@ def top_predictions(logits: Float[Array, "M V"],
                     top_k: int) -> tuple[Float[Array, "M K"], Int[Array, "M K"]]:
     """Softmax over the vocabulary (float32) and its `top_k` largest probabilities and their ids."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [M, V]
-    return jax.lax.top_k(probs, top_k)  # [M, K], [M, K]
+    scores, ids = jax.lax.top_k(probs, top_k)  # [M, K], [M, K]
+    return scores, ids
 
 
 def _encode(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -49,11 +50,12 @@ def _encode(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fill(tokenizer, ids: np.ndarray, position: int, token_id: int) -> str:
-    """The text with the mask at `position` replaced by `token_id` ([CLS]/[SEP]/[PAD] dropped)."""
-    filled = ids[0].copy()
-    filled[position] = token_id
+    """The text with the mask at `position` replaced by `token_id`; the text's own [CLS], [SEP]
+    and [PAD] are dropped, the prediction is always shown (even a special token)."""
     drop = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
-    return tokenizer.decode([int(i) for i in filled if int(i) not in drop])
+    kept = [token_id if j == position else int(i) for j, i in enumerate(ids[0])
+            if j == position or int(i) not in drop]
+    return tokenizer.decode(kept)
 
 
 def fill_mask(params: dict, config: BertConfig, tokenizer, text: str,
@@ -70,7 +72,8 @@ def fill_mask(params: dict, config: BertConfig, tokenizer, text: str,
     Returns:
       one list per mask, in text order, of `top_k` dicts, most probable first:
       `token` (str), `id` (int), `score` (softmax probability over the vocabulary), `position`
-      (index in the token sequence, [CLS] = 0) and `sequence` (the text with this mask filled).
+      (index in the token sequence, [CLS] = 0) and `sequence` (the text with this mask filled,
+      other masks left as they are, without [CLS] and [SEP]).
 
     Raises:
       ValueError: no MLM head, no tokenizer, no mask in the text, or top_k out of range.
@@ -83,6 +86,6 @@ def fill_mask(params: dict, config: BertConfig, tokenizer, text: str,
     scores, top_ids = top_predictions(logits[0, positions], top_k)  # [M, K]
     scores, top_ids = np.asarray(scores), np.asarray(top_ids)
     return [[{"token": tokenizer.convert_ids_to_tokens(int(i)), "id": int(i), "score": float(p),
-              "position": int(pos), "sequence": _fill(tokenizer, ids, pos, int(i))}
+              "position": int(pos), "sequence": _fill(tokenizer, ids, int(pos), int(i))}
              for p, i in zip(scores[m], top_ids[m])]
             for m, pos in enumerate(positions)]
