@@ -158,17 +158,19 @@ def read_checkpoint(src, config: BertConfig | str | None = None, dtype=jnp.float
     """Locates, reads, checks and converts a checkpoint into a tree of NumPy arrays.
 
     Args:
-      src: a folder, a weights file or a hub id (see `bertjax.sources.locate`).
+      src: a folder, a weights file or a hub id (see `bertjax.sources.locate`), or a Source.
       config: a BertConfig, or the path of a config.json; None reads the source's config.json.
       dtype: the parameters' dtype (a name of DTYPES or a jnp dtype).
     """
-    source = locate(src, config if isinstance(config, str) else None)
+    source = src if isinstance(src, Source) else locate(src, config if isinstance(config, str) else None)
     config = _config_for(source, config)
     np_dtype = np.dtype(_dtype(dtype))
     if source.weights.endswith(".msgpack"):
         params, heads, notes = _params_from_msgpack(source.weights, config, np_dtype)
     else:
         params, heads, notes = state_dict_to_params(read_weights(source.weights), config, np_dtype)
+    if heads.untied_decoder and config.tie_word_embeddings:  # the file's decoder differs: untied
+        config = dataclasses.replace(config, tie_word_embeddings=False)
     return Loaded(config, params, heads, source, notes)
 
 
@@ -211,9 +213,24 @@ def _replace(tmp: str, out: str) -> None:
         os.rename(tmp, out)
         return
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-    os.rename(out, os.path.join(old, "previous"))
-    os.rename(tmp, out)
+    previous = os.path.join(old, "previous")
+    os.rename(out, previous)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(previous, out)  # put the old folder back
+        os.rmdir(old)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _refuse_source_inside(source: Source, out: str) -> None:
+    """Replacing `out` must not delete the source: refuse an OUT that is or holds the source."""
+    out = os.path.realpath(out)
+    if any(path and os.path.commonpath([os.path.realpath(path), out]) == out
+           for path in (source.weights, source.folder)):
+        raise FileExistsError(f"OUT {out} is or holds the source {source.origin}; write somewhere "
+                              f"else")
 
 
 def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None,
@@ -239,17 +256,20 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
 
 
 def convert_checkpoint(src, out, dtype="float32", force: bool = False,
-                       config: str | None = None) -> dict:
+                       config: str | BertConfig | None = None) -> dict:
     """Reads `src`, checks it whole, and writes the bertjax folder at `out`.
+
+    `config` (a config.json path or a BertConfig) is needed for a weights file with no config.json
+    beside it. Refuses an existing `out` without `force`, and an `out` that is or holds the source.
 
     Returns a summary: source, out, dtype, parameter count, layers, attention heads, hidden size,
     the heads kept and notes on what was dropped.
     """
     out = os.path.abspath(os.fspath(out))
     _refuse_existing(out, force)
-    loaded = read_checkpoint(src, config, dtype)
-    if loaded.source.folder and os.path.realpath(loaded.source.folder) == os.path.realpath(out):
-        raise FileExistsError(f"OUT {out} is the source folder itself; write somewhere else")
+    source = locate(src, config if isinstance(config, str) else None)
+    _refuse_source_inside(source, out)
+    loaded = read_checkpoint(source, config if isinstance(config, BertConfig) else None, dtype)
     save(out, loaded.config, loaded.params, loaded.source.folder, force=force)
     c = loaded.config
     return {

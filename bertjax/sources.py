@@ -78,14 +78,37 @@ def package_folder(hub_id: str) -> str | None:
         return None
 
 
+def _hub_unreachable(hub_id: str, error: Exception) -> CheckpointError:
+    from huggingface_hub import constants
+
+    why = ("offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE
+           else f"the Hugging Face hub cannot be reached ({_first_line(error)})")
+    return CheckpointError(f"cannot get {hub_id!r}: {why}, and no copy of it is cached or installed")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _download(hub_id: str) -> str:
-    """Downloads config, tokenizer files and the preferred weights of a hub model; returns its folder."""
+    """Downloads config, tokenizer files and the preferred weights of a hub model; returns its folder.
+
+    Raises CheckpointError (one line) for a repo the hub does not have (or will not give), and for
+    an unreachable hub when no snapshot of the model is cached.
+    """
     import huggingface_hub as hf
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
 
     try:  # model_info fails fast when the hub is unreachable (downloads retry for ~25 s)
         files = {s.rfilename for s in hf.model_info(hub_id).siblings or ()}
-    except Exception:  # noqa: BLE001  (offline or unreachable: a cached snapshot may still do)
-        return hf.snapshot_download(hub_id, local_files_only=True)
+    except (RepositoryNotFoundError, GatedRepoError) as e:  # the hub answered: no such model for us
+        raise CheckpointError(f"{hub_id!r} is not a model the Hugging Face hub gives access to "
+                              f"({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001  (offline or unreachable: a cached snapshot may still do)
+        try:
+            return hf.snapshot_download(hub_id, local_files_only=True)
+        except Exception:  # noqa: BLE001
+            raise _hub_unreachable(hub_id, e) from None
     weights = next((name for name in PYTORCH_WEIGHT_FILES if name in files), None)
     if weights is None:
         raise CheckpointError(f"{hub_id} on the hub has no PyTorch BERT weights "
@@ -97,6 +120,7 @@ def _download(hub_id: str) -> str:
 
 
 def _from_hub(hub_id: str) -> Source:
+    """A hub model's snapshot, or the installed package shipping it when the hub fails."""
     try:
         return _from_folder(_download(hub_id), hub_id)
     except Exception as error:  # noqa: BLE001  (any hub failure: network, auth, missing repo)
@@ -106,9 +130,8 @@ def _from_hub(hub_id: str) -> Source:
                                        f"{OFFLINE_PACKAGES[hub_id][0]})")
         if isinstance(error, CheckpointError):
             raise
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot get {hub_id!r} from the Hugging Face hub and no local copy "
-                              f"is installed ({reason})") from None
+        raise CheckpointError(f"cannot get {hub_id!r} from the Hugging Face hub "
+                              f"({_first_line(error)})") from None
 
 
 def locate(src: str | os.PathLike, config: str | None = None) -> Source:
