@@ -339,3 +339,47 @@ def test_safetensors_written_by_torch_keep_their_bits(tmp_path, tiny_state):
     got = params["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"]
     want = state["encoder.layer.0.attention.self.query.weight"].T.float().numpy()
     np.testing.assert_array_equal(bits(got), bits(want))
+
+
+# --- conversion/: the README's key table and the scripts built on the library.
+
+CONVERSION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conversion")
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"conversion_{name}",
+                                                  os.path.join(CONVERSION, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_key_table_is_the_code_table():
+    script = _script("key_table")
+    table = script.markdown_table()
+    assert script.readme_table() == table, "run: python conversion/key_table.py --write"
+    rows = table.splitlines()[2:]
+    heads = script.EVERY_HEAD
+    assert len(rows) == len(key_table(script.CONFIG, heads))  # one layer stands for all
+    assert ("| `encoder.layer.<i>.intermediate.dense.weight` | `encoder/layer/<i>/intermediate/"
+            "dense/kernel` | [D, I] | yes ([I, D]) | always |") in rows
+    assert "| `classifier.weight` | `classifier/kernel` | [D, C] | yes ([C, D]) | with a classifier |" \
+        in rows
+
+
+def test_make_tiny_checkpoint_script_legacy_bin(tmp_path, capsys):
+    """The script's legacy .bin (gamma/beta, position_ids, every parameter random) converts
+    bit-exactly, and the parity script passes on it."""
+    make = _script("make_tiny_checkpoint")
+    assert make.main([str(tmp_path / "src"), "--head", "pretraining", "--legacy",
+                      "--random-all"]) == 0
+    state = torch.load(tmp_path / "src" / "pytorch_model.bin", weights_only=True)
+    assert "bert.encoder.layer.1.output.LayerNorm.gamma" in state
+    loaded = read_checkpoint(str(tmp_path / "src"))
+    assert loaded.heads == Heads(pooler=True, mlm=True)
+    assert_bit_exact(loaded.params, state, untied=False)
+    capsys.readouterr()
+    assert _script("verify_parity").main([str(tmp_path / "src")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("verify: OK")
