@@ -70,8 +70,7 @@ class Normalized:
 
 def _canonical(key: str) -> str:
     """`bert.` prefix removed, Google's LayerNorm gamma/beta renamed weight/bias."""
-    if key.startswith("bert."):
-        key = key[len("bert."):]
+    key = key.removeprefix("bert.")
     if key.endswith("LayerNorm.gamma"):
         key = key[: -len("gamma")] + "weight"
     elif key.endswith("LayerNorm.beta"):

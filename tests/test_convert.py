@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 
 from bertjax.checkpoint import read_checkpoint
@@ -24,7 +25,6 @@ from bertjax.config import BertConfig
 from bertjax.convert import key_table, state_dict_to_params
 from bertjax.params import Heads, flatten, param_shapes
 from bertjax.readers import CheckpointError
-from conftest import TINY
 
 DTYPES = {"float32": (np.float32, torch.float32), "bfloat16": (ml_dtypes.bfloat16, torch.bfloat16),
           "float16": (np.float16, torch.float16)}

@@ -9,17 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+from test_convert import random_checkpoint
 
 from bertjax.checkpoint import PARAMS_FILE, convert_checkpoint, load, write_msgpack
 from bertjax.cli import main
 from bertjax.verify import VerifyError, compare, top_k_agreement, verify_conversion
-from test_convert import random_checkpoint
 
 
 def table_rows(text: str) -> dict[str, str]:
     """output name -> 'yes' / 'NO' from the printed parity table."""
     return {m.group(1).strip(): m.group(2) for m in
-            re.finditer(r"^  (\S.*?)\s+\S+\s+(yes|NO)$", text, flags=re.M)}
+            re.finditer(r"^  (\S.*?)\s+\S+\s+(yes|NO)$", text, flags=re.MULTILINE)}
 
 
 @pytest.fixture(scope="module")
