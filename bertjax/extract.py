@@ -1,4 +1,4 @@
-"""`bertjax extract`: a corpus through BERT, its activations written to disk, resumable at any moment.
+"""`bertjax extract`: a corpus through BERT, its activations written to disk, resumable anytime.
 
 The input (`.txt`, one text a line, or `.jsonl` with a text field and an optional pair field) is
 streamed in fixed chunks of `chunk_size` lines. Each chunk is tokenized, grouped by length into
@@ -13,9 +13,16 @@ chunk (its tokens and its activations), never by the corpus. The format is descr
 `bertjax.store`, whose `ActivationStore` reads it.
 
 Bad input: empty (or all-blank) lines are skipped and counted; a line that is not UTF-8 (or, in
-.jsonl, not a JSON object with a string text field) stops the run with its line number, or is skipped
-and counted with `skip_invalid`; texts longer than `max_length` tokens are truncated and counted.
-Multi-host: chunk k is processed by process k % process_count, each on its local devices.
+.jsonl, not a JSON object with a string text field) stops the run with its line number, or is
+skipped and counted with `skip_invalid`; texts longer than `max_length` tokens are truncated and
+counted.
+Multi-host: run the same command in every process after `jax.distributed.initialize()` (the CLI's
+`--distributed`), with OUT on a filesystem they all see. Process i (`jax.process_index()` of
+`jax.process_count()`) streams the input but decodes, tokenizes and runs only the chunks k with
+k % count == i, on its own devices (`jax.local_devices()`), and writes only those chunks' shards and
+manifests (file names are per chunk, temporary names per process, so no file is written by two
+processes; `extract.json` is the same for all). Each process ends with `summary-<i>-of-<n>.json`,
+its own counts; the folder is complete when all n exist. Resuming works per process as above.
 """
 
 from __future__ import annotations
@@ -36,9 +43,9 @@ from bertjax import capture as C
 from bertjax.buckets import bucket_lengths, pad_batch
 from bertjax.encoder import stack_layers
 from bertjax.params import Heads
-from bertjax.sharding import make_mesh, replicate, shard_batch, sharded_forward
-from bertjax.store import (MANIFEST, META_FILE, SHARDS, SUMMARY_FILE, array_layout,
-                           manifest_path, read_json, shard_name)
+from bertjax.sharding import make_mesh, shard_batch, shard_params, sharded_forward
+from bertjax.store import (MANIFEST, META_FILE, SHARDS, array_layout, manifest_path, read_json,
+                           shard_name, summary_file)
 
 REDUCE = ("none", "mean", "cls")
 _SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
@@ -61,6 +68,7 @@ class Options:
     text_field: str = "text"
     pair_field: str = "text_pair"
     skip_invalid: bool = False
+    model_axis: int = 1  # devices sharing one model replica (kernels split over them)
 
 
 @dataclasses.dataclass
@@ -102,13 +110,18 @@ def parse_line(raw: bytes, number: int, jsonl: bool, opts: Options) -> Line:
                          f"--skip-invalid to skip and count such lines") from None
 
 
-def read_chunks(opts: Options) -> Iterator[list[Line]]:
-    """The input in chunks of `chunk_size` lines, streamed."""
-    jsonl = opts.input.endswith((".jsonl", ".json"))
-    with open(opts.input, "rb") as f:
+def raw_chunks(path: str, chunk_size: int) -> Iterator[list[tuple[int, bytes]]]:
+    """The file in chunks of `chunk_size` (1-based line number, raw bytes) pairs, streamed: one
+    chunk in memory at a time."""
+    with open(path, "rb") as f:
         numbered = enumerate(f, start=1)
-        while chunk := list(itertools.islice(numbered, opts.chunk_size)):
-            yield [parse_line(raw, n, jsonl, opts) for n, raw in chunk]
+        while chunk := list(itertools.islice(numbered, chunk_size)):
+            yield chunk
+
+
+def parse_chunk(chunk: list[tuple[int, bytes]], opts: Options) -> list[Line]:
+    jsonl = opts.input.endswith((".jsonl", ".json"))
+    return [parse_line(raw, n, jsonl, opts) for n, raw in chunk]
 
 
 @dataclasses.dataclass
@@ -143,21 +156,31 @@ def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
     return [out[x.number] for x in kept]
 
 
-def _post(names: frozenset[str], layers: tuple[int, ...], reduce: str, dtype):
-    """The on-device step after forward: select layers, batch axis first, S second or pooled."""
-    def post(out, attention_mask):
+@dataclasses.dataclass(frozen=True)
+class Post:
+    """The on-device step after forward: select layers, batch axis first, S second or pooled.
+
+    Hashable and compared by value, so it keys the compile cache of `sharded_forward`: the same
+    request in the same process reuses the compiled programs.
+    """
+
+    names: frozenset[str]
+    layers: tuple[int, ...]
+    reduce: str
+    dtype: str
+
+    def __call__(self, out, attention_mask) -> dict:
         result = {}
-        for name in sorted(names):
+        for name in sorted(self.names):
             a, letters = out.acts[name], C.SHAPES[name].split()
             if name in C.LAYER_NAMES:
-                a = a[np.asarray(layers)]
+                a = a[np.asarray(self.layers)]
             a = jnp.moveaxis(a, letters.index("B"), 0)  # [B, ...rest]
             letters = ["B"] + [x for x in letters if x != "B"]
             if "S" in letters:
-                a = _pool(a, letters.index("S"), attention_mask, reduce)
-            result[name] = a.astype(dtype)
+                a = _pool(a, letters.index("S"), attention_mask, self.reduce)
+            result[name] = a.astype(self.dtype)
         return result
-    return post
 
 
 def _pool(a, axis: int, attention_mask, reduce: str):
@@ -268,13 +291,15 @@ def check_request(opts: Options) -> None:
         raise ValueError(f"--reduce must be one of {', '.join(REDUCE)}, got {opts.reduce!r}")
     if opts.dtype not in _SAFETENSORS_DTYPE:
         raise ValueError(f"--dtype must be float32 or bfloat16, got {opts.dtype!r}")
+    if opts.model_axis < 1:
+        raise ValueError(f"--model-axis must be >= 1, got {opts.model_axis}")
     if opts.batch_size < 1 or opts.chunk_size < 1:
         raise ValueError(f"--batch-size ({opts.batch_size}) and --chunk-size ({opts.chunk_size}) "
                          f"must be >= 1")
     if not os.path.isfile(opts.input):
         raise ValueError(f"input file {opts.input} does not exist")
-    if os.path.isdir(opts.out) and os.listdir(opts.out) and \
-            not os.path.isfile(os.path.join(opts.out, META_FILE)):
+    if os.path.isdir(opts.out) and not os.path.isfile(os.path.join(opts.out, META_FILE)) and \
+            any(not _is_leftover(name) for name in os.listdir(opts.out)):
         raise ValueError(f"{opts.out} exists and is not a bertjax extract folder (no {META_FILE}); "
                          f"choose another --out")
 
@@ -310,8 +335,22 @@ def describe(opts: Options, config, names, layers, max_length) -> dict:
     return {"format": 1, "command": command, "arrays": arrays}
 
 
+def _is_leftover(name: str, tag: str | None = None) -> bool:
+    """A temporary file of an interrupted write (of process `tag`, or of any process)."""
+    return name.startswith(f".tmp-{tag}-" if tag else ".tmp-")
+
+
 def prepare_out(out: str, meta: dict, tag: str) -> None:
-    """Creates OUT with extract.json, or checks that OUT was made by the same command."""
+    """Creates OUT with extract.json, or checks that OUT was made by the same command.
+
+    extract.json is written before anything else, so a killed run leaves either nothing that
+    counts (temporary files, removed here) or a folder that the same command resumes.
+    """
+    os.makedirs(out, exist_ok=True)
+    for folder in (out, os.path.join(out, SHARDS), os.path.join(out, MANIFEST)):
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if _is_leftover(name, tag):  # what a killed run of this process left half-written
+                os.remove(os.path.join(folder, name))
     path = os.path.join(out, META_FILE)
     if os.path.isfile(path):
         old = read_json(path)["command"]
@@ -321,22 +360,18 @@ def prepare_out(out: str, meta: dict, tag: str) -> None:
             raise ValueError(f"{out} was made by a different command ({'; '.join(diffs)}); "
                              f"rerun the same command to resume it, or choose another --out")
     else:
-        for sub in (SHARDS, MANIFEST):
-            os.makedirs(os.path.join(out, sub), exist_ok=True)
         _atomic_write(path, json.dumps(meta, indent=1).encode(), tag)
-    for sub in (SHARDS, MANIFEST):  # leftovers of a killed run of this process
-        for name in os.listdir(os.path.join(out, sub)):
-            if name.startswith(f".tmp-{tag}-"):
-                os.remove(os.path.join(out, sub, name))
+    for sub in (SHARDS, MANIFEST):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
 
 
 def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> _Model:
     """The sharded program over `devices` (default: this process's local devices)."""
     if pre.tokenizer is None:
         raise ValueError(f"model {opts.model} has no tokenizer files (vocab.txt or tokenizer.json)")
-    mesh = make_mesh(jax.local_devices() if devices is None else devices)
-    params = replicate(mesh, stack_layers(pre.params))
-    post = _post(names, layers, opts.reduce, jnp.dtype(opts.dtype))
+    mesh = make_mesh(jax.local_devices() if devices is None else devices, opts.model_axis)
+    params = shard_params(mesh, stack_layers(pre.params), pre.config)
+    post = Post(names, layers, opts.reduce, opts.dtype)
     run = sharded_forward(mesh, params, pre.config, names, post=post)
     per = mesh.shape["batch"]
     rows = -(-opts.batch_size // per) * per
@@ -365,30 +400,34 @@ def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
     names, layers, max_length = resolve_request(opts, pre.config, Heads.of(pre.params))
     index, count = process or (jax.process_index(), jax.process_count())
     tag = f"p{index}"
+    model = build_model(opts, pre, names, layers, max_length, devices)  # may still refuse
     prepare_out(opts.out, describe(opts, pre.config, names, layers, max_length), tag)
-    model = build_model(opts, pre, names, layers, max_length, devices)
     totals = dict.fromkeys(("written", "truncated", "empty", "invalid"), 0)
     new = 0
     with tqdm(desc="extract", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
-        for k, lines in enumerate(read_chunks(opts)):
-            done = manifest_path(opts.out, k)
+        for k, chunk in enumerate(raw_chunks(opts.input, opts.chunk_size)):
             if k % count != index:
-                continue
-            if os.path.isfile(done):
+                continue  # another process's chunk
+            done = manifest_path(opts.out, k)
+            if os.path.isfile(done):  # committed by an earlier run
                 counts = read_json(done)["counts"]
             else:
+                lines = parse_chunk(chunk, opts)
                 examples = tokenize(model.tokenizer, lines, max_length)
                 counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag)
                 new += counts["written"]
             totals = {key: totals[key] + counts[key] for key in totals}
     seconds = time.perf_counter() - start
-    summary = {**totals, "this_run": new, "seconds": seconds, "examples_per_s": new / seconds}
-    name = SUMMARY_FILE if count == 1 else f"summary-{tag}.json"
-    _atomic_write(os.path.join(opts.out, name), json.dumps(summary).encode(), tag)
+    summary = {**totals, "this_run": new, "seconds": seconds, "examples_per_s": new / seconds,
+               "process": [index, count]}
+    _atomic_write(os.path.join(opts.out, summary_file(index, count)), json.dumps(summary).encode(),
+                  tag)
     return summary
 
 
 def summary_line(out: str, s: dict) -> str:
-    return (f"extract: {s['written']} examples in {out} ({s['this_run']} this run), "
+    index, count = s.get("process", (0, 1))
+    who = f" by process {index} of {count}" if count > 1 else ""
+    return (f"extract: {s['written']} examples in {out}{who} ({s['this_run']} this run), "
             f"{s['truncated']} truncated, skipped {s['empty']} empty and {s['invalid']} invalid "
             f"lines; {s['seconds']:.1f} s, {s['examples_per_s']:.1f} examples/s")

@@ -1,24 +1,33 @@
-"""Running `forward` over many devices with `jax.sharding`: data parallel, optionally model parallel.
+"""`forward` over many devices with `jax.sharding`: data parallel, optionally model parallel.
 
 A `Mesh` has two axes: "batch" (rows of the input split over devices: data parallel) and "model"
 (large kernels split over devices: for models bigger than one device). Inputs get a `NamedSharding`
-over "batch"; parameters are replicated, or with `shard_params` the attention and feed-forward kernels
-are split over "model" (query/key/value columns by heads, the attention output rows by heads, the
-intermediate dense columns and the output dense rows over I). `sharded_forward` jits
+over "batch"; parameters are replicated, or with `shard_params` the attention and feed-forward
+kernels are split over "model" (query/key/value columns by heads, the attention output rows by
+heads, the intermediate dense columns and the output dense rows over I). `sharded_forward` jits
 `bertjax.forward` with these shardings in and out, so captured activations stay sharded on their
-devices until a caller writes or reduces them; XLA (GSPMD) inserts the collectives.
+devices until a caller writes or reduces them; XLA (GSPMD) inserts the collectives. The jitted
+program is cached per (mesh, config, capture, post, parameter layout), so calling `sharded_forward`
+again with the same arguments reuses the compiled programs.
 
 Rows: `shard_batch` pads the batch up to a multiple of the "batch" axis size with all-padding rows
-(ids 0, mask 0) and returns how many rows are real; results for the padded rows are to be dropped.
+(ids 0, mask 0) and returns how many rows are real; every output keeps the padded batch, and the
+caller drops rows from that number on (`out[:rows]` after `jax.device_get`).
 
-Multi-host (a TPU pod, several GPU hosts): call `jax.distributed.initialize()` first in every
-process; `make_mesh(jax.local_devices())` then gives each process a mesh of its own devices, and each
-process reads and writes its own slice of the data (see `bertjax.extract`, which deals input chunks
-round-robin over `jax.process_index()`).
+Multi-host (a TPU pod, several GPU hosts, several CPU processes): every process calls
+`jax.distributed.initialize()` before any other JAX call (arguments are detected on TPU, Slurm and
+Open MPI; otherwise pass `coordinator_address`, `num_processes` and `process_id`). Then
+`jax.devices()` lists every process's devices but each process can only feed its own
+(`jax.local_devices()`), so each process builds `make_mesh(jax.local_devices())`, runs its own
+slice of the data through `sharded_forward` on it and writes its own results: no array spans
+processes and no collective crosses hosts. `bertjax.extract` works this way (process i takes the
+input chunks k with k % process_count == i); `bertjax extract --distributed` does the
+initialization.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 
@@ -114,8 +123,18 @@ def param_shardings(mesh: Mesh, params: dict, config: BertConfig) -> dict:
         raise ValueError(f"a model axis of {split} needs num_attention_heads "
                          f"({config.num_attention_heads}) and intermediate_size "
                          f"({config.intermediate_size}) divisible by {split}")
-    return unflatten({path: NamedSharding(mesh, _param_spec(path, np.ndim(leaf), split > 1))
-                      for path, leaf in flatten(params).items()})
+    return _layout_shardings(mesh, _layout(params))
+
+
+def _layout(params: dict) -> tuple[tuple[str, int], ...]:
+    """(path, ndim) of every leaf: all that the shardings depend on (hashable)."""
+    return tuple((path, np.ndim(leaf)) for path, leaf in flatten(params).items())
+
+
+def _layout_shardings(mesh: Mesh, layout: tuple[tuple[str, int], ...]) -> dict:
+    split = mesh.shape[MODEL] > 1
+    return unflatten({path: NamedSharding(mesh, _param_spec(path, ndim, split))
+                      for path, ndim in layout})
 
 
 def replicate(mesh: Mesh, params: dict) -> dict:
@@ -124,7 +143,7 @@ def replicate(mesh: Mesh, params: dict) -> dict:
 
 
 def shard_params(mesh: Mesh, params: dict, config: BertConfig) -> dict:
-    """Parameters placed by `param_shardings`: large kernels split over "model", the rest replicated."""
+    """Parameters placed by `param_shardings`: kernels split over "model", the rest replicated."""
     return jax.device_put(params, param_shardings(mesh, params, config))
 
 
@@ -146,30 +165,43 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
 
     Args:
       mesh: from `make_mesh`.
-      params: the parameter tree (used for its heads and layout; placed by `param_shardings`).
+      params: the parameter tree (used for its heads and layout; place it with `replicate` or
+        `shard_params`).
       capture: activation names, globs or "all", as for `forward`.
       post: optional `post(out, attention_mask) -> dict of [B, ...] arrays`, traced into the same
-        program (selecting layers, pooling), so that only its results leave the devices.
+        program (selecting layers, pooling), so that only its results leave the devices. It keys
+        the compile cache: pass the same (or an equal, hashable) object to reuse a compilation.
 
     Returns:
-      run(params, input_ids, attention_mask, token_type_ids) with [B, S] inputs, B a multiple of
-      the "batch" axis size (see `shard_batch`): a `BertOutput` whose arrays are split over "batch",
-      or post's dict, batch-split on axis 0. Value checks run eagerly on the inputs first.
+      run(params, input_ids, attention_mask, token_type_ids) with int [B, S] inputs, B a multiple of
+      the "batch" axis size (see `shard_batch`): a `BertOutput` whose arrays are split over "batch"
+      (per-layer activations [L, B, ...] on their axis 1), or post's dict, batch-split on axis 0.
+      Value checks (`bertjax.checks.check_inputs`) run eagerly on the inputs first.
+
+    Raises:
+      ValueError: unknown capture names; heads or I that do not split over the "model" axis.
     """
     heads = Heads.of(params)
     names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
-    rows = NamedSharding(mesh, P(BATCH))
-
-    def program(params, input_ids, attention_mask, token_type_ids):
-        out = forward(params, input_ids, config, token_type_ids, attention_mask, capture=names)
-        return out if post is None else post(out, attention_mask)
-
-    jitted = jax.jit(program,
-                     in_shardings=(param_shardings(mesh, params, config), rows, rows, rows),
-                     out_shardings=rows if post else output_shardings(mesh, names, heads.pooler))
+    param_shardings(mesh, params, config)  # raises now when the model axis does not divide
+    jitted = _jitted(mesh, config, names, post, heads.pooler, _layout(params))
 
     def run(params, input_ids, attention_mask, token_type_ids):
         check_inputs(config, input_ids, token_type_ids, attention_mask)
         return jitted(params, input_ids, attention_mask, token_type_ids)
 
     return run
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(mesh: Mesh, config: BertConfig, names: frozenset, post, pooler: bool,
+            layout: tuple[tuple[str, int], ...]):
+    """One jitted program per distinct request (jax.jit caches compilations per function object)."""
+    rows = NamedSharding(mesh, P(BATCH))
+
+    def program(params, input_ids, attention_mask, token_type_ids):
+        out = forward(params, input_ids, config, token_type_ids, attention_mask, capture=names)
+        return out if post is None else post(out, attention_mask)
+
+    return jax.jit(program, in_shardings=(_layout_shardings(mesh, layout), rows, rows, rows),
+                   out_shardings=rows if post else output_shardings(mesh, names, pooler))

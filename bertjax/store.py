@@ -9,7 +9,8 @@ An extract folder holds:
 * `manifest/<chunk>.json`: one file per chunk, written atomically after its shard: the chunk's
   counts and, for each example, its input line, shard, offset (row within the shard), length and
   token ids. A chunk exists for readers exactly when its manifest file does.
-* `summary.json`: written when the whole input has been processed.
+* `summary.json`: the closing counts, written when the whole input has been processed (with n
+  processes, `summary-<i>-of-<n>.json` from each process i instead).
 
 Layouts. An example's array is stored with its sequence axis S first and padding stripped (a stored
 shape is a list of ints and "S", the example's length); the reader moves S back to `seq_axis`, so
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from typing import NamedTuple
 
 import ml_dtypes
@@ -69,14 +71,24 @@ def shard_name(chunk: int) -> str:
     return f"{SHARDS}/{chunk:08d}.safetensors"
 
 
+def summary_file(index: int, count: int) -> str:
+    """The closing summary of process `index` of `count`."""
+    return SUMMARY_FILE if count == 1 else f"summary-{index}-of-{count}.json"
+
+
 def read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-@functools.lru_cache(maxsize=32)  # open shards (each holds a few mmaps)
 def memmap_safetensors(path: str) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file as a read-only np.memmap (nothing read up front)."""
+    stat = os.stat(path)
+    return _memmap_safetensors(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)  # open shards, keyed by their modification time and size too
+def _memmap_safetensors(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -123,11 +135,15 @@ class ActivationStore:
         """[N] where each example's flat array begins in its shard."""
         sizes = np.array([int(np.prod(example_shape(layout, e["length"]))) for e in self.examples],
                          np.int64)
-        starts = np.zeros(len(sizes), np.int64)
-        for i in range(1, len(sizes)):
-            same = self.examples[i]["shard"] == self.examples[i - 1]["shard"]
-            starts[i] = starts[i - 1] + sizes[i - 1] if same else 0
-        return starts
+        ends = np.cumsum(sizes)
+        shards = [e["shard"] for e in self.examples]
+        first = np.array([i == 0 or shards[i] != shards[i - 1] for i in range(len(shards))], bool)
+        # elements before each example in its shard: the running total minus the total before
+        # its shard's first example
+        if not len(sizes):
+            return sizes
+        shard_base = np.maximum.accumulate(np.where(first, ends - sizes, 0))
+        return ends - sizes - shard_base
 
     @property
     def names(self) -> list[str]:
@@ -135,8 +151,13 @@ class ActivationStore:
 
     @property
     def complete(self) -> bool:
-        """Whether the extraction ran to the end of its input."""
-        return os.path.isfile(os.path.join(self.folder, SUMMARY_FILE))
+        """Whether the extraction ran to the end of its input (in every process)."""
+        files = os.listdir(self.folder)
+        if SUMMARY_FILE in files:
+            return True
+        parts = [re.fullmatch(r"summary-(\d+)-of-(\d+)\.json", f) for f in files]
+        found = {(int(m[1]), int(m[2])) for m in parts if m}
+        return any(all((i, n) in found for i in range(n)) for _, n in found)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -188,8 +209,9 @@ class ActivationStore:
         shards = list(dict.fromkeys(e["shard"] for e in self.examples))  # in order, once each
         parts = [memmap_safetensors(os.path.join(self.folder, s))[name].reshape((-1,) + rest)
                  for s in shards]
-        values = np.concatenate(parts) if len(parts) != 1 else parts[0]
         if not parts:
             values = np.zeros((0,) + rest, _DTYPES[self.layouts[name]["dtype"]])
+        else:
+            values = np.concatenate(parts) if len(parts) > 1 else parts[0]
         ids = np.arange(len(self))
         return Stacked(values, np.repeat(ids, self.lengths) if per_token else ids)

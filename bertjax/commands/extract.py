@@ -36,6 +36,17 @@ def register(subparsers) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip and count lines that are not UTF-8 (or not valid .jsonl records) "
                         "instead of stopping at the first")
+    p.add_argument("--model-axis", type=int, default=1,
+                   help="devices sharing one model replica, its large kernels split over them "
+                        "(for a model larger than one device; default 1: data parallel only)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (arguments detected "
+                        "on TPU pods, Slurm and Open MPI, else give the three options below); run "
+                        "the same command in every process with one shared --out: process i does "
+                        "chunks k with k %% count == i on its own devices")
+    p.add_argument("--coordinator-address", help="with --distributed: host:port of process 0")
+    p.add_argument("--num-processes", type=int, help="with --distributed: how many processes")
+    p.add_argument("--process-id", type=int, help="with --distributed: this process, 0..n-1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -43,14 +54,24 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import transformers
 
-    from bertjax.extract import Options, extract, summary_line
+    from bertjax.extract import Options, check_request, extract, summary_line
 
     transformers.logging.set_verbosity_error()  # we count truncations ourselves
     opts = Options(input=args.input, out=args.out, model=args.model, layers=args.layers,
                    capture=tuple(x.strip() for x in args.capture.split(",") if x.strip()),
                    batch_size=args.batch_size, max_length=args.max_length, reduce=args.reduce,
                    dtype=args.dtype, chunk_size=args.chunk_size, text_field=args.text_field,
-                   pair_field=args.pair_field, skip_invalid=args.skip_invalid)
+                   pair_field=args.pair_field, skip_invalid=args.skip_invalid,
+                   model_axis=args.model_axis)
+    check_request(opts)  # bad names and options fail before anything starts
+    cluster = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize(*cluster)
+    elif any(x is not None for x in cluster):
+        raise ValueError("--coordinator-address, --num-processes and --process-id need "
+                         "--distributed")
     summary = extract(opts, progress=not args.no_progress)
     print(summary_line(args.out, summary))
     return 0
