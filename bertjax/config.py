@@ -135,7 +135,7 @@ class BertConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
         if not isinstance(d, dict):
-            raise ValueError(f"config file {path} does not hold a JSON object")
+            raise ValueError(f"config file {path} does not hold a JSON object")  # noqa: TRY004  (bad file content)
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
