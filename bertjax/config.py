@@ -134,8 +134,8 @@ class BertConfig:
             raise ValueError(f"no config file at {path}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"config file {path} does not hold a JSON object")  # noqa: TRY004  (bad file content)
+        if not isinstance(d, dict):  # bad file content, not a caller's type error: ValueError
+            raise ValueError(f"config file {path} does not hold a JSON object")  # noqa: TRY004
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
