@@ -203,11 +203,13 @@ def test_bad_source_exits_non_zero_with_one_line(capsys, mlm, tmp_path, case):
 
 def test_real_entry_point(mlm, tmp_path):
     """The installed console script: exit 0 with the summary; a bad source gives one stderr line."""
-    ok = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False, capture_output=True, text=True)
+    ok = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False,
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "6,520 parameters, float32" in ok.stdout and ok.stdout.rstrip().endswith(
         f"wrote {tmp_path / 'out'}")
-    bad = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False, capture_output=True, text=True)
+    bad = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False,
+                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == (f"bertjax: error: {tmp_path / 'out'} already exists; pass --force "
                           f"(force=True) to replace it\n")
