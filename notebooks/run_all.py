@@ -31,12 +31,19 @@ def notebooks(prefixes: list[str] | None = None) -> list[Path]:
     return [p for p in paths if not prefixes or any(p.name.startswith(x) for x in prefixes)]
 
 
+# tqdm warns on import in a kernel without ipywidgets; the warning would end up in the outputs.
+QUIET = {"PYTHONWARNINGS": "ignore:IProgress not found"}
+
+
 def execute(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
-    """Runs one notebook top to bottom; returns it with its outputs (raises CellExecutionError)."""
+    """Runs one notebook top to bottom; returns it with its outputs (raises CellExecutionError).
+
+    The kernel gets this process's environment (e.g. BERTJAX_CACHE, HF_HUB_OFFLINE) plus QUIET.
+    """
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    client.execute(env={**os.environ, **QUIET})
     return nb
 
 
