@@ -124,8 +124,8 @@ def test_cli(model, mlm_folder, capsys):
     assert out[0] == f"model: {mlm_folder}"
     assert out[1] == "[MASK] 1 of 2 (token position 2):" and out[5].startswith("[MASK] 2 of 2")
     for line, p in zip(out[2:5] + out[6:9], want[0] + want[1]):
-        rank, token, score, sequence = re.fullmatch(r"\s+(\d)\. (\S+)\s+(\d\.\d{4})  (.*)",
-                                                    line).groups()
+        token, score, sequence = re.fullmatch(r"\s+\d\. (\S+)\s+(\d\.\d{4})  (.*)",
+                                              line).groups()
         assert (token, sequence) == (p["token"], p["sequence"])
         assert float(score) == pytest.approx(p["score"], abs=5e-5)
     assert len(out) == 9
