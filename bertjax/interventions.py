@@ -232,8 +232,8 @@ def attribution_patch(params: dict, config: BertConfig, corrupted_inputs: dict, 
 
     effect[l, k] ~ sum over the group of  d metric / d act[l]  *  (clean - corrupted)[l],
     the gradients taken in the corrupted run. It estimates
-    `patch_sweep(...) - metric(corrupted run)` with one forward and L backward passes instead of
-    L * K forwards. Arguments as `patch_sweep`.
+    `patch_sweep(...) - metric(corrupted run)` with L gradients (a forward and a backward pass
+    each) instead of L * K forwards. Arguments as `patch_sweep`.
 
     The gradient at layer l must let every later layer respond (as it does when the sweep patches
     layer l alone), so it is taken with only layer l patched: a patch replaces the computed value,
