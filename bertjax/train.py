@@ -159,10 +159,10 @@ class TrainState:
     """Everything a run needs to continue exactly: step count, fp32 params, optimizer state and the
     dropout key (a raw uint32 key, so flax.serialization can write it)."""
 
-    step: jax.Array
+    step: ArrayLike  # int32 scalar (a NumPy array once read back from a checkpoint)
     params: dict
     opt_state: optax.OptState
-    rng: jax.Array
+    rng: ArrayLike  # uint32 [2]
 
 
 def init_state(params: dict, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
@@ -194,7 +194,7 @@ def make_train_step(config: BertConfig, task: str, tx: optax.GradientTransformat
                                                     r_drop if dropout else None)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state, rng), metrics
 
     return step

@@ -15,12 +15,12 @@ import optax
 import pytest
 import torch
 import transformers
+from conftest import B, S, assert_close, tiny_inputs
 
 import bertjax
 from bertjax import train as T
 from bertjax.convert import state_dict_to_params
 from bertjax.params import flatten
-from conftest import B, S, assert_close, tiny_inputs
 
 LR, WD, EPS, CLIP = 1e-3, 0.01, 1e-8, 1.0
 GRAD_FLOOR = 1e-6  # below this |grad| (and not exactly 0) Adam's first step amplifies rounding
