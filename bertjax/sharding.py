@@ -165,8 +165,9 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
 
     Args:
       mesh: from `make_mesh`.
-      params: the parameter tree (used for its heads and layout; place it with `replicate` or
-        `shard_params`).
+      params: the parameter tree (used for its heads and layout). Place the tree that `run`
+        gets with `shard_params` (for a model axis of 1 the same as `replicate`): jit refuses
+        arrays placed otherwise.
       capture: activation names, globs or "all", as for `forward`.
       post: optional `post(out, attention_mask) -> dict of [B, ...] arrays`, traced into the same
         program (selecting layers, pooling), so that only its results leave the devices. It keys

@@ -362,7 +362,8 @@ def test_stopped_at_each_write_step_then_resumed(tiny_bert, tmp_path, monkeypatc
 def test_kill_9_at_a_random_moment_then_resume(tiny_bert, tmp_path):
     """kill -9 at a random moment after the first commit (most of the time is spent in fsyncs
     slowed to 0.1 s, so the kill lands between the steps of a commit), resume: the folder is byte
-    for byte the uninterrupted run's (4 devices in each process); the killed one read as a prefix."""
+    for byte the uninterrupted run's (4 devices in each process); the killed one reads as a
+    prefix of it."""
     corpus = write_corpus(tmp_path / "c.txt", 240, max_words=12)  # 6 chunks of 40 lines
     ref, out = tmp_path / "ref", tmp_path / "out"
     reference = start(cli_args(tiny_bert, corpus, ref))
