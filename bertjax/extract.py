@@ -45,7 +45,7 @@ from bertjax.encoder import stack_layers
 from bertjax.params import Heads
 from bertjax.sharding import make_mesh, shard_batch, shard_params, sharded_forward
 from bertjax.store import (MANIFEST, META_FILE, SHARDS, array_layout, manifest_path, read_json,
-                           shard_name, summary_file)
+                           shard_name, summary_file, token_axis)
 
 REDUCE = ("none", "mean", "cls")
 _SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
@@ -158,7 +158,8 @@ def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
 
 @dataclasses.dataclass(frozen=True)
 class Post:
-    """The on-device step after forward: select layers, batch axis first, S second or pooled.
+    """The on-device step after forward: select layers, batch axis first, the token axis (S, or T
+    for keys and values) second or pooled.
 
     Hashable and compared by value, so it keys the compile cache of `sharded_forward`: the same
     request in the same process reuses the compiled programs.
@@ -177,8 +178,8 @@ class Post:
                 a = a[np.asarray(self.layers)]
             a = jnp.moveaxis(a, letters.index("B"), 0)  # [B, ...rest]
             letters = ["B"] + [x for x in letters if x != "B"]
-            if "S" in letters:
-                a = _pool(a, letters.index("S"), attention_mask, self.reduce)
+            if axis := token_axis(letters):
+                a = _pool(a, letters.index(axis), attention_mask, self.reduce)
             result[name] = a.astype(self.dtype)
         return result
 

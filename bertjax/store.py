@@ -12,12 +12,13 @@ An extract folder holds:
 * `summary.json`: the closing counts, written when the whole input has been processed (with n
   processes, `summary-<i>-of-<n>.json` from each process i instead).
 
-Layouts. An example's array is stored with its sequence axis S first and padding stripped (a stored
-shape is a list of ints and "S", the example's length); the reader moves S back to `seq_axis`, so
-`store[i]["layer.out"]` is [L, S_i, D] (L the selected layers) and `store[i]["attn.probs"]`
-[L, N, S_i, T_i]. Reduced arrays (`--reduce mean|cls`) have no S axis: [L, D], [D], or [L, N, T_i]
-for the attention maps, whose key axis stays. Storing S first makes the tokens of consecutive
-examples contiguous, so `stacked` of an unreduced name is one [T_all, ...] array.
+Layouts. An example's array is stored with its token axis (S; T for attn.k and attn.v) first and
+padding stripped (a stored shape is a list of ints and "S", the example's length); the reader moves
+that axis back to `seq_axis`, so `store[i]["layer.out"]` is [L, S_i, D] (L the selected layers) and
+`store[i]["attn.probs"]` [L, N, S_i, T_i]. Reduced arrays (`--reduce mean|cls`) have no token axis:
+[L, D], [D], [L, N, H], or [L, N, T_i] for the attention maps, whose key axis stays. Storing the
+token axis first makes the tokens of consecutive examples contiguous, so `stacked` of an unreduced
+name is one [T_all, ...] array.
 """
 
 from __future__ import annotations
@@ -40,19 +41,27 @@ _DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
            "BF16": np.dtype(ml_dtypes.bfloat16)}
 
 
+def token_axis(letters) -> str | None:
+    """The axis that runs over an example's tokens: S, or T for the keys and values (which have no
+    S); None for pooled names. It is the axis stored first, stripped and reduced."""
+    return "S" if "S" in letters else "T" if "T" in letters else None
+
+
 def array_layout(name: str, config: BertConfig, n_layers: int, reduce: str) -> dict:
     """How one example's `name` is stored: {"shape": [int | "S", ...], "seq_axis": int | None}.
 
-    The contract shape (capture.SHAPES) without B; L is the number of selected layers; the query
-    axis S comes first, or is pooled away when reduce is "mean" or "cls" (seq_axis None).
+    The contract shape (capture.SHAPES) without B; L is the number of selected layers; the token
+    axis (`token_axis`) comes first, or is pooled away when reduce is "mean" or "cls" (seq_axis
+    None). A second length axis (the keys T of the attention maps) stays where it is.
     """
     sizes = {"L": n_layers, "N": config.num_attention_heads, "D": config.hidden_size,
              "H": config.hidden_size // config.num_attention_heads, "I": config.intermediate_size,
              "V": config.vocab_size, "S": SEQ, "T": SEQ}
     letters = [a for a in C.SHAPES[name].split() if a != "B"]
-    if "S" not in letters:
+    axis = token_axis(letters)
+    if axis is None:
         return {"shape": [sizes[a] for a in letters], "seq_axis": None}
-    seq_axis = letters.index("S")
+    seq_axis = letters.index(axis)
     del letters[seq_axis]
     if reduce == "none":
         return {"shape": [SEQ] + [sizes[a] for a in letters], "seq_axis": seq_axis}

@@ -168,7 +168,8 @@ def test_extract_equals_pytorch_per_example(tiny_bert, torch_bert, tmp_path):
     with open(corpus, "a") as f:
         f.write("\n" + json.dumps({"text": "  "}) + "\n")
     summary = extract(Options(str(corpus), str(tmp_path / "out"), model=tiny_bert, layers=(1, 0),
-                              capture=("embed.out", "layer.out", "attn.probs", "pooler.out"),
+                              capture=("embed.out", "layer.out", "attn.probs", "attn.k",
+                                       "pooler.out"),
                               batch_size=4, chunk_size=7), progress=False)
     store = ActivationStore(tmp_path / "out")
     assert (summary["written"], summary["empty"], len(store), store.complete) == (30, 2, 30, True)
@@ -184,14 +185,19 @@ def test_extract_equals_pytorch_per_example(tiny_bert, torch_bert, tmp_path):
         assert_close(f"embed.out {i}", got["embed.out"], want["embed.out"])
         assert_close(f"layer.out {i}", got["layer.out"], want["layer.out"][[1, 0]])
         assert_close(f"attn.probs {i}", got["attn.probs"], want["attn.probs"][[1, 0]])
+        assert_close(f"attn.k {i}", got["attn.k"], want["attn.k"][[1, 0]])
         assert_close(f"pooler.out {i}", got["pooler.out"], want["pooler.out"])
+    keys, ids = store.stacked("attn.k")  # per token: [T_all, L, N, H]
+    assert keys.shape == (sum(store.lengths), 2, 3, 5) and len(ids) == len(keys)
+    np.testing.assert_array_equal(keys[ids == 4], np.moveaxis(store[4]["attn.k"], 2, 0))
 
 
 @pytest.mark.parametrize("reduce", ["mean", "cls"])
 def test_reduce_pools_real_tokens(tiny_bert, torch_bert, tmp_path, reduce):
     corpus = write_corpus(tmp_path / "c.txt", 9, max_words=20)
     extract(Options(corpus, str(tmp_path / "out"), model=tiny_bert, reduce=reduce,
-                    capture=("layer.out", "attn.q", "attn.probs"), batch_size=4), progress=False)
+                    capture=("layer.out", "attn.q", "attn.k", "attn.probs"), batch_size=4),
+            progress=False)
     store = ActivationStore(tmp_path / "out")
     pool = (lambda a, axis: a.mean(axis)) if reduce == "mean" else (lambda a, axis: a.take(0, axis))
     for i in range(len(store)):
@@ -199,6 +205,7 @@ def test_reduce_pools_real_tokens(tiny_bert, torch_bert, tmp_path, reduce):
         want = torch_example(torch_bert, tokens, np.zeros_like(tokens))
         assert_close(f"layer.out {i}", store[i]["layer.out"], pool(want["layer.out"], 1))
         assert_close(f"attn.q {i}", store[i]["attn.q"], pool(want["attn.q"], 2))
+        assert_close(f"attn.k {i}", store[i]["attn.k"], pool(want["attn.k"], 2))  # over T
         # the query axis is pooled, the key axis keeps the example's length
         assert_close(f"attn.probs {i}", store[i]["attn.probs"], pool(want["attn.probs"], 2))
     values, ids = store.stacked("layer.out")
