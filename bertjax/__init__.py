@@ -20,9 +20,10 @@ from bertjax.heads import classifier_logits, mlm_logits, pooler
 from bertjax.layer import encoder_layer
 from bertjax.model import BertOutput, checked_forward, forward
 from bertjax.params import Heads, init_params, param_shapes
+from bertjax.store import ActivationStore
 
 __all__ = [
-    "ALL_NAMES", "BertConfig", "bucket_lengths", "convert_checkpoint", "load", "pad_batch", "save", "BertOutput", "Heads", "attention", "checked_forward",
+    "ALL_NAMES", "ActivationStore", "BertConfig", "bucket_lengths", "convert_checkpoint", "load", "pad_batch", "save", "BertOutput", "Heads", "attention", "checked_forward",
     "classifier_logits", "embeddings", "encoder", "encoder_layer", "forward", "init_params",
     "mlm_logits", "param_shapes", "pooler", "resolve_capture", "stack_layers",
 ]
