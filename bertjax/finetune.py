@@ -15,8 +15,9 @@ OUT holds
   model/             the final model, written by `bertjax.checkpoint.save`: what `bertjax.load`
                      reads, with the head (`classifier/{kernel,bias}`, config num_labels and
                      id2label) and the tokenizer files;
-  history.json       the loss of every step and the metrics of every epoch, written last: the run
-                     is done when it exists (the checkpoint is then removed).
+  history.json       the loss of every step, the metrics of every epoch and the eval metrics
+                     before training ("before"), written last: the run is done when it exists (the
+                     checkpoint is then removed).
 Everything a step depends on is a function of the checkpoint (the batches of an epoch of (seed,
 epoch), the MLM masks of (seed, epoch, batch), the dropout keys of the state's key), so a run killed
 at any moment and rerun with the same command continues from its last checkpoint and ends with the
@@ -239,14 +240,18 @@ def evaluate(run: Run, params: dict, eval_fn, mesh) -> dict:
             "eval_labels": totals["count"]}
 
 
+def _metrics_line(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}".rstrip()
+                     for k, v in metrics.items())
+
+
 def _epoch_end(run: Run, state, history: dict, epoch: int, eval_fn, mesh, bar) -> dict:
     losses = history["loss"][epoch * run.steps_per_epoch:]
     metrics = {"epoch": epoch + 1, "step": int(state.step), "train_loss": float(np.mean(losses))}
     if run.eval:
         metrics.update(evaluate(run, state.params, eval_fn, mesh))
     if not bar.disable:
-        bar.write("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in metrics.items()))
+        bar.write(_metrics_line(metrics))
     history["epochs"].append(metrics)
     return history
 
@@ -302,6 +307,26 @@ def _finish(run: Run, state: TrainState, history: dict) -> None:
     os.remove(os.path.join(out, CHECKPOINT_FILE))
 
 
+def _start(run: Run, mesh) -> tuple[TrainState, dict, dict]:
+    """(state, data position, history) to train from: the last checkpoint's, or a fresh start's
+    (whose history holds the eval metrics before training, under "before")."""
+    opts = run.opts
+    state = init_state(run.params, run.tx, opts.seed)
+    restored = read_checkpoint(opts.out, state)
+    if restored is not None:
+        state, position, history = restored
+        if int(state.step) != position["step"] or position["seed"] != opts.seed:
+            raise ValueError(f"{opts.out}/{CHECKPOINT_FILE} is inconsistent (state step "
+                             f"{int(state.step)}, position {position}); choose another --out")
+        return replicate(state, mesh), position, history
+    state = replicate(state, mesh)
+    history = {"loss": [], "epochs": [], "labels": list(run.config.id2label), "before": None}
+    if run.eval:
+        eval_fn = _programs(run.config, opts.task, run.tx, opts.bf16)[1]
+        history["before"] = evaluate(run, state.params, eval_fn, mesh)
+    return state, {"epoch": 0, "batch": 0, "seed": opts.seed, "step": 0}, history
+
+
 def finetune(opts: Options, progress: bool = True, devices=None) -> dict:
     """Runs (or resumes, or finds done) a fine-tuning; returns its summary.
 
@@ -322,18 +347,12 @@ def finetune(opts: Options, progress: bool = True, devices=None) -> dict:
             return summary(opts, json.load(f), 0, time.perf_counter() - start)
     run.tx = optimizer(opts.lr, opts.warmup, max(total // opts.grad_accum, 1), opts.weight_decay,
                        opts.clip_norm, opts.grad_accum)
-    state = init_state(run.params, run.tx, opts.seed)
-    position, history = {"epoch": 0, "batch": 0, "seed": opts.seed, "step": 0}, \
-        {"loss": [], "epochs": [], "labels": list(run.config.id2label)}
-    restored = read_checkpoint(opts.out, state)
-    if restored is not None:
-        state, position, history = restored
-        if int(state.step) != position["step"] or position["seed"] != opts.seed:
-            raise ValueError(f"{opts.out}/{CHECKPOINT_FILE} is inconsistent (state step "
-                             f"{int(state.step)}, position {position}); choose another --out")
+    state, position, history = _start(run, mesh)
     with tqdm(total=total, initial=position["step"], desc="finetune", unit="step",
               disable=not progress, dynamic_ncols=True) as bar:
-        state = train_loop(run, replicate(state, mesh), position, history, mesh, bar)
+        if progress and position["step"] == 0 and history["before"]:
+            bar.write(_metrics_line({"before training": "", **history["before"]}))
+        state = train_loop(run, state, position, history, mesh, bar)
     _finish(run, state, history)
     return summary(opts, history, total - position["step"], time.perf_counter() - start)
 
@@ -346,7 +365,5 @@ def summary(opts: Options, history: dict, steps: int, seconds: float) -> dict:
 
 
 def summary_line(s: dict) -> str:
-    last = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in s["last"].items())
     return (f"finetune: {s['steps']} steps ({s['this_run']} this run, {s['seconds']:.1f} s); "
-            f"{last}; model in {s['model']}")
+            f"{_metrics_line(s['last'])}; model in {s['model']}")

@@ -80,6 +80,8 @@ def test_learns_a_separable_task(reference):
     assert len(epochs) == 10 and epochs[-1]["step"] == 120 and epochs[-1]["eval_labels"] == 32
     assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
     assert epochs[-1]["eval_accuracy"] >= 0.8, epochs
+    before = reference["summary"]["history"]["before"]
+    assert before["eval_labels"] == 32 and before["eval_accuracy"] <= 0.7
 
 
 def test_saved_model_loads_and_predicts(reference, data):
