@@ -16,6 +16,7 @@ Bad input: empty (or all-blank) lines are skipped and counted; a line that is no
 .jsonl, not a JSON object with a string text field) stops the run with its line number, or is
 skipped and counted with `skip_invalid`; texts longer than `max_length` tokens are truncated and
 counted.
+
 Multi-host: run the same command in every process after `jax.distributed.initialize()` (the CLI's
 `--distributed`), with OUT on a filesystem they all see. Process i (`jax.process_index()` of
 `jax.process_count()`) streams the input but decodes, tokenizes and runs only the chunks k with
@@ -40,11 +41,11 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
 from bertjax import capture as C
-from bertjax.buckets import bucket_lengths, pad_batch
+from bertjax.buckets import bucket_for, bucket_lengths, pad_batch
 from bertjax.encoder import stack_layers
 from bertjax.params import Heads
 from bertjax.sharding import make_mesh, shard_batch, shard_params, sharded_forward
-from bertjax.store import (MANIFEST, META_FILE, SHARDS, array_layout, manifest_path, read_json,
+from bertjax.store import (MANIFEST, META_FILE, SEQ, SHARDS, array_layout, manifest_path, read_json,
                            shard_name, summary_file, token_axis)
 
 REDUCE = ("none", "mean", "cls")
@@ -53,7 +54,8 @@ _SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What `bertjax extract` was asked to do (all of it but `out` identifies the command)."""
+    """What `bertjax extract` was asked to do. All but `out` and `model_axis` identify the command
+    (`describe`): a resume must repeat them."""
 
     input: str
     out: str
@@ -198,7 +200,7 @@ def _pool(a, axis: int, attention_mask, reduce: str):
 
 def _strip(row: np.ndarray, layout: dict, length: int) -> np.ndarray:
     """One example's row of a batch output with every length axis cut to its tokens, flattened."""
-    cut = tuple(slice(0, length) if d == "S" else slice(None) for d in layout["shape"])
+    cut = tuple(slice(0, length) if d == SEQ else slice(None) for d in layout["shape"])
     return np.ascontiguousarray(row[cut]).ravel()
 
 
@@ -219,8 +221,6 @@ class _Model:
 
 def _batches(examples: list[Example], model: _Model) -> Iterator[list[int]]:
     """Indices of examples grouped by bucket, in batches of at most `rows` (deterministic)."""
-    from bertjax.buckets import bucket_for
-
     def bucket(i):
         return bucket_for(len(examples[i].ids), model.buckets)
 
@@ -383,13 +383,14 @@ def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> 
 
 
 def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, pretrained=None) -> dict:
     """Runs (or resumes) an extraction; returns the closing summary's counts.
 
     Args:
       devices: the devices to shard over (default: this process's local devices).
       process: (index, count); this process does the chunks k with k % count == index
         (default: jax.process_index(), jax.process_count()).
+      pretrained: `load_pretrained(opts.model, opts.dtype)` already loaded, to skip loading it.
     """
     from tqdm import tqdm
 
@@ -397,33 +398,41 @@ def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
 
     start = time.perf_counter()
     check_request(opts)
-    pre = load_pretrained(opts.model, jnp.dtype(opts.dtype))
+    pre = pretrained or load_pretrained(opts.model, jnp.dtype(opts.dtype))
     names, layers, max_length = resolve_request(opts, pre.config, Heads.of(pre.params))
     index, count = process or (jax.process_index(), jax.process_count())
     tag = f"p{index}"
     model = build_model(opts, pre, names, layers, max_length, devices)  # may still refuse
     prepare_out(opts.out, describe(opts, pre.config, names, layers, max_length), tag)
-    totals = dict.fromkeys(("written", "truncated", "empty", "invalid"), 0)
-    new = 0
     with tqdm(desc="extract", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
-        for k, chunk in enumerate(raw_chunks(opts.input, opts.chunk_size)):
-            if k % count != index:
-                continue  # another process's chunk
-            done = manifest_path(opts.out, k)
-            if os.path.isfile(done):  # committed by an earlier run
-                counts = read_json(done)["counts"]
-            else:
-                lines = parse_chunk(chunk, opts)
-                examples = tokenize(model.tokenizer, lines, max_length)
-                counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag)
-                new += counts["written"]
-            totals = {key: totals[key] + counts[key] for key in totals}
+        totals, new = _process_chunks(opts, model, index, count, tag, bar)
     seconds = time.perf_counter() - start
     summary = {**totals, "this_run": new, "seconds": seconds, "examples_per_s": new / seconds,
                "process": [index, count]}
     _atomic_write(os.path.join(opts.out, summary_file(index, count)), json.dumps(summary).encode(),
                   tag)
     return summary
+
+
+def _process_chunks(opts: Options, model: _Model, index: int, count: int, tag: str,
+                    bar) -> tuple[dict, int]:
+    """Runs and commits this process's chunks that are not committed yet; returns the counts of
+    all its chunks and how many examples this run wrote."""
+    totals = dict.fromkeys(("written", "truncated", "empty", "invalid"), 0)
+    new = 0
+    for k, chunk in enumerate(raw_chunks(opts.input, opts.chunk_size)):
+        if k % count != index:
+            continue  # another process's chunk
+        done = manifest_path(opts.out, k)
+        if os.path.isfile(done):  # committed by an earlier run
+            counts = read_json(done)["counts"]
+        else:
+            lines = parse_chunk(chunk, opts)
+            examples = tokenize(model.tokenizer, lines, model.max_length)
+            counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag)
+            new += counts["written"]
+        totals = {key: totals[key] + counts[key] for key in totals}
+    return totals, new
 
 
 def summary_line(out: str, s: dict) -> str:
