@@ -342,7 +342,9 @@ def finetune(opts: Options, progress: bool = True, devices=None) -> dict:
     total = opts.epochs * run.steps_per_epoch
     prepare_out(opts.out, describe(opts))
     history_path = os.path.join(opts.out, HISTORY_FILE)
-    if os.path.isfile(history_path):
+    if os.path.isfile(history_path):  # done (a checkpoint left by a kill at the end is stale)
+        if os.path.isfile(os.path.join(opts.out, CHECKPOINT_FILE)):
+            os.remove(os.path.join(opts.out, CHECKPOINT_FILE))
         with open(history_path, encoding="utf-8") as f:
             return summary(opts, json.load(f), 0, time.perf_counter() - start)
     run.tx = optimizer(opts.lr, opts.warmup, max(total // opts.grad_accum, 1), opts.weight_decay,
