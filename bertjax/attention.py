@@ -1,8 +1,15 @@
 """Multi-head self-attention, per head, with every intermediate available.
 
 Axis letters: B batch, S query positions, T key positions, D hidden, N heads, H head size.
-The kernels stay in the tree's [D, D] layout; they are viewed as [D, N, H] (query/key/value) and
-[N, H, D] (output) so that each head's slice is explicit in the einsums.
+The kernels stay in the tree's [D, D] layout. Projections are plain [B, S, D] @ [D, D] matmuls whose
+output is split into heads ([B, S, N, H] -> [B, N, S, H]); the output dense sees the heads merged
+back to [B, S, D], and only `attn.head_out` views its kernel per head as [N, H, D]. (An einsum
+straight into [B, N, S, H] made XLA CPU copy and transpose every kernel on each call.)
+
+Two ways to the context: the explicit one (scores, softmax, probs @ v, every step tappable), and
+`jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU) when neither scores nor probs are
+captured or patched and there is no dropout or head mask. On CPU, where dot_product_attention is the
+same XLA arithmetic plus extra transposes, the explicit way measures faster and is always used.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import jax.numpy as jnp
 
 from bertjax import capture as C
 from bertjax.config import BertConfig
-from bertjax.nn import dropout, last_axis
+from bertjax.nn import dense, dropout, last_axis
 
 # Added to the scores of padded keys. transformers uses the dtype's most negative finite value;
 # we do the same (in float32, where the scores live) so that captured scores match it exactly and a
@@ -34,9 +41,14 @@ def mask_bias(attention_mask: ArrayLike | None) -> Float[Array, "B 1 1 T"] | Non
 
 def _project(params: dict, x: jax.Array, config: BertConfig) -> jax.Array:
     """One of query/key/value: [B, S, D] -> [B, N, S, H]."""
-    N, H = config.num_attention_heads, config.head_size
-    kernel = params["kernel"].reshape(-1, N, H)  # [D, N, H]
-    return jnp.einsum("BSD,DNH->BNSH", x, kernel) + params["bias"].reshape(1, N, 1, H)
+    B, S, _ = x.shape
+    heads = dense(params, x).reshape(B, S, config.num_attention_heads, config.head_size)
+    return jnp.swapaxes(heads, 1, 2)  # [B, N, S, H]
+
+
+def _fused_here() -> bool:
+    """Whether to take `jax.nn.dot_product_attention` when nothing forbids it: not on CPU."""
+    return jax.default_backend() != "cpu"
 
 
 def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
@@ -65,7 +77,8 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
     v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
     bias = mask_bias(attention_mask)
     active = rng is not None and config.attention_probs_dropout_prob > 0.0
-    if taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active or head_mask is not None:
+    explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active
+    if explicit or head_mask is not None or not _fused_here():
         context = _context(q, k, v, bias, config, taps, rng, head_mask)
     else:
         context = _fused_context(q, k, v, bias)
@@ -91,7 +104,7 @@ def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
 
 def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
     """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
-    captured or patched and there is no dropout or head mask (cuDNN's fused kernel on GPU).
+    captured or patched and there is no dropout or head mask, off CPU (cuDNN's fused kernel on GPU).
 
     Same float32 arithmetic as `_context`: scaled scores plus the same additive bias, float32
     softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
@@ -103,11 +116,15 @@ def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | N
 
 def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) -> jax.Array:
     """Output dense over the concatenated heads: [B, N, S, H] -> [B, S, D]; per head on request."""
-    kernel = params["kernel"].reshape(config.num_attention_heads, config.head_size, -1)  # [N, H, D]
+    B, N, S, H = context.shape
     if taps.wants(C.ATTN_HEAD_OUT):
-        head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,NHD->BNSD", context, kernel))  # [B, N, S, D]
-        out = jnp.sum(head_out, axis=1)  # [B, S, D]
-    else:
-        out = jnp.einsum("BNSH,NHD->BSD", context, kernel)  # [B, S, D]
-    out = out + last_axis(params["bias"], 3)
+        # The kernel broadcast over B makes (B, N) the dot's batch axes, so that XLA writes
+        # [B, N, S, D] directly (with N alone as batch axis it wrote [N, B, S, D] then transposed).
+        kernel = jnp.broadcast_to(params["kernel"].reshape(N, H, -1), (B, N, H, config.hidden_size))
+        head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,BNHD->BNSD", context, kernel))
+        if C.ATTN_HEAD_OUT in taps.patch:  # a patched head changes attn.out: sum the heads
+            return taps(C.ATTN_OUT, jnp.sum(head_out, axis=1) + last_axis(params["bias"], 3))
+    # Captured head_out or not, attn.out is the one dense over the merged heads (cheaper than
+    # summing [B, N, S, D], and the same numbers as without capture).
+    out = dense(params, jnp.swapaxes(context, 1, 2).reshape(B, S, N * H))  # [B, S, D]
     return taps(C.ATTN_OUT, out)

@@ -1,14 +1,23 @@
 """The encoder: all layers applied in order by one `lax.scan` over stacked layer parameters.
 
 The tree stores layers as `encoder/layer/<i>` (the contract's layout). `stack_layers` turns them into
-one subtree whose leaves carry a leading L axis; `encoder` does this inside the traced function when
-it is given the per-layer layout (one copy of the encoder weights per call), or uses an already stacked
-tree as it is (call `stack_layers` once up front to skip that copy in a hot loop). Scanning compiles
-one layer body, so compile time does not grow with the number of layers, and per-layer activations
-come out of the scan stacked on axis 0, exactly as the contract wants them.
+one subtree whose leaves carry a leading L axis. When to stack:
+
+* `encoder` given the per-layer layout stacks inside the traced function: one copy of the encoder
+  weights on every call (differentiable; what happens under an outer jit or grad);
+* `bertjax.forward` given concrete per-layer arrays stacks them once, outside its jit, and keeps the
+  stacked copy for the next calls with the same arrays (`stacked_once`, a one-entry cache that
+  holds no reference to the per-layer arrays and is dropped when they are);
+* an already stacked tree is used as it is: `params = bertjax.stack_layers(params)` once up front
+  keeps a single copy of the weights in memory.
+
+Scanning compiles one layer body, so compile time does not grow with the number of layers, and
+per-layer activations come out of the scan stacked on axis 0, exactly as the contract wants them.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import jax
 from jax.typing import ArrayLike
@@ -39,6 +48,39 @@ def stack_layers(params: dict) -> dict:
         return params
     layers = [params[str(i)] for i in range(len(params))]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+
+
+# The one entry of `stacked_once`: (ids of the per-layer leaves, weakrefs to them, stacked tree).
+_STACKED: list = []
+
+
+def stacked_once(layers: dict) -> dict:
+    """`stack_layers` of a per-layer `encoder/layer` dict, cached for the same (immutable) arrays.
+
+    Only concrete `jax.Array` leaves are cached (tracers and mutable numpy arrays are stacked
+    every time). The cache holds weak references to the per-layer arrays: the stacked copy is
+    freed when any of them is, or when another tree is stacked.
+    """
+    leaves = jax.tree_util.tree_leaves(layers)
+    if is_stacked(layers) or not all(isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+                                     for x in leaves):
+        return stack_layers(layers)
+    key = tuple(map(id, leaves))
+    if _STACKED and _STACKED[0][0] == key and all(r() is x for r, x in zip(_STACKED[0][1], leaves)):
+        return _STACKED[0][2]
+    stacked = stack_layers(layers)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(stacked)):
+        return stacked  # called while tracing an outer function: the stack is part of its program
+    _STACKED[:] = [(key, [weakref.ref(x, _drop(key)) for x in leaves], stacked)]
+    return stacked
+
+
+def _drop(key: tuple):
+    """Weakref callback: forget the cached stack of `key` when one of its arrays goes away."""
+    def callback(_):
+        if _STACKED and _STACKED[0][0] == key:
+            _STACKED.clear()
+    return callback
 
 
 def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,

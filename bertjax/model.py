@@ -15,7 +15,7 @@ from bertjax import capture as C
 from bertjax.checks import check_inputs, checkify_inputs
 from bertjax.config import BertConfig
 from bertjax.embeddings import embeddings
-from bertjax.encoder import encoder
+from bertjax.encoder import encoder, is_stacked, stacked_once
 from bertjax.heads import mlm_logits, pooler
 from bertjax.params import Heads
 
@@ -59,7 +59,9 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """Runs BERT and returns its outputs and the captured activations.
 
     Args:
-      params: the full parameter tree (per-layer or with `stack_layers` applied).
+      params: the full parameter tree, per-layer or with `stack_layers` applied. Concrete
+        per-layer arrays are stacked once and the stacked copy is reused while they live
+        (`bertjax.encoder.stacked_once`); stack once yourself to keep a single copy in memory.
       input_ids: int [B, S].
       config: the model's BertConfig (static).
       token_type_ids: int [B, S], zeros when None.
@@ -83,8 +85,16 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                              position_ids, capture)
-    return _forward(params, *arrays, rng, head_mask, C.check_patch(patch), config=config,
-                    capture=names)
+    return _forward(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch),
+                    config=config, capture=names)
+
+
+def _with_stacked_layers(params: dict) -> dict:
+    """The tree with its layers stacked once outside jit (see `bertjax.encoder.stacked_once`)."""
+    layers = params.get("encoder", {}).get("layer")
+    if layers is None or is_stacked(layers):
+        return params
+    return {**params, "encoder": {**params["encoder"], "layer": stacked_once(layers)}}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capture"))
@@ -116,7 +126,7 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                              position_ids, capture)
-    return _checked(params, *arrays, rng, head_mask, C.check_patch(patch), config=config,
+    return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch), config=config,
                     capture=names)
 
 
