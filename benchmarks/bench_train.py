@@ -187,8 +187,9 @@ def machine(threads: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| size | batch x seq | bertjax ex/s | PyTorch ex/s | bertjax / PyTorch (median, "
-            "min-max over rounds) |", "|---|---|---|---|---|"]
+    header = ("| size | batch x seq | bertjax ex/s | PyTorch ex/s | bertjax / PyTorch (median, "
+              "min-max over rounds) |")
+    rows = [header, "|---|---|---|---|---|"]
     for name, r in result["sizes"].items():
         eps = r["examples_per_second"]
         rows.append(f"| {name} | {r['batch'][0]} x {r['batch'][1]} | {eps['bertjax']:.1f} | "
