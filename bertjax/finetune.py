@@ -220,10 +220,16 @@ def read_checkpoint(out: str, template: TrainState) -> tuple[TrainState, dict, d
     path = os.path.join(out, CHECKPOINT_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, "rb") as f:
-        tree = serialization.msgpack_restore(f.read())
-    meta = json.loads(tree["meta"])
-    return serialization.from_state_dict(template, tree["state"]), meta["position"], meta["history"]
+    try:
+        with open(path, "rb") as f:
+            tree = serialization.msgpack_restore(f.read())
+        meta = json.loads(tree["meta"])
+        state = serialization.from_state_dict(template, tree["state"])
+        return state, meta["position"], meta["history"]
+    except Exception as e:  # noqa: BLE001  (msgpack and flax raise many types on a bad file)
+        raise ValueError(f"{path} cannot be resumed by this run ({type(e).__name__}: "
+                         f"{str(e)[:200]}); remove it to start over, or choose another --out") \
+            from None
 
 
 def evaluate(run: Run, params: dict, eval_fn, mesh) -> dict:

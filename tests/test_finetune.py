@@ -151,6 +151,24 @@ def test_killed_then_rerun_ends_bit_for_bit_as_uninterrupted(reference, tmp_path
         assert json.load(f) == reference["summary"]["history"]
 
 
+def test_bad_checkpoints_are_refused(reference, tmp_path):
+    from bertjax.train import init_state
+
+    opts = dataclasses.replace(reference["opts"], out=str(tmp_path / "out"))
+    os.makedirs(opts.out)
+    F.prepare_out(opts.out, F.describe(opts))
+    tx = F.optimizer(opts.lr, opts.warmup, 120, opts.weight_decay, opts.clip_norm, 1)
+    state = init_state(F.prepare(opts, 1).params, tx)  # step 0, but the position says 5
+    F.write_checkpoint(opts.out, state, {"epoch": 0, "batch": 5, "seed": 0, "step": 5}, {})
+    with pytest.raises(ValueError, match=r"checkpoint.msgpack is inconsistent \(state step 0"):
+        F.finetune(opts, progress=False)
+    with open(os.path.join(opts.out, F.CHECKPOINT_FILE), "wb") as f:
+        f.write(b"\x81\xa4meta\xa2{}")  # a msgpack map without a state
+    with pytest.raises(ValueError, match=r"checkpoint.msgpack cannot be resumed by this run "
+                                         r"\(KeyError: 'state'\); remove it to start over"):
+        F.finetune(opts, progress=False)
+
+
 def test_done_run_is_not_repeated_and_other_commands_are_refused(reference, capsys):
     opts = reference["opts"]
     again = F.finetune(opts, progress=False)
@@ -260,6 +278,26 @@ def test_the_model_is_checked(tiny, data, tmp_path, checkpoint_factory):
     with pytest.raises(ValueError, match="has no MLM head .*; --task mlm needs one"):
         F.prepare(F.Options(train=data["train"], out=str(tmp_path), model=no_mlm, task="mlm",
                             max_length=8), 1)
+
+
+def test_sentiment_splits_share_no_word_or_template():
+    train, test = D.sentiment("train", 200, seed=1), D.sentiment("test", 100, seed=1)
+    assert train == D.sentiment("train", 200, seed=1) and train != D.sentiment("train", 200)
+    assert [r["label"] for r in test].count("positive") == 50
+    for split, records in (("train", train), ("test", test)):
+        for r in records:
+            words = set(r["text"].replace(",", " ").replace(".", " ").replace("!", " ").split())
+            polar = words & set(D.POSITIVE[split] + D.NEGATIVE[split])
+            assert len(polar) == 1 and (polar <= set(D.POSITIVE[split])) == \
+                (r["label"] == "positive")
+    for table in (D.TEMPLATES, D.POSITIVE, D.NEGATIVE, D.NOUNS):
+        assert not set(table["train"]) & set(table["test"])
+    with pytest.raises(ValueError, match="split must be one of train, test, got 'dev'"):
+        D.sentiment("dev", 3)
+    with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
+        D.sentiment("train", 0)
+    with pytest.raises(ValueError, match="task must be one of classification, tokens, mlm"):
+        D.Fields.for_task("ner")
 
 
 def test_mask_tokens_is_berts_80_10_10():
