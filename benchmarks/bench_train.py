@@ -15,7 +15,9 @@ Sizes: "minilm" (all-MiniLM-L6-v2's shapes: 6 layers, D 384, 12 heads, I 1536, V
 "bert-base" (12 layers, D 768, 12 heads, I 3072, V 30522), random weights, batch 8 x 128 tokens by
 default. Each round times `--steps` steps of one system, then of the other (the order alternating
 between rounds), so that the machine's load hits both alike; the speed ratio is taken within each
-round and its median reported, with the spread over rounds.
+round and its median reported, with the spread over rounds, and so is the ratio of each system's
+fastest round (on a busy machine PyTorch's threads lose much more than XLA's, which inflates the
+per-round ratios; the fastest rounds are the least disturbed).
 
 Usage:  .venv/bin/python benchmarks/bench_train.py [--sizes minilm,bert-base] [--rounds 5]
                                                    [--steps 3] [--batch 8] [--seq 128]
@@ -188,18 +190,22 @@ def machine(threads: int) -> dict:
 
 def markdown(result: dict) -> str:
     header = ("| size | batch x seq | bertjax ex/s | PyTorch ex/s | bertjax / PyTorch (median, "
-              "min-max over rounds) |")
-    rows = [header, "|---|---|---|---|---|"]
+              "min-max over rounds) | best round of each: ex/s, ratio |")
+    rows = [header, "|---|---|---|---|---|---|"]
     for name, r in result["sizes"].items():
         eps = r["examples_per_second"]
+        best = {s: min(x["step_seconds"][s] for x in r["rounds"]) for s in ("bertjax", "torch")}
         rows.append(f"| {name} | {r['batch'][0]} x {r['batch'][1]} | {eps['bertjax']:.1f} | "
                     f"{eps['torch']:.1f} | {r['ratio_median']:.2f}x ({r['ratio_min']:.2f}-"
-                    f"{r['ratio_max']:.2f}) |")
+                    f"{r['ratio_max']:.2f}) | {r['batch'][0] / best['bertjax']:.1f} vs "
+                    f"{r['batch'][0] / best['torch']:.1f}, {best['torch'] / best['bertjax']:.2f}x |")
     m = result["machine"]
     rows.append(f"\nTrain step (forward with dropout, backward, clip, AdamW), float32; "
                 f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; jax "
                 f"{m['jax']}, torch {m['torch']}, transformers {m['transformers']}; "
-                f"{result['rounds']} interleaved rounds of {result['steps']} steps.")
+                f"{result['rounds']} interleaved rounds of {result['steps']} steps. The last "
+                f"column compares each system's fastest round: the least disturbed by other load "
+                f"(PyTorch's threads slow down more than XLA's on a busy machine).")
     return "\n".join(rows) + "\n"
 
 
