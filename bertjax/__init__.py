@@ -13,6 +13,7 @@ from bertjax.attention import attention
 from bertjax.capture import ALL_NAMES, resolve as resolve_capture
 from bertjax.buckets import bucket_lengths, pad_batch
 from bertjax.checkpoint import convert_checkpoint, load, save
+from bertjax.compile_cache import enable_compilation_cache
 from bertjax.config import BertConfig
 from bertjax.embeddings import embeddings
 from bertjax.encoder import encoder, stack_layers
@@ -24,6 +25,7 @@ from bertjax.store import ActivationStore
 
 __all__ = [
     "ALL_NAMES", "ActivationStore", "BertConfig", "bucket_lengths", "convert_checkpoint", "load", "pad_batch", "save", "BertOutput", "Heads", "attention", "checked_forward",
-    "classifier_logits", "embeddings", "encoder", "encoder_layer", "forward", "init_params",
+    "classifier_logits", "embeddings", "enable_compilation_cache", "encoder", "encoder_layer",
+    "forward", "init_params",
     "mlm_logits", "param_shapes", "pooler", "resolve_capture", "stack_layers",
 ]

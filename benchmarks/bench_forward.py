@@ -1,0 +1,667 @@
+"""Forward speed of bertjax against transformers' PyTorch BertModel and FlaxBertModel, in one run.
+
+bert-base shapes (hidden 768, 12 layers x 12 heads, intermediate 3072, vocab 30522) with random
+weights (torch.manual_seed(0)), fp32, on CPU. Each system runs in its own worker process, driven
+over a pipe one call at a time by this script: the jitted `bertjax.forward`; transformers' PyTorch
+`BertModel` (eager and sdpa attention, eval mode, `torch.no_grad`); and, from benchmarks/.venv-flax4
+(made by benchmarks/flax4_env.sh), transformers 4.x `FlaxBertModel`, jitted, on the same weights (a
+folder written by `bertjax.save`, whose flax_model.msgpack FlaxBertModel reads). Separate processes
+because PyTorch's OpenMP threads, in one process with JAX, wait on XLA's threads (bert-base at
+(1, 128) ran 14x slower). Every round calls every system once, in an order rotated from round to
+round, so that machine noise hits all alike; the timings are taken inside the workers.
+
+Modes (rows):
+  plain    bertjax capture=()   | PyTorch / Flax returning nothing extra
+  outputs  bertjax capture=("attn.probs", "layer.out", "embed.out")
+           | output_attentions=True, output_hidden_states=True (PyTorch eager, Flax)
+  all      bertjax capture="all" (compared with PyTorch eager returning outputs)
+
+Per row: median and spread (p25-p75) in ms over the rounds, tokens/s, speed relative to PyTorch
+eager (its median / this median, > 1 is faster), the share of the machine's fp32 matmul peak (model
+matmul FLOPs / time / the best of a big jnp.dot and torch.mm measured at the start of the run), cold
+compile time (trace+lower and XLA compile of `jax.jit(...).lower(...).compile()` after
+`jax.clear_caches()`), and peak memory: for the XLA systems the compiled program's temp + output
+bytes (`memory_analysis`; the weights and inputs not counted), for PyTorch the resident memory its
+first call adds in a fresh process (VmHWM reset through /proc/self/clear_refs, after malloc_trim;
+in-process RSS deltas are useless here, the allocators keep freed memory for the next call).
+Compile time against the number of layers (2, 6, 12, 24) is measured each in a fresh process.
+
+Usage:
+  bash benchmarks/flax4_env.sh                        # once, for the FlaxBertModel column
+  .venv/bin/python benchmarks/bench_forward.py        # 5 shapes x 9 rounds
+  .venv/bin/python benchmarks/bench_forward.py --quick   # (1,128), (8,128) x 3 rounds
+Writes benchmarks/results/forward.json and forward.md (--out DIR to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+SHAPES = ((1, 128), (8, 128), (32, 128), (1, 512), (8, 512))
+QUICK_SHAPES = ((1, 128), (8, 128))
+CAPTURE = {"plain": (), "outputs": ("attn.probs", "layer.out", "embed.out"), "all": "all"}
+# (system, mode) pairs timed in every round; the reference of each mode for the "x eager" column.
+ENTRIES = (("bertjax", "plain"), ("bertjax", "outputs"), ("bertjax", "all"),
+           ("torch_eager", "plain"), ("torch_eager", "outputs"), ("torch_sdpa", "plain"),
+           ("flax", "plain"), ("flax", "outputs"))
+KIND = {"bertjax": "bertjax", "torch_eager": "torch", "torch_sdpa": "torch", "flax": "flax"}
+REFERENCE = {"plain": ("torch_eager", "plain"), "outputs": ("torch_eager", "outputs"),
+             "all": ("torch_eager", "outputs")}
+TARGET_SHAPES = ((8, 128), (32, 128), (8, 512))
+MARK = "@@ "  # prefix of the worker's reply lines (anything else on its stdout is ignored)
+
+
+# ---------------------------------------------------------------- memory and machine helpers
+
+
+def _vm(field: str) -> int:
+    """A Vm* line of /proc/self/status in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def rss_added(fn) -> int | None:
+    """Peak resident memory `fn()` adds, in bytes: free heap returned to the OS, the high-water
+    mark reset to the current RSS, then VmHWM after the call minus RSS before. None where
+    /proc/self/clear_refs cannot be written."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _vm("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0, _vm("VmHWM") - before)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def model_flops(B: int, S: int, c: dict = BERT_BASE) -> float:
+    """Matmul FLOPs of one forward: per layer Q, K, V, output and the two FFN denses, q.k and
+    probs.v; plus the pooler."""
+    D, I, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    per_layer = 2 * B * S * (4 * D * D + 2 * D * I) + 2 * 2 * B * S * S * D
+    return L * per_layer + 2 * B * D * D
+
+
+def stats(times: list[float]) -> dict:
+    import numpy as np
+
+    t = np.asarray(times)
+    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
+            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()), "max_s": float(t.max()),
+            "n": len(times)}
+
+
+def matmul_peak(workers: dict, n: int = 2048, repeats: int = 10) -> dict:
+    """Best GFLOP/s of an n x n fp32 jnp.dot (jitted, bertjax worker) and torch.mm (PyTorch
+    worker), measured alternately."""
+    best = {"jax_dot": 0.0, "torch_mm": 0.0}
+    for _ in range(repeats):
+        for key, kind in (("jax_dot", "bertjax"), ("torch_mm", "torch")):
+            best[key] = max(best[key], workers[kind].request("peak", n=n)["gflops"])
+    return {"n": n, "gflops": {k: round(v, 1) for k, v in best.items()},
+            "peak_gflops": round(max(best.values()), 1)}
+
+
+# ---------------------------------------------------------------- the systems (in workers)
+#
+# Each system runs in its own worker process: in one process with JAX, PyTorch's OpenMP threads
+# wait on XLA's idle threads (measured here: bert-base at (1, 128) 14x slower), so a shared
+# process would measure that, not the models.
+
+
+class BertjaxSystem:
+    """The jitted `bertjax.forward`, called as users call it (per-layer params as loaded)."""
+
+    def __init__(self, hf_dir: str, jax_dir: str):
+        import bertjax
+
+        self.config, self.params = bertjax.load(hf_dir)
+        bertjax.save(jax_dir, self.config, self.params)  # what the Flax worker reads
+        self.inputs = None
+
+    def info(self) -> dict:
+        import jax
+        import jaxlib
+
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+    def peak(self, n: int) -> float:
+        return _timed_matmul("jax", n)
+
+    def set_shape(self, B: int, S: int) -> None:
+        self.inputs = make_inputs(B, S)
+
+    def compile(self, mode: str) -> dict:
+        """Cold compile: caches cleared, then trace+lower and XLA compile timed apart."""
+        import jax
+
+        import bertjax
+        from bertjax.model import _forward, _with_stacked_layers
+
+        ids, mask = self.inputs
+        names = bertjax.resolve_capture(CAPTURE[mode], has_pooler=True, has_mlm=False)
+        params = _with_stacked_layers(self.params)
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        lowered = _forward.trace(params, ids, None, mask, None, None, None, {},
+                                 config=self.config, capture=names).lower()
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        m = compiled.memory_analysis()
+        return {"trace_s": t1 - t0, "compile_s": t2 - t1,
+                "peak_bytes": int(m.temp_size_in_bytes + m.output_size_in_bytes)}
+
+    def call(self, mode: str) -> float:
+        import jax
+
+        import bertjax
+
+        ids, mask = self.inputs
+        t0 = time.perf_counter()
+        out = bertjax.forward(self.params, ids, self.config, attention_mask=mask,
+                              capture=CAPTURE[mode])
+        jax.block_until_ready(out)
+        elapsed = time.perf_counter() - t0
+        del out
+        return elapsed
+
+
+class TorchSystem:
+    """transformers' PyTorch BertModel (eager and sdpa) in eval mode under torch.no_grad."""
+
+    def __init__(self, hf_dir: str | None, threads: int, attns=("eager", "sdpa")):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        if hf_dir is None:  # random weights, for the memory probe
+            self.models = {a: transformers.BertModel(transformers.BertConfig(
+                **BERT_BASE, attn_implementation=a)).eval() for a in attns}
+        else:
+            if not os.path.exists(os.path.join(hf_dir, "config.json")):
+                torch.manual_seed(0)
+                transformers.BertModel(transformers.BertConfig(**BERT_BASE)).save_pretrained(hf_dir)
+            self.models = {a: transformers.BertModel.from_pretrained(hf_dir, attn_implementation=a)
+                           .eval() for a in ("eager", "sdpa")}
+        self.inputs = None
+
+    def info(self) -> dict:
+        import torch
+        import transformers
+
+        return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+    def peak(self, n: int) -> float:
+        return _timed_matmul("torch", n)
+
+    def set_shape(self, B: int, S: int) -> None:
+        import torch
+
+        ids, mask = make_inputs(B, S)
+        self.inputs = (torch.from_numpy(ids).long(), torch.from_numpy(mask).long())
+
+    def compile(self, mode: str) -> dict:
+        return {}
+
+    def call(self, system: str, mode: str) -> float:
+        import torch
+
+        ids, mask = self.inputs
+        model = self.models[system.removeprefix("torch_")]
+        extra = mode == "outputs"
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model(ids, attention_mask=mask, output_attentions=extra,
+                        output_hidden_states=extra)
+        elapsed = time.perf_counter() - t0
+        del out
+        return elapsed
+
+
+class FlaxSystem:
+    """transformers 4.x FlaxBertModel, jitted (run with benchmarks/.venv-flax4's python)."""
+
+    def __init__(self, jax_dir: str):
+        import functools
+
+        import jax
+        from transformers import FlaxBertModel
+
+        self.model = FlaxBertModel.from_pretrained(jax_dir)
+        self.fns = {m: jax.jit(functools.partial(self._run, outputs=m == "outputs"))
+                    for m in ("plain", "outputs")}
+        self.inputs = None
+
+    def _run(self, params, ids, mask, outputs: bool):
+        return tuple(self.model(ids, attention_mask=mask, params=params, return_dict=False,
+                                output_attentions=outputs, output_hidden_states=outputs))
+
+    def info(self) -> dict:
+        import flax
+        import jax
+        import transformers
+
+        return {"transformers": transformers.__version__, "jax": jax.__version__,
+                "flax": flax.__version__}
+
+    def set_shape(self, B: int, S: int) -> None:
+        self.inputs = make_inputs(B, S)
+
+    def compile(self, mode: str) -> dict:
+        import jax
+
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        lowered = self.fns[mode].trace(self.model.params, *self.inputs).lower()
+        t1 = time.perf_counter()
+        m = lowered.compile().memory_analysis()
+        return {"trace_s": t1 - t0, "compile_s": time.perf_counter() - t1,
+                "peak_bytes": int(m.temp_size_in_bytes + m.output_size_in_bytes)}
+
+    def call(self, mode: str) -> float:
+        import jax
+
+        t0 = time.perf_counter()
+        out = self.fns[mode](self.model.params, *self.inputs)
+        jax.block_until_ready(out)
+        elapsed = time.perf_counter() - t0
+        del out
+        return elapsed
+
+
+def _timed_matmul(lib: str, n: int) -> float:
+    """GFLOP/s of one n x n fp32 matmul (after a warm-up): jnp.dot jitted, or torch.mm."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    if lib == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        x, dot = jnp.asarray(a), jax.jit(jnp.dot)
+        run = lambda: dot(x, x).block_until_ready()
+    else:
+        import torch
+
+        x = torch.from_numpy(a)
+        run = lambda: torch.mm(x, x)
+    run()
+    t0 = time.perf_counter()
+    run()
+    return 2 * n**3 / (time.perf_counter() - t0) / 1e9
+
+
+def make_inputs(B: int, S: int, seed: int = 0):
+    """The same random ids (all positions real tokens) in every worker."""
+    import numpy as np
+
+    ids = np.random.default_rng(seed).integers(0, BERT_BASE["vocab_size"], (B, S)).astype(np.int32)
+    return ids, np.ones((B, S), np.int32)
+
+
+def serve(kind: str, args: list[str]) -> None:
+    """A worker: builds its system, then answers one JSON request per stdin line."""
+    if kind == "bertjax":
+        system = BertjaxSystem(*args)
+    elif kind == "torch":
+        system = TorchSystem(args[0], int(args[1]))
+    else:
+        system = FlaxSystem(*args)
+    print(MARK + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            cmd = msg.pop("cmd")
+            if cmd == "call" and kind == "torch":
+                reply = {"seconds": system.call(msg["system"], msg["mode"])}
+            elif cmd == "call":
+                reply = {"seconds": system.call(msg["mode"])}
+            elif cmd == "shape":
+                reply = {"ok": system.set_shape(msg["B"], msg["S"])}
+            elif cmd == "compile":
+                reply = system.compile(msg["mode"])
+            elif cmd == "peak":
+                reply = {"gflops": system.peak(msg["n"])}
+            else:
+                reply = system.info()
+        except Exception as e:  # reported to the driver
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        print(MARK + json.dumps(reply), flush=True)
+
+
+class Worker:
+    """The driver's handle on a worker process."""
+
+    def __init__(self, kind: str, python: str, *args: str):
+        self.kind = kind
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", kind, *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # "ready", once the weights are loaded
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                reply = json.loads(line[len(MARK):])
+                if "error" in reply:
+                    raise RuntimeError(f"{self.kind} worker: {reply['error']}")
+                return reply
+        raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()}")
+
+    def request(self, cmd: str, **msg) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **msg}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
+
+
+def torch_memory(attn: str, B: int, S: int, mode: str) -> int | None:
+    """Resident memory the first PyTorch call adds, measured in a fresh process."""
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-memory", attn,
+                           str(B), str(S), mode], capture_output=True, text=True, check=True)
+    return json.loads(next(line for line in proc.stdout.splitlines()
+                           if line.startswith(MARK))[len(MARK):])["bytes"]
+
+
+def torch_memory_probe(attn: str, B: str, S: str, mode: str) -> None:
+    system = TorchSystem(None, 1, (attn,))
+    system.set_shape(int(B), int(S))
+    print(MARK + json.dumps({"bytes": rss_added(lambda: system.call("torch_" + attn, mode))}))
+
+
+# ---------------------------------------------------------------- compile time vs layers
+
+
+def compile_one(layers: int, B: int, S: int) -> None:
+    """Prints the cold trace+lower and compile seconds of the forward with `layers` layers."""
+    import jax
+    import jax.numpy as jnp
+    import bertjax
+    from bertjax.model import _forward
+
+    config = bertjax.BertConfig(**{**BERT_BASE, "num_hidden_layers": layers})
+    shapes = jax.eval_shape(bertjax.stack_layers, bertjax.param_shapes(config))
+    ids = jax.ShapeDtypeStruct((B, S), jnp.int32)
+    t0 = time.perf_counter()
+    lowered = _forward.trace(shapes, ids, None, ids, None, None, None, {}, config=config,
+                             capture=frozenset()).lower()
+    t1 = time.perf_counter()
+    lowered.compile()
+    t2 = time.perf_counter()
+    print(MARK + json.dumps({"layers": layers, "trace_s": t1 - t0, "compile_s": t2 - t1}))
+
+
+def compile_sweep(layers=(2, 6, 12, 24), B: int = 8, S: int = 128) -> list[dict]:
+    """`compile_one` for each layer count, each in a fresh process."""
+    rows = []
+    for L in layers:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-one", str(L),
+                               str(B), str(S)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(next(line for line in proc.stdout.splitlines()
+                                    if line.startswith(MARK))[len(MARK):]))
+        print(f"  compile, {L:2d} layers: trace+lower {rows[-1]['trace_s']:.2f} s, "
+              f"XLA {rows[-1]['compile_s']:.2f} s", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_shape(workers: dict, B: int, S: int, rounds: int) -> dict:
+    """Compile (cold) and memory, warm-up, then every entry timed once per round."""
+    entries = [e for e in ENTRIES if KIND[e[0]] in workers]
+    for w in workers.values():
+        w.request("shape", B=B, S=S)
+    info = {}
+    for system, mode in entries:  # compiles clear the caches: all of them before any warm-up
+        kind = KIND[system]
+        info[system, mode] = workers[kind].request("compile", mode=mode)
+        if kind == "torch":
+            info[system, mode]["peak_bytes"] = torch_memory(system[len("torch_"):], B, S, mode)
+    call = lambda e: workers[KIND[e[0]]].request("call", system=e[0], mode=e[1])["seconds"]
+    for e in entries:
+        call(e), call(e)
+    times = {e: [] for e in entries}
+    for r in range(rounds):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            times[e].append(call(e))
+    return {e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries}
+
+
+def rows_for(B: int, S: int, results: dict, peak_gflops: float) -> list[dict]:
+    rows = []
+    flops = model_flops(B, S)
+    for (system, mode), r in results.items():
+        ref = results.get(REFERENCE[mode])
+        row = {"B": B, "S": S, "mode": mode, "system": system, **r,
+               "tokens_per_s": B * S / r["median_s"],
+               "x_eager": ref["median_s"] / r["median_s"] if ref else None,
+               "pct_peak": 100 * flops / r["median_s"] / 1e9 / peak_gflops}
+        rows.append(row)
+    plain = results.get(("bertjax", "plain"))
+    for row in rows:
+        if row["system"] == "bertjax" and plain:
+            row["time_over_plain"] = row["median_s"] / plain["median_s"]
+        flax = results.get(("flax", row["mode"]))
+        if row["system"] == "bertjax" and flax:
+            row["x_flax"] = flax["median_s"] / row["median_s"]
+    return rows
+
+
+def check_targets(rows: list[dict], sweep: list[dict]) -> list[dict]:
+    """Each target of the issue with its measured value (None where not measured)."""
+    get = {(r["B"], r["S"], r["system"], r["mode"]): r for r in rows}
+    checks = []
+    for B, S in TARGET_SHAPES:
+        r = get.get((B, S, "bertjax", "plain"))
+        if r:
+            checks.append({"target": f"capture=() >= 1.0x PyTorch eager at ({B}, {S})",
+                           "value": r["x_eager"], "ok": r["x_eager"] >= 1.0})
+            if r.get("x_flax") is not None:
+                checks.append({"target": f"capture=() >= 1.25x FlaxBertModel at ({B}, {S})",
+                               "value": r["x_flax"], "ok": r["x_flax"] >= 1.25})
+    for r in rows:
+        if r["system"] == "bertjax" and r["mode"] == "outputs":
+            checks.append({"target": f"attentions+hidden >= 1.0x PyTorch eager with outputs at "
+                                     f"({r['B']}, {r['S']})", "value": r["x_eager"],
+                           "ok": r["x_eager"] >= 1.0})
+        if r["system"] == "bertjax" and r["mode"] == "all":
+            checks.append({"target": f"capture='all' <= 1.5x the time of capture=() at "
+                                     f"({r['B']}, {r['S']})", "value": r["time_over_plain"],
+                           "ok": r["time_over_plain"] <= 1.5})
+    if sweep:
+        totals = {s["layers"]: s["trace_s"] + s["compile_s"] for s in sweep}
+        if 12 in totals:
+            checks.append({"target": "cold compile of bert-base (12 layers, (8, 128)) <= 3 s",
+                           "value": totals[12], "ok": totals[12] <= 3.0})
+        spread = max(totals.values()) / min(totals.values())
+        checks.append({"target": f"compile independent of layers ({min(totals)}..{max(totals)}): "
+                                 f"max/min <= 1.5", "value": spread, "ok": spread <= 1.5})
+    return checks
+
+
+def versions(infos: dict) -> dict:
+    out = {"python": platform.python_version(), **infos["bertjax"], **infos["torch"]}
+    if "flax" in infos:
+        f = infos["flax"]
+        out["flax column"] = f"transformers {f['transformers']}, jax {f['jax']}, flax {f['flax']}"
+    return out
+
+
+def _ms(s):
+    return f"{s * 1e3:.1f}" if s is not None else ""
+
+
+def _mb(b):
+    return f"{b / 2**20:.0f}" if b is not None else ""
+
+
+def markdown(result: dict) -> str:
+    m, v = result["machine"], result["versions"]
+    lines = [
+        "# Forward benchmark: bertjax vs PyTorch BertModel vs FlaxBertModel (CPU, fp32)", "",
+        f"bert-base shapes (hidden 768, 12 layers x 12 heads, intermediate 3072, vocab 30522), "
+        f"random weights, all positions real tokens. Run of {result['date']} "
+        f"({result['wall_s'] / 60:.1f} min, `{result['command']}`).", "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; threads: {m['threads']} "
+        f"(torch.set_num_threads; XLA's pool = the cores of the affinity mask)",
+        "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
+        f"- fp32 matmul peak ({result['peak']['n']}^3, best of 10, start of run): "
+        f"jnp.dot {result['peak']['gflops']['jax_dot']} GFLOP/s, torch.mm "
+        f"{result['peak']['gflops']['torch_mm']} GFLOP/s; % peak uses "
+        f"{result['peak']['peak_gflops']}",
+        f"- {result['rounds']} rounds per shape, every system once per round (order rotated); "
+        f"load average at start {result['load_start']}, at end {result['load_end']}",
+        "- median and p25-p75 over rounds; x eager = PyTorch eager's median / this median "
+        "(> 1 is faster; `outputs` and `all` are compared with eager returning attentions and "
+        "hidden states); compile = trace+lower / XLA compile after jax.clear_caches(); "
+        "peak MiB = the compiled program's temp + output bytes (XLA memory_analysis) for bertjax "
+        "and flax, the resident memory the first call adds in a fresh process for PyTorch", "",
+        "| B x S | mode | system | median ms | p25-p75 ms | tokens/s | x eager | % peak "
+        "| compile s | peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        compile_s = (f"{r['trace_s']:.2f} + {r['compile_s']:.2f}" if "trace_s" in r else "")
+        x = f"{r['x_eager']:.2f}" if r["x_eager"] is not None else ""
+        lines.append(f"| {r['B']} x {r['S']} | {r['mode']} | {r['system']} | {_ms(r['median_s'])} "
+                     f"| {_ms(r['p25_s'])}-{_ms(r['p75_s'])} | {r['tokens_per_s']:.0f} | {x} "
+                     f"| {r['pct_peak']:.0f} | {compile_s} | {_mb(r.get('peak_bytes'))} |")
+    if result["compile_sweep"]:
+        lines += ["", "Cold compile of `bertjax.forward` at (8, 128), capture=(), each in a fresh "
+                  "process:", "", "| layers | trace+lower s | XLA compile s | total s |",
+                  "|---:|---:|---:|---:|"]
+        lines += [f"| {s['layers']} | {s['trace_s']:.2f} | {s['compile_s']:.2f} "
+                  f"| {s['trace_s'] + s['compile_s']:.2f} |" for s in result["compile_sweep"]]
+    lines += ["", "Targets (ratios from this run):", ""]
+    lines += [f"- {'PASS' if c['ok'] else 'MISS'}: {c['target']} (measured {c['value']:.2f})"
+              for c in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_shapes(text: str) -> tuple:
+    try:
+        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}")
+
+
+def start_workers(work: str, threads: int, flax: bool) -> dict:
+    """The PyTorch worker (it writes the random weights), the bertjax worker (it loads them and
+    writes the folder the Flax worker reads), then the Flax worker when its venv exists."""
+    hf, jx = os.path.join(work, "hf"), os.path.join(work, "jax")
+    workers = {"torch": Worker("torch", sys.executable, hf, str(threads))}
+    workers["bertjax"] = Worker("bertjax", sys.executable, hf, jx)
+    if flax and not os.path.exists(FLAX_PYTHON):
+        print(f"FlaxBertModel column left out: no {FLAX_PYTHON} (bash benchmarks/flax4_env.sh)")
+    elif flax:
+        try:
+            workers["flax"] = Worker("flax", FLAX_PYTHON, jx)
+        except RuntimeError as e:
+            print(f"FlaxBertModel column left out: {e}", flush=True)
+    return workers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="(1,128), (8,128), 3 rounds")
+    parser.add_argument("--rounds", type=int, help="rounds per shape (default 9, quick 3)")
+    parser.add_argument("--shapes", type=parse_shapes, help="e.g. 8x128,32x128")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="cores for every worker (affinity mask) and torch threads")
+    parser.add_argument("--no-flax", action="store_true", help="leave the FlaxBertModel column out")
+    parser.add_argument("--no-sweep", action="store_true", help="skip compile time vs layers")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default="forward", help="output file stem (default forward)")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-one", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--torch-memory", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return serve(args.worker[0], args.worker[1:])
+    if args.compile_one:
+        return compile_one(*args.compile_one)
+    if args.torch_memory:
+        return torch_memory_probe(*args.torch_memory)
+    run(args)
+
+
+def run(args) -> None:
+    start = time.perf_counter()
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    rounds = args.rounds or (3 if args.quick else 9)
+    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    sweep = [] if args.no_sweep else compile_sweep()
+    work = tempfile.mkdtemp(prefix="bench_forward-")
+    workers = {}
+    try:
+        workers = start_workers(work, args.threads, not args.no_flax)
+        infos = {kind: w.request("info") for kind, w in workers.items()}
+        peak = matmul_peak(workers)
+        print(f"fp32 matmul peak: {peak['gflops']} GFLOP/s", flush=True)
+        rows = []
+        for B, S in shapes:
+            results = run_shape(workers, B, S, rounds)
+            rows += rows_for(B, S, results, peak["peak_gflops"])
+            for r in rows[-len(results):]:
+                x = f"x{r['x_eager']:.2f} eager" if r["x_eager"] else ""
+                print(f"({B:2d}, {S:3d}) {r['mode']:7s} {r['system']:11s} median "
+                      f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
+                      f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads},
+        "versions": versions(infos), "bert": BERT_BASE, "dtype": "float32", "rounds": rounds,
+        "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+        "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
+    }
+    result["targets"] = check_targets(rows, sweep)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
