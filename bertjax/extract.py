@@ -43,6 +43,7 @@ from safetensors.numpy import save as safetensors_bytes
 from bertjax import capture as C
 from bertjax.buckets import bucket_for, bucket_lengths, pad_batch
 from bertjax.encoder import stack_layers
+from bertjax.files import atomic_write, is_leftover
 from bertjax.params import Heads
 from bertjax.sharding import make_mesh, shard_batch, shard_params, sharded_forward
 from bertjax.store import (MANIFEST, META_FILE, SEQ, SHARDS, array_layout, manifest_path, read_json,
@@ -250,28 +251,12 @@ def run_chunk(model: _Model, examples: list[Example], bar) -> dict[str, np.ndarr
     return {name: np.concatenate(parts) for name, parts in flats.items()} if examples else {}
 
 
-def _atomic_write(path: str, data: bytes, tag: str) -> None:
-    """Writes to a temporary name, fsyncs, renames over `path`, fsyncs the folder."""
-    folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".tmp-{tag}-{os.path.basename(path)}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(out: str, k: int, lines: list[Line], examples: list[Example],
            arrays: dict[str, np.ndarray], tag: str) -> dict:
     """Writes chunk k's shard, then its manifest (the commit point). Returns its counts."""
     shard = shard_name(k) if examples else None
     if shard:
-        _atomic_write(os.path.join(out, shard), safetensors_bytes(arrays), tag)
+        atomic_write(os.path.join(out, shard), safetensors_bytes(arrays), tag)
     counts = {"written": len(examples), "truncated": sum(e.truncated for e in examples),
               "empty": sum(x.skipped == "empty" for x in lines),
               "invalid": sum(x.skipped == "invalid" for x in lines)}
@@ -279,7 +264,7 @@ def commit(out: str, k: int, lines: list[Line], examples: list[Example],
                 "tokens": e.ids} for row, e in enumerate(examples)]
     manifest = {"chunk": k, "lines": [lines[0].number, lines[-1].number], "shard": shard,
                 "counts": counts, "examples": records}
-    _atomic_write(manifest_path(out, k), json.dumps(manifest).encode(), tag)
+    atomic_write(manifest_path(out, k), json.dumps(manifest).encode(), tag)
     return counts
 
 
@@ -300,7 +285,7 @@ def check_request(opts: Options) -> None:
     if not os.path.isfile(opts.input):
         raise ValueError(f"input file {opts.input} does not exist")
     if os.path.isdir(opts.out) and not os.path.isfile(os.path.join(opts.out, META_FILE)) and \
-            any(not _is_leftover(name) for name in os.listdir(opts.out)):
+            any(not is_leftover(name) for name in os.listdir(opts.out)):
         raise ValueError(f"{opts.out} exists and is not a bertjax extract folder (no {META_FILE}); "
                          f"choose another --out")
 
@@ -336,11 +321,6 @@ def describe(opts: Options, config, names, layers, max_length) -> dict:
     return {"format": 1, "command": command, "arrays": arrays}
 
 
-def _is_leftover(name: str, tag: str | None = None) -> bool:
-    """A temporary file of an interrupted write (of process `tag`, or of any process)."""
-    return name.startswith(f".tmp-{tag}-" if tag else ".tmp-")
-
-
 def prepare_out(out: str, meta: dict, tag: str) -> None:
     """Creates OUT with extract.json, or checks that OUT was made by the same command.
 
@@ -350,7 +330,7 @@ def prepare_out(out: str, meta: dict, tag: str) -> None:
     os.makedirs(out, exist_ok=True)
     for folder in (out, os.path.join(out, SHARDS), os.path.join(out, MANIFEST)):
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            if _is_leftover(name, tag):  # what a killed run of this process left half-written
+            if is_leftover(name, tag):  # what a killed run of this process left half-written
                 os.remove(os.path.join(folder, name))
     path = os.path.join(out, META_FILE)
     if os.path.isfile(path):
@@ -361,7 +341,7 @@ def prepare_out(out: str, meta: dict, tag: str) -> None:
             raise ValueError(f"{out} was made by a different command ({'; '.join(diffs)}); "
                              f"rerun the same command to resume it, or choose another --out")
     else:
-        _atomic_write(path, json.dumps(meta, indent=1).encode(), tag)
+        atomic_write(path, json.dumps(meta, indent=1).encode(), tag)
     for sub in (SHARDS, MANIFEST):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
 
@@ -409,7 +389,7 @@ def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
     seconds = time.perf_counter() - start
     summary = {**totals, "this_run": new, "seconds": seconds, "examples_per_s": new / seconds,
                "process": [index, count]}
-    _atomic_write(os.path.join(opts.out, summary_file(index, count)), json.dumps(summary).encode(),
+    atomic_write(os.path.join(opts.out, summary_file(index, count)), json.dumps(summary).encode(),
                   tag)
     return summary
 

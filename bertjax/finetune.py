@@ -40,7 +40,7 @@ from flax import serialization
 
 from bertjax import datasets as D
 from bertjax.buckets import bucket_lengths
-from bertjax.extract import _atomic_write
+from bertjax.files import atomic_write, is_leftover
 from bertjax.train import (
     TASKS,
     TrainState,
@@ -147,9 +147,9 @@ def prepare_out(out: str, command: dict) -> None:
                              f"the same command to resume it, or choose another --out")
     else:
         os.makedirs(out, exist_ok=True)
-        _atomic_write(path, json.dumps({"format": 1, "command": command}, indent=1).encode(), _TAG)
+        atomic_write(path, json.dumps({"format": 1, "command": command}, indent=1).encode(), _TAG)
     for name in os.listdir(out):  # leftovers of a killed write
-        if name.startswith(f".tmp-{_TAG}-"):
+        if is_leftover(name, _TAG):
             os.remove(os.path.join(out, name))
 
 
@@ -212,7 +212,7 @@ def write_checkpoint(out: str, state: TrainState, position: dict, history: dict)
     """checkpoint.msgpack: the state, the data position and the history, atomically."""
     tree = {"state": jax.device_get(serialization.to_state_dict(state)),
             "meta": json.dumps({"position": position, "history": history})}
-    _atomic_write(os.path.join(out, CHECKPOINT_FILE), serialization.msgpack_serialize(tree), _TAG)
+    atomic_write(os.path.join(out, CHECKPOINT_FILE), serialization.msgpack_serialize(tree), _TAG)
 
 
 def read_checkpoint(out: str, template: TrainState) -> tuple[TrainState, dict, dict] | None:
@@ -309,7 +309,7 @@ def _finish(run: Run, state: TrainState, history: dict) -> None:
     out = run.opts.out
     params = jax.device_get(state.params)
     save(os.path.join(out, MODEL_DIR), run.config, params, run.tokenizer_dir, force=True)
-    _atomic_write(os.path.join(out, HISTORY_FILE), json.dumps(history).encode(), _TAG)
+    atomic_write(os.path.join(out, HISTORY_FILE), json.dumps(history).encode(), _TAG)
     os.remove(os.path.join(out, CHECKPOINT_FILE))
 
 

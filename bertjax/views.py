@@ -16,17 +16,16 @@ Axis letters: L layers, B batch, N heads, S query positions, T key positions, H 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from bertjax import capture as C
+from bertjax.files import atomic_write
 from bertjax.tables import check_index, example_attention, real_positions
 
 _TEMPLATE = os.path.join(os.path.dirname(__file__), "head_view.html")
@@ -172,14 +171,5 @@ def save_head_view(path: str, probs, tokens: Sequence[str], **kwargs) -> str:
     title = html.escape(kwargs.get("title", "bertjax head view"))
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
             f"</head>\n<body>\n{body}\n</body>\n</html>\n")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".head_view-", suffix=".html.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.path.abspath(path), page.encode("utf-8"), "head_view")
     return path
