@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -49,3 +50,27 @@ def test_padded_key_gets_no_attention():
     _, acts = bertjax.attention(_eye_layer(4), x, config, jnp.array([[1, 1, 0]]), "attn.probs")
     np.testing.assert_array_equal(acts["attn.probs"][0, :, :, 2], 0.0)
     np.testing.assert_allclose(acts["attn.probs"][0].sum(-1), 1.0, rtol=1e-6)
+
+
+def test_cpu_fast_path_in_batch_groups_matches_the_explicit_path(monkeypatch):
+    """With nothing captured, CPU runs the attention over batch groups (lax.map); forced down to
+    groups of 1 and 2 sequences it gives the explicit path's numbers, padding included."""
+    module = sys.modules["bertjax.attention"]  # bertjax.attention is the function
+    config = bertjax.BertConfig(vocab_size=5, hidden_size=15, num_hidden_layers=1,
+                                num_attention_heads=3, intermediate_size=7)
+    rng = np.random.default_rng(0)
+    dense = lambda: {"kernel": jnp.asarray(rng.standard_normal((15, 15)), jnp.float32) / 4,
+                     "bias": jnp.asarray(rng.standard_normal(15), jnp.float32)}
+    params = {"self": {"query": dense(), "key": dense(), "value": dense()},
+              "output": {"dense": dense()}}
+    x = jnp.asarray(rng.standard_normal((4, 7, 15)), jnp.float32)
+    mask = np.ones((4, 7), np.int32)
+    mask[1, 4:] = 0
+    mask[3, 1:] = 0
+    want, _ = bertjax.attention(params, x, config, mask, capture="attn.probs")
+    for group in (1, 2):
+        monkeypatch.setattr(module, "GROUP_BYTES", group * 3 * 7 * 7 * 4)
+        assert module._group_size(4, 3, 7, 7) == group
+        got, acts = bertjax.attention(params, x, config, mask)
+        assert acts == {}
+        np.testing.assert_allclose(got, want, atol=1e-6)
