@@ -535,7 +535,8 @@ def markdown(result: dict) -> str:
         f"random weights, all positions real tokens. Run of {result['date']} "
         f"({result['wall_s'] / 60:.1f} min, `{result['command']}`).", "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; threads: {m['threads']} "
-        f"(torch.set_num_threads; XLA's pool = the cores of the affinity mask)",
+        f"(torch.set_num_threads; XLA's pool = the cores of the affinity mask); GLIBC_TUNABLES="
+        f"{m.get('glibc_tunables') or '(unset)'}",
         "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
         f"- fp32 matmul peak ({result['peak']['n']}^3, best of 10, start of run): "
         f"jnp.dot {result['peak']['gflops']['jax_dot']} GFLOP/s, torch.mm "
@@ -602,6 +603,9 @@ def main() -> None:
                         help="cores for every worker (affinity mask) and torch threads")
     parser.add_argument("--no-flax", action="store_true", help="leave the FlaxBertModel column out")
     parser.add_argument("--no-sweep", action="store_true", help="skip compile time vs layers")
+    parser.add_argument("--hugepages", action="store_true",
+                        help="run every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                             "(transparent huge pages for large allocations: fewer page faults)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="forward", help="output file stem (default forward)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -623,6 +627,8 @@ def run(args) -> None:
     rounds = args.rounds or (3 if args.quick else 9)
     if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    if args.hugepages:  # read by glibc at the start of each worker
+        os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     load_start = [round(x, 2) for x in os.getloadavg()]
     sweep = [] if args.no_sweep else compile_sweep()
     work = tempfile.mkdtemp(prefix="bench_forward-")
@@ -648,7 +654,8 @@ def run(args) -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "versions": versions(infos), "bert": BERT_BASE, "dtype": "float32", "rounds": rounds,
         "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,

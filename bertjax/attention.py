@@ -34,7 +34,7 @@ from bertjax.nn import dense, dropout, last_axis
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 # Scores of one batch group on the CPU fast path stay under this many bytes (measured on a 32 MiB
-# L3: 1.5-3 MiB groups ran best at S = 128 and 512; whole-batch scores of 25-100 MB ran 1.4-2x slower).
+# L3: 1.5-3 MiB groups ran best at S = 128 and 512; whole-batch scores of 25-100 MB, 1.4-2x slower).
 GROUP_BYTES = 4 * 2**20
 
 
