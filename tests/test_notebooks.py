@@ -33,8 +33,9 @@ def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("bertjax_cache"))
 
 
-def test_there_are_six_studies():
-    assert [p.name[:3] for p in PATHS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
+def test_the_studies_are_numbered_in_order():
+    """The six studies of the analysis issue, then fine-tuning (07), one number each."""
+    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 8)]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
