@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 
+from workers import Worker, marked, reply, serve
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -61,7 +63,6 @@ KIND = {"bertjax": "bertjax", "torch_eager": "torch", "torch_sdpa": "torch", "fl
 REFERENCE = {"plain": ("torch_eager", "plain"), "outputs": ("torch_eager", "outputs"),
              "all": ("torch_eager", "outputs")}
 TARGET_SHAPES = ((8, 128), (32, 128), (8, 512))
-MARK = "@@ "  # prefix of the worker's reply lines (anything else on its stdout is ignored)
 
 
 # ---------------------------------------------------------------- memory and machine helpers
@@ -326,77 +327,42 @@ def make_inputs(B: int, S: int, seed: int = 0):
     return ids, np.ones((B, S), np.int32)
 
 
-def serve(kind: str, args: list[str]) -> None:
-    """A worker: builds its system, then answers one JSON request per stdin line."""
+def serve_system(kind: str, args: list[str]) -> None:
+    """A worker: builds its system, then answers the driver's requests (see workers.serve)."""
     if kind == "bertjax":
         system = BertjaxSystem(*args)
     elif kind == "torch":
         system = TorchSystem(args[0], int(args[1]))
     else:
         system = FlaxSystem(*args)
-    print(MARK + json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        msg = json.loads(line)
-        try:
-            cmd = msg.pop("cmd")
-            if cmd == "call" and kind == "torch":
-                reply = {"seconds": system.call(msg["system"], msg["mode"])}
-            elif cmd == "call":
-                reply = {"seconds": system.call(msg["mode"])}
-            elif cmd == "shape":
-                reply = {"ok": system.set_shape(msg["B"], msg["S"])}
-            elif cmd == "compile":
-                reply = system.compile(msg["mode"])
-            elif cmd == "peak":
-                reply = {"gflops": system.peak(msg["n"])}
-            else:
-                reply = system.info()
-        except Exception as e:  # reported to the driver
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        print(MARK + json.dumps(reply), flush=True)
 
+    def handle(cmd: str, msg: dict) -> dict:
+        if cmd == "call" and kind == "torch":
+            return {"seconds": system.call(msg["system"], msg["mode"])}
+        if cmd == "call":
+            return {"seconds": system.call(msg["mode"])}
+        if cmd == "shape":
+            return {"ok": system.set_shape(msg["B"], msg["S"])}
+        if cmd == "compile":
+            return system.compile(msg["mode"])
+        if cmd == "peak":
+            return {"gflops": system.peak(msg["n"])}
+        return system.info()
 
-class Worker:
-    """The driver's handle on a worker process."""
-
-    def __init__(self, kind: str, python: str, *args: str):
-        self.kind = kind
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", kind, *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()  # "ready", once the weights are loaded
-
-    def _read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(MARK):
-                reply = json.loads(line[len(MARK):])
-                if "error" in reply:
-                    raise RuntimeError(f"{self.kind} worker: {reply['error']}")
-                return reply
-        raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()}")
-
-    def request(self, cmd: str, **msg) -> dict:
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **msg}) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=120)
+    serve(handle)
 
 
 def torch_memory(attn: str, B: int, S: int, mode: str) -> int | None:
     """Resident memory the first PyTorch call adds, measured in a fresh process."""
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-memory", attn,
                            str(B), str(S), mode], capture_output=True, text=True, check=True)
-    return json.loads(next(line for line in proc.stdout.splitlines()
-                           if line.startswith(MARK))[len(MARK):])["bytes"]
+    return marked(proc.stdout)["bytes"]
 
 
 def torch_memory_probe(attn: str, B: str, S: str, mode: str) -> None:
     system = TorchSystem(None, 1, (attn,))
     system.set_shape(int(B), int(S))
-    print(MARK + json.dumps({"bytes": rss_added(lambda: system.call("torch_" + attn, mode))}))
+    reply({"bytes": rss_added(lambda: system.call("torch_" + attn, mode))})
 
 
 # ---------------------------------------------------------------- compile time vs layers
@@ -418,7 +384,7 @@ def compile_one(layers: int, B: int, S: int) -> None:
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
-    print(MARK + json.dumps({"layers": layers, "trace_s": t1 - t0, "compile_s": t2 - t1}))
+    reply({"layers": layers, "trace_s": t1 - t0, "compile_s": t2 - t1})
 
 
 def compile_sweep(layers=(2, 6, 12, 24), B: int = 8, S: int = 128) -> list[dict]:
@@ -427,8 +393,7 @@ def compile_sweep(layers=(2, 6, 12, 24), B: int = 8, S: int = 128) -> list[dict]
     for L in layers:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-one", str(L),
                                str(B), str(S)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(next(line for line in proc.stdout.splitlines()
-                                    if line.startswith(MARK))[len(MARK):]))
+        rows.append(marked(proc.stdout))
         print(f"  compile, {L:2d} layers: trace+lower {rows[-1]['trace_s']:.2f} s, "
               f"XLA {rows[-1]['compile_s']:.2f} s", flush=True)
     return rows
@@ -582,13 +547,13 @@ def start_workers(work: str, threads: int, flax: bool) -> dict:
     """The PyTorch worker (it writes the random weights), the bertjax worker (it loads them and
     writes the folder the Flax worker reads), then the Flax worker when its venv exists."""
     hf, jx = os.path.join(work, "hf"), os.path.join(work, "jax")
-    workers = {"torch": Worker("torch", sys.executable, hf, str(threads))}
-    workers["bertjax"] = Worker("bertjax", sys.executable, hf, jx)
+    workers = {"torch": Worker("torch", __file__, hf, str(threads))}
+    workers["bertjax"] = Worker("bertjax", __file__, hf, jx)
     if flax and not os.path.exists(FLAX_PYTHON):
         print(f"FlaxBertModel column left out: no {FLAX_PYTHON} (bash benchmarks/flax4_env.sh)")
     elif flax:
         try:
-            workers["flax"] = Worker("flax", FLAX_PYTHON, jx)
+            workers["flax"] = Worker("flax", __file__, jx, python=FLAX_PYTHON)
         except RuntimeError as e:
             print(f"FlaxBertModel column left out: {e}", flush=True)
     return workers
@@ -613,7 +578,7 @@ def main() -> None:
     parser.add_argument("--torch-memory", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return serve(args.worker[0], args.worker[1:])
+        return serve_system(args.worker[0], args.worker[1:])
     if args.compile_one:
         return compile_one(*args.compile_one)
     if args.torch_memory:

@@ -1,0 +1,98 @@
+"""Worker processes for the benchmarks: each system timed in its own process, driven over a pipe.
+
+Why: in one process with JAX, PyTorch's OpenMP threads wait on XLA's idle threads (bert-base's
+forward at (1, 128) ran 14x slower, train steps swung 0.8-8.3 s), so a shared process would measure
+that, not the models. The driver starts one worker per system with `Worker`, the worker builds its
+system and calls `serve`; then every request is one JSON line on the worker's stdin, answered by
+one JSON line on its stdout prefixed with MARK (anything else the worker prints is ignored, so
+libraries may log freely). Timings are taken inside the workers.
+
+A benchmark script is its own worker: it runs `script --worker KIND ARGS...` and hands those to
+`serve`. Only the standard library here, so any python (e.g. benchmarks/.venv-flax4's) can run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+MARK = "@@ "  # prefix of the worker's reply lines (anything else on its stdout is ignored)
+
+
+def reply(message: dict) -> None:
+    """Worker side: sends one reply line to the driver."""
+    print(MARK + json.dumps(message), flush=True)
+
+
+def serve(handle: Callable[[str, dict], dict]) -> None:
+    """Worker side, once the system is built: announces "ready", then answers each request line
+    `{"cmd": ..., **args}` with `handle(cmd, args)`; an exception is sent back as {"error": ...}
+    (the driver raises it). Returns when the driver closes the pipe."""
+    reply({"ready": True})
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            answer = handle(msg.pop("cmd"), msg)
+        except Exception as e:  # noqa: BLE001  (any failure is reported to the driver)
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        reply(answer)
+
+
+def marked(stdout: str) -> dict:
+    """The first MARK line of a finished process's stdout, decoded (for one-shot subprocesses)."""
+    return json.loads(next(line for line in stdout.splitlines()
+                           if line.startswith(MARK))[len(MARK):])
+
+
+def first_cores(threads: int | None) -> list[int] | None:
+    """The first `threads` cores of this process's affinity mask (None: leave the mask as is)."""
+    if threads is None:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= threads <= len(cores):
+        raise ValueError(f"threads must be between 1 and {len(cores)} (the cores available), "
+                         f"got {threads}")
+    return cores[:threads]
+
+
+class Worker:
+    """The driver's handle on a worker process: `python script --worker kind *args`.
+
+    threads: restrict the worker to the first `threads` cores of the driver's affinity mask (XLA
+    sizes its thread pool from the mask); None inherits the driver's mask. The worker sets its own
+    torch thread count (pass it in `args`).
+    """
+
+    def __init__(self, kind: str, script: str, *args: str, python: str = sys.executable,
+                 threads: int | None = None):
+        self.kind = kind
+        cores = first_cores(threads)
+        # The driver starts no threads of its own, so a preexec_fn is safe here.
+        pin = None if cores is None else lambda: os.sched_setaffinity(0, cores)
+        self.proc = subprocess.Popen(
+            [python, os.path.abspath(script), "--worker", kind, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=pin)  # noqa: PLW1509
+        self._read()  # "ready", once the system is built
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                answer = json.loads(line[len(MARK):])
+                if "error" in answer:
+                    raise RuntimeError(f"{self.kind} worker: {answer['error']}")
+                return answer
+        raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()}")
+
+    def request(self, cmd: str, **msg) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **msg}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
