@@ -10,8 +10,9 @@ returning `(output, acts)` with exactly the activations named in `capture`.
 """
 
 from bertjax.attention import attention
-from bertjax.capture import ALL_NAMES, resolve as resolve_capture
 from bertjax.buckets import bucket_lengths, pad_batch
+from bertjax.capture import ALL_NAMES
+from bertjax.capture import resolve as resolve_capture
 from bertjax.checkpoint import convert_checkpoint, load, save
 from bertjax.compile_cache import enable_compilation_cache
 from bertjax.config import BertConfig
@@ -24,8 +25,9 @@ from bertjax.params import Heads, init_params, param_shapes
 from bertjax.store import ActivationStore
 
 __all__ = [
-    "ALL_NAMES", "ActivationStore", "BertConfig", "bucket_lengths", "convert_checkpoint", "load", "pad_batch", "save", "BertOutput", "Heads", "attention", "checked_forward",
-    "classifier_logits", "embeddings", "enable_compilation_cache", "encoder", "encoder_layer",
-    "forward", "init_params",
-    "mlm_logits", "param_shapes", "pooler", "resolve_capture", "stack_layers",
+    "ActivationStore", "ALL_NAMES", "attention", "BertConfig", "BertOutput", "bucket_lengths",
+    "checked_forward", "classifier_logits", "convert_checkpoint", "embeddings",
+    "enable_compilation_cache", "encoder", "encoder_layer", "forward", "Heads", "init_params",
+    "load", "mlm_logits", "pad_batch", "param_shapes", "pooler", "resolve_capture", "save",
+    "stack_layers",
 ]

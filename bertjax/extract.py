@@ -46,8 +46,18 @@ from bertjax.encoder import stack_layers
 from bertjax.files import atomic_write, is_leftover
 from bertjax.params import Heads
 from bertjax.sharding import make_mesh, shard_batch, shard_params, sharded_forward
-from bertjax.store import (MANIFEST, META_FILE, SEQ, SHARDS, array_layout, manifest_path, read_json,
-                           shard_name, summary_file, token_axis)
+from bertjax.store import (
+    MANIFEST,
+    META_FILE,
+    SEQ,
+    SHARDS,
+    array_layout,
+    manifest_path,
+    read_json,
+    shard_name,
+    summary_file,
+    token_axis,
+)
 
 REDUCE = ("none", "mean", "cls")
 _SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
@@ -146,7 +156,7 @@ def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
     """Token ids and types of the lines, in order; texts over max_length tokens are truncated."""
     kept = [x for x in lines if x.skipped is None]
     out = {}
-    for has_pair, group in itertools.groupby(sorted(kept, key=lambda x: x.pair is None),
+    for _, group in itertools.groupby(sorted(kept, key=lambda x: x.pair is None),
                                              key=lambda x: x.pair is None):
         group = list(group)
         encoded = _encode(tokenizer, group, max_length, truncation=False)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
-import jax.numpy as jnp
 
 from bertjax import capture as C
 from bertjax.config import BertConfig

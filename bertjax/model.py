@@ -7,9 +7,9 @@ import functools
 from typing import Any
 
 import jax
-from jax.typing import ArrayLike
 import jax.numpy as jnp
 from jax.experimental import checkify
+from jax.typing import ArrayLike
 
 from bertjax import capture as C
 from bertjax.checks import check_inputs, checkify_inputs
@@ -126,8 +126,8 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                              position_ids, capture)
-    return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch), config=config,
-                    capture=names)
+    return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch),
+                    config=config, capture=names)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capture"))

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, tiny_inputs
 
 import bertjax
-from bertjax.attribution import logit_attribution, logit_parts, NEEDED
-from conftest import TINY, tiny_inputs
+from bertjax.attribution import NEEDED, logit_attribution, logit_parts
 
 L, N = TINY["num_hidden_layers"], TINY["num_attention_heads"]
 

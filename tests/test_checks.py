@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, tiny_inputs
 
 import bertjax
-from conftest import TINY, tiny_inputs
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY
 
 from bertjax import BertConfig
-from conftest import TINY
 
 
 def test_from_dict_reads_hf_names_and_defaults():

@@ -16,14 +16,14 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import assert_close, make_checkpoint
+from torch_ref import torch_activations
+
 from bertjax import sharding
 from bertjax.buckets import bucket_lengths
 from bertjax.cli import main
 from bertjax.extract import Options, extract, raw_chunks
 from bertjax.store import ActivationStore
-from torch_ref import torch_activations
 
 WORDS = [f"w{i}" for i in range(96)]  # vocab: 5 specials + 96 words = TINY vocab_size 101
 MAX_POS = 40  # buckets 16, 32, 40

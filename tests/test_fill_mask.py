@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 import transformers
+from conftest import TINY, make_checkpoint
 
 from bertjax.cli import main
 from bertjax.fill_mask import fill_mask
 from bertjax.pretrained import load_pretrained
-from conftest import TINY, make_checkpoint
 
 V = TINY["vocab_size"]
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran", ".", "##s", "##ing"]

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from conftest import assert_close, tiny_inputs
 
 import bertjax
 from bertjax.convert import state_dict_to_params
 from bertjax.params import flatten
-from conftest import assert_close, tiny_inputs
 
 
 def test_grad_matches_torch_autograd(checkpoint_factory):

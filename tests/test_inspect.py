@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import make_checkpoint
 
 from bertjax.cli import main
-from conftest import make_checkpoint
 
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran", "."]
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import ATOL_TINY, TINY, assert_close, tiny_inputs
 from transformers.models.bert import modeling_bert
 
 import bertjax
 from bertjax import capture as C
 from bertjax import interventions as I
 from bertjax.model import _forward
-from conftest import ATOL_TINY, TINY, assert_close, tiny_inputs
 
 L, N, D = TINY["num_hidden_layers"], TINY["num_attention_heads"], TINY["hidden_size"]
 PATCHABLE = [n for n in C.ALL_NAMES if n not in C.HEAD_NAMES]

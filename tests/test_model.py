@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, assert_close, tiny_inputs
 
 import bertjax
 from bertjax.model import _forward
-from conftest import TINY, assert_close, tiny_inputs
 
 
 @pytest.fixture(scope="module")

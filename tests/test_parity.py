@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
-import bertjax
 from conftest import ATOL_TINY, assert_close, tiny_inputs
 from torch_ref import torch_activations
+
+import bertjax
 
 VARIANTS = {
     "default": {},

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import transformers
-
-import bertjax
 from conftest import ATOL_REAL, RTOL_REAL, assert_close
 from torch_ref import torch_activations
+
+import bertjax
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -8,10 +8,10 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from test_tables import TOKENS, fake_probs  # noqa: E402
 
 from bertjax.plots import plot_entropy, plot_head, plot_head_stat, plot_heads_grid  # noqa: E402
 from bertjax.reductions import AttentionStats  # noqa: E402
-from test_tables import TOKENS, fake_probs  # noqa: E402
 
 
 def test_plot_head(tmp_path):

@@ -52,7 +52,8 @@ def test_truncated_safetensors_names_the_tensor(tmp_path, tensors):
     save_file(tensors, tmp_path / "w.safetensors")
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[:-10])
-    with pytest.raises(CheckpointError, match=r"cut\.safetensors is truncated: tensor '[abc]' ends at byte \d+ but the file has \d+ bytes"):
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors is truncated: tensor '[abc]' ends "
+                                             r"at byte \d+ but the file has \d+ bytes"):
         read_weights(str(tmp_path / "cut.safetensors"))
     (tmp_path / "head.safetensors").write_bytes(data[:30])
     with pytest.raises(CheckpointError, match=r"not a valid safetensors file \(header length .*truncated"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import TINY, assert_close, tiny_inputs
 
 import bertjax
 from bertjax.reductions import attention_stats, rollout, special_token_ids
-from conftest import TINY, assert_close, tiny_inputs
 
 CLS, SEP = 2, 3
 

@@ -20,14 +20,14 @@ import traceback
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
-
 from conftest import TINY, assert_close
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from bertjax import BertConfig, forward, init_params, stack_layers
 from bertjax import capture as C
 from bertjax.params import Heads
-from bertjax.sharding import (activation_spec, make_mesh, replicate, shard_batch, shard_params,
-                              sharded_forward)
+from bertjax.sharding import activation_spec, make_mesh, replicate, shard_batch, shard_params, sharded_forward
 
 SPLIT = dict(TINY, hidden_size=16, num_attention_heads=4, intermediate_size=38)  # N, I even
 B = 8
@@ -181,9 +181,10 @@ def check_errors(_):
 
 
 def check_extract_on_four_devices_equals_one(argv):
+    from test_extract import write_corpus
+
     from bertjax.extract import Options, extract
     from bertjax.store import ActivationStore
-    from test_extract import write_corpus
 
     folder, tiny, split = argv
     corpus = write_corpus(os.path.join(folder, "c.txt"), 30, max_words=12)  # one bucket

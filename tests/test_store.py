@@ -10,13 +10,12 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import TINY
 from safetensors.numpy import save_file
 
-from conftest import TINY
 from bertjax import BertConfig
 from bertjax import capture as C
-from bertjax.store import (SEQ, ActivationStore, array_layout, manifest_path, memmap_safetensors,
-                           shard_name)
+from bertjax.store import SEQ, ActivationStore, array_layout, manifest_path, memmap_safetensors, shard_name
 
 CONFIG = BertConfig(**TINY)  # N=3, H=5, D=15, I=37
 SIZES = {"L": 2, "N": 3, "H": 5, "D": 15, "I": 37}

@@ -7,11 +7,18 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import TINY, tiny_inputs
 
 import bertjax
-from bertjax.tables import (attention_table, check_index, embedding_table, example_attention,
-                            stats_table, token_labels, tokens_for)
-from conftest import TINY, tiny_inputs
+from bertjax.tables import (
+    attention_table,
+    check_index,
+    embedding_table,
+    example_attention,
+    stats_table,
+    token_labels,
+    tokens_for,
+)
 
 TOKENS = ["[CLS]", "the", "cat", "saw", "the", "dog", "[SEP]"]
 

@@ -186,7 +186,7 @@ def _assert_same_step(got: dict, want: dict, grads: dict) -> None:
 
 def test_grad_accumulation_equals_one_big_batch(adamw_run):
     config, batch, params = adamw_run["config"], adamw_run["batch"], adamw_run["params"]
-    rows = [jax.tree_util.tree_map(lambda x: x[i:i + 1], batch) for i in range(B)]
+    rows = [jax.tree_util.tree_map(lambda x, i=i: x[i:i + 1], batch) for i in range(B)]
     tx = T.make_optimizer(LR, weight_decay=WD, eps=EPS, clip_norm=CLIP, grad_accum=B)
     step = T.make_train_step(config, "classification", tx, dropout=False)
     state, _ = step(T.init_state(params, tx), rows[0])

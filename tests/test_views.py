@@ -9,12 +9,18 @@ import re
 import jax
 import numpy as np
 import pytest
-
-import bertjax
-from bertjax.views import (bertviz_neuron_view, head_view_html, head_view_inputs,
-                           neuron_view_data, save_head_view, sentence_b_start)
 from conftest import TINY, tiny_inputs
 from test_tables import TOKENS, fake_probs
+
+import bertjax
+from bertjax.views import (
+    bertviz_neuron_view,
+    head_view_html,
+    head_view_inputs,
+    neuron_view_data,
+    save_head_view,
+    sentence_b_start,
+)
 
 
 def test_head_view_inputs_numpy():
