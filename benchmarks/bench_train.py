@@ -13,7 +13,8 @@ swung 0.8-8.3 s). The PyTorch worker builds the model from torch.manual_seed(0) 
 `save_pretrained` to a temporary folder; the bertjax worker reads that folder with `bertjax.load`
 (bertjax's converter), so both start from the same weights; both build the same batch of random
 ids (NumPy seed 0, no padding). Before timing, the loss with dropout off must agree across the
-workers (else the run stops), and each side takes one warm-up step. Threads: PyTorch
+workers (else the run stops), and each side takes --warmup untimed steps (bertjax's first few
+steps after compiling run up to 2x slower). Threads: PyTorch
 `torch.set_num_threads(--threads)`; XLA's CPU pool is sized from the affinity mask, which both
 workers get set to the first --threads cores (default: all of them). On a machine with a GPU, jax
 uses it and PyTorch uses CUDA when its build has it (the devices are recorded).
@@ -26,7 +27,8 @@ p25-p75 of each system's step times over all timed steps, examples/s from the me
 PyTorch median / bertjax median (> 1: bertjax faster), and the per-round ratio's median and range.
 
 Usage:  .venv/bin/python benchmarks/bench_train.py [--sizes minilm,bert-base] [--rounds 5]
-                                                   [--steps 3] [--batch 8] [--seq 128]
+                                                   [--steps 3] [--warmup 3] [--batch 8]
+                                                   [--seq 128] [--threads N]
 Writes benchmarks/results/train.json and benchmarks/results/train.md (--out to change).
 """
 
@@ -224,7 +226,7 @@ def bench_size(name: str, work: str, args) -> dict:
         if abs(same["torch"] - same["bertjax"]) > SAME_LOSS_TOL:
             raise RuntimeError(f"{name}: the two workers do not hold the same model: losses "
                                f"with dropout off {same}")
-        first = {s: workers[s].request("steps", n=1)["losses"][0] for s in SYSTEMS}  # warm-up
+        first = {s: workers[s].request("steps", n=args.warmup)["losses"][0] for s in SYSTEMS}
         times = {s: [] for s in SYSTEMS}
         rounds = []
         for r in range(args.rounds):
@@ -287,8 +289,8 @@ def markdown(result: dict) -> str:
          f"bertjax {m['devices']['bertjax']}, PyTorch {m['devices']['torch']}"),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         (f"- {result['rounds']} rounds of {result['steps']} timed steps per system (order "
-         f"alternating), after one warm-up step each; load average at start "
-         f"{result['load_start']}, at end {result['load_end']}"),
+         f"alternating), after {result['warmup']} untimed warm-up steps each; load average at "
+         f"start {result['load_start']}, at end {result['load_end']}"),
         ("- ms/step: median and p25-p75 over all timed steps; ex/s = batch / median; ratio = "
          "PyTorch median / bertjax median (> 1: bertjax faster); per round: the ratio of the two "
          "medians within each round, median (min-max) over rounds"), "",
@@ -315,6 +317,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="minilm,bert-base")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per system per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per system first")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -331,8 +334,8 @@ def main() -> None:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     if not 1 <= args.threads <= len(os.sched_getaffinity(0)):
         parser.error(f"--threads must be between 1 and {len(os.sched_getaffinity(0))}")
-    if args.rounds < 1 or args.steps < 1:
-        parser.error("--rounds and --steps must be at least 1")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 1:
+        parser.error("--rounds, --steps and --warmup must be at least 1")
     run(args, names)
 
 
@@ -351,7 +354,8 @@ def run(args, names: list[str]) -> None:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": first["threads"],
                     "devices": first["devices"]},
         "versions": {"python": platform.python_version(), **first["versions"]},
-        "rounds": args.rounds, "steps": args.steps, "load_start": load_start,
+        "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+        "load_start": load_start,
         "load_end": [round(x, 2) for x in os.getloadavg()], "sizes": sizes,
         "wall_s": time.perf_counter() - start,
     }
