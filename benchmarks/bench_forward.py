@@ -372,6 +372,7 @@ def compile_one(layers: int, B: int, S: int) -> None:
     """Prints the cold trace+lower and compile seconds of the forward with `layers` layers."""
     import jax
     import jax.numpy as jnp
+
     import bertjax
     from bertjax.model import _forward
 
@@ -540,7 +541,7 @@ def parse_shapes(text: str) -> tuple:
     try:
         return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
     except ValueError:
-        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}")
+        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
 
 
 def start_workers(work: str, threads: int, flax: bool) -> dict:
