@@ -22,12 +22,13 @@ from bertjax.heads import classifier_logits, mlm_logits, pooler
 from bertjax.layer import encoder_layer
 from bertjax.model import BertOutput, checked_forward, forward
 from bertjax.params import Heads, init_params, param_shapes
+from bertjax.pretrained import load_pretrained, tokenizer_for
 from bertjax.store import ActivationStore
 
 __all__ = [
     "ActivationStore", "ALL_NAMES", "attention", "BertConfig", "BertOutput", "bucket_lengths",
     "checked_forward", "classifier_logits", "convert_checkpoint", "embeddings",
     "enable_compilation_cache", "encoder", "encoder_layer", "forward", "Heads", "init_params",
-    "load", "mlm_logits", "pad_batch", "param_shapes", "pooler", "resolve_capture", "save",
-    "stack_layers",
+    "load", "load_pretrained", "mlm_logits", "pad_batch", "param_shapes", "pooler", "resolve_capture", "save",
+    "stack_layers", "tokenizer_for",
 ]

@@ -96,11 +96,13 @@ def resolve(capture: str | Iterable | None, *, has_pooler: bool = True,
     return frozenset(names)
 
 
-def as_frozenset(capture: str | Iterable[str] | None) -> frozenset[str]:
-    """`resolve` for the parts (no heads involved); already-resolved sets pass through."""
+def as_frozenset(capture: str | Iterable[str] | None, has_pooler: bool = False,
+                 has_mlm: bool = False) -> frozenset[str]:
+    """`resolve` for the parts (the encoder parts have no heads; `pooler` and `mlm_logits` say
+    theirs); already-resolved sets pass through."""
     if isinstance(capture, frozenset):
         return capture
-    return resolve(capture, has_pooler=False, has_mlm=False)
+    return resolve(capture, has_pooler=has_pooler, has_mlm=has_mlm)
 
 
 class Taps:
@@ -134,11 +136,13 @@ class Taps:
         return value
 
 
-def taps_for(capture, patch: dict | None = None) -> Taps:
-    """The Taps of a call: `capture` itself when a caller passes its Taps down, else a new one."""
+def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,
+             has_mlm: bool = False) -> Taps:
+    """The Taps of a call: `capture` itself when a caller passes its Taps down, else a new one
+    (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for)."""
     if isinstance(capture, Taps):
         return capture
-    return Taps(capture, check_patch(patch))
+    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch))
 
 
 def check_patch(patch: dict | None) -> dict:

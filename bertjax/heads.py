@@ -24,7 +24,7 @@ def pooler(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
       pooler.out, float [B, D], and the captured activations.
     """
     out = jnp.tanh(dense(subtree(params, "pooler")["dense"], jnp.asarray(hidden)[:, 0]))  # [B, D]
-    taps = C.taps_for(capture)
+    taps = C.taps_for(capture, has_pooler=True)
     return taps(C.POOLER_OUT, out), taps.acts
 
 
@@ -51,7 +51,7 @@ def mlm_logits(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConf
     else:
         logits = jnp.einsum("BSD,VD->BSV", x, params["embeddings"]["word_embeddings"]["embedding"])
     logits = logits + last_axis(predictions["bias"], 3)  # [B, S, V]
-    taps = C.taps_for(capture)
+    taps = C.taps_for(capture, has_mlm=True)
     return taps(C.MLM_LOGITS, logits), taps.acts
 
 

@@ -66,6 +66,55 @@ def test_jit_equals_eager_parts(model):
     assert_close("mlm.logits", logits, out.acts["mlm.logits"], 1e-6)
 
 
+# Each part with its own subtree, input and capture names: (name, params, input, kwargs, names).
+def _parts(config, params):
+    ids, types, mask = tiny_inputs()
+    hidden = jax.random.normal(jax.random.key(2), (2, 7, 15))
+    layer = params["encoder"]["layer"]["1"]
+    return {
+        "embeddings": (bertjax.embeddings, params["embeddings"], ids,
+                       dict(token_type_ids=types), "embed.*"),
+        "attention": (bertjax.attention, layer["attention"], hidden, dict(attention_mask=mask),
+                      ("attn.q", "attn.probs", "attn.head_out", "attn.out")),
+        "encoder_layer": (bertjax.encoder_layer, layer, hidden, dict(attention_mask=mask), "all"),
+        "encoder": (bertjax.encoder, params["encoder"], hidden, dict(attention_mask=mask),
+                    ("attn.scores", "layer.out")),
+        "pooler": (bertjax.pooler, params["pooler"], hidden, {}, ("pooler.out",)),
+        "mlm_logits": (bertjax.mlm_logits, params, hidden, {}, "all"),
+    }
+
+
+PART_NAMES = {"embeddings": {"embed.word", "embed.position", "embed.token_type", "embed.sum",
+                             "embed.out"},
+              "attention": {"attn.q", "attn.probs", "attn.head_out", "attn.out"},
+              "encoder": {"attn.scores", "layer.out"}, "pooler": {"pooler.out"},
+              "mlm_logits": {"mlm.logits"}}
+
+
+@pytest.mark.parametrize("part", ["embeddings", "attention", "encoder_layer", "encoder", "pooler",
+                                  "mlm_logits"])
+def test_each_part_under_jit_vmap_and_grad(model, part):
+    """Each part alone returns exactly its captured names, and gives the same numbers under
+    jax.jit, under jax.vmap over an outer axis, and has finite, non-zero gradients."""
+    config, params = model
+    fn, sub, x, kwargs, capture = _parts(config, params)[part]
+    out, acts = fn(sub, x, config, capture=capture, **kwargs)
+    assert set(acts) == PART_NAMES.get(part, set(bertjax.capture.LAYER_NAMES))
+    jitted = jax.jit(lambda p, x: fn(p, x, config, capture=capture, **kwargs))
+    got, got_acts = jitted(sub, x)
+    assert_close(f"{part} jit", got, out, 1e-6)
+    for name in acts:
+        assert_close(f"{name} jit", got_acts[name], acts[name], 1e-6)
+    twice = jnp.stack([x, x[::-1]])  # an outer axis over two inputs: [2, B, S(, D)]
+    vm_out, _ = jax.vmap(lambda x: fn(sub, x, config, **kwargs))(twice)
+    for i in range(2):
+        assert_close(f"{part} vmap[{i}]", vm_out[i], fn(sub, twice[i], config, **kwargs)[0], 1e-6)
+    grads = jax.grad(lambda p: jnp.sum(fn(p, x, config, **kwargs)[0] ** 2))(sub)
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+
+
 def test_attention_part_alone(model):
     config, params = model
     hidden = jax.random.normal(jax.random.key(2), (2, 7, 15))
