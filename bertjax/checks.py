@@ -69,8 +69,9 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
     if position_ids is None:
         if S > config.max_position_embeddings:
-            raise ValueError(f"sequence length {S} exceeds max_position_embeddings="
-                             f"{config.max_position_embeddings}")
+            raise ValueError(f"input_ids: sequence length {S} exceeds max_position_embeddings="
+                             f"{config.max_position_embeddings} (at most {config.max_position_embeddings} "
+                             f"tokens)")
     else:
         if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
             raise ValueError(f"position_ids must have shape [B, S], [1, S] or [S] with "

@@ -8,7 +8,9 @@ committed: its shard is written to a temporary name, fsynced and renamed, and on
 file, the same way. A chunk therefore counts as done exactly when its manifest exists; a run killed
 at any moment (kill -9) and started again with the same command skips the committed chunks and
 redoes the rest, and the folder ends up identical to an uninterrupted run's. `extract.json` keeps
-the command's parameters; another command on the same OUT is refused. Memory is bounded by one
+the command's parameters; another command on the same OUT is refused. Each manifest keeps the
+sha256 of its chunk's input bytes, so a resume over an input that changed under a committed chunk
+is refused too (lines not committed yet may change: fixing a bad line and rerunning is fine). Memory is bounded by one
 chunk (its tokens and its activations), never by the corpus. The format is described in
 `bertjax.store`, whose `ActivationStore` reads it.
 
@@ -29,6 +31,7 @@ its own counts; the folder is complete when all n exist. Resuming works per proc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -120,7 +123,8 @@ def parse_line(raw: bytes, number: int, jsonl: bool, opts: Options) -> Line:
             return Line(number, skipped="invalid")
         what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not a valid record"
         raise ValueError(f"{opts.input}, line {number}: {what} ({e}); fix it, or pass "
-                         f"--skip-invalid to skip and count such lines") from None
+                         f"--skip-invalid to skip and count such lines, and rerun: the lines "
+                         f"before it are kept") from None
 
 
 def raw_chunks(path: str, chunk_size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -261,8 +265,16 @@ def run_chunk(model: _Model, examples: list[Example], bar) -> dict[str, np.ndarr
     return {name: np.concatenate(parts) for name, parts in flats.items()} if examples else {}
 
 
+def chunk_digest(chunk: list[tuple[int, bytes]]) -> str:
+    """sha256 of a chunk's raw input bytes (kept in its manifest, checked on resume)."""
+    digest = hashlib.sha256()
+    for _, raw in chunk:
+        digest.update(raw)
+    return digest.hexdigest()
+
+
 def commit(out: str, k: int, lines: list[Line], examples: list[Example],
-           arrays: dict[str, np.ndarray], tag: str) -> dict:
+           arrays: dict[str, np.ndarray], tag: str, digest: str) -> dict:
     """Writes chunk k's shard, then its manifest (the commit point). Returns its counts."""
     shard = shard_name(k) if examples else None
     if shard:
@@ -272,8 +284,8 @@ def commit(out: str, k: int, lines: list[Line], examples: list[Example],
               "invalid": sum(x.skipped == "invalid" for x in lines)}
     records = [{"line": e.line, "offset": row, "length": len(e.ids), "truncated": e.truncated,
                 "tokens": e.ids} for row, e in enumerate(examples)]
-    manifest = {"chunk": k, "lines": [lines[0].number, lines[-1].number], "shard": shard,
-                "counts": counts, "examples": records}
+    manifest = {"chunk": k, "lines": [lines[0].number, lines[-1].number], "sha256": digest,
+                "shard": shard, "counts": counts, "examples": records}
     atomic_write(manifest_path(out, k), json.dumps(manifest).encode(), tag)
     return counts
 
@@ -320,12 +332,13 @@ def describe(opts: Options, config, names, layers, max_length) -> dict:
     """extract.json: the command (compared on resume) and each name's stored layout."""
     from bertjax.sources import DEFAULT_MODEL
 
+    # skip_invalid is left out: it changes no committed chunk (one with a bad line was not
+    # committed without it), so a run stopped at a bad line resumes with --skip-invalid.
     command = {"model": opts.model or DEFAULT_MODEL, "input": os.path.abspath(opts.input),
-               "input_bytes": os.path.getsize(opts.input), "capture": sorted(names),
+               "capture": sorted(names),
                "layers": list(layers), "max_length": max_length, "reduce": opts.reduce,
                "dtype": opts.dtype, "batch_size": opts.batch_size, "chunk_size": opts.chunk_size,
-               "text_field": opts.text_field, "pair_field": opts.pair_field,
-               "skip_invalid": opts.skip_invalid}
+               "text_field": opts.text_field, "pair_field": opts.pair_field}
     arrays = {name: {**array_layout(name, config, len(layers), opts.reduce),
                      "dtype": _SAFETENSORS_DTYPE[opts.dtype]} for name in sorted(names)}
     return {"format": 1, "command": command, "arrays": arrays}
@@ -413,13 +426,20 @@ def _process_chunks(opts: Options, model: _Model, index: int, count: int, tag: s
     for k, chunk in enumerate(raw_chunks(opts.input, opts.chunk_size)):
         if k % count != index:
             continue  # another process's chunk
-        done = manifest_path(opts.out, k)
+        done, digest = manifest_path(opts.out, k), chunk_digest(chunk)
         if os.path.isfile(done):  # committed by an earlier run
-            counts = read_json(done)["counts"]
+            manifest = read_json(done)
+            if manifest.get("sha256") != digest:
+                first, last = manifest["lines"]
+                raise ValueError(f"{opts.input} changed since lines {first}-{last} were extracted "
+                                 f"into {opts.out}; rerun with the original input, or choose "
+                                 f"another --out")
+            counts = manifest["counts"]
         else:
             lines = parse_chunk(chunk, opts)
             examples = tokenize(model.tokenizer, lines, model.max_length)
-            counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag)
+            counts = commit(opts.out, k, lines, examples, run_chunk(model, examples, bar), tag,
+                            digest)
             new += counts["written"]
         totals = {key: totals[key] + counts[key] for key in totals}
     return totals, new

@@ -251,13 +251,12 @@ def _metrics_line(metrics: dict) -> str:
                      for k, v in metrics.items())
 
 
-def _epoch_end(run: Run, state, history: dict, epoch: int, eval_fn, mesh, bar) -> dict:
+def _epoch_end(run: Run, state, history: dict, epoch: int, eval_fn, mesh, say) -> dict:
     losses = history["loss"][epoch * run.steps_per_epoch:]
     metrics = {"epoch": epoch + 1, "step": int(state.step), "train_loss": float(np.mean(losses))}
     if run.eval:
         metrics.update(evaluate(run, state.params, eval_fn, mesh))
-    if not bar.disable:
-        bar.write(_metrics_line(metrics))
+    say(_metrics_line(metrics))
     history["epochs"].append(metrics)
     return history
 
@@ -269,8 +268,9 @@ def _programs(config, task: str, tx, bf16: bool) -> tuple:
     return make_train_step(config, task, tx, bf16=bf16), make_eval_step(config, task)
 
 
-def train_loop(run: Run, state: TrainState, position: dict, history: dict, mesh, bar) -> TrainState:
-    """Runs the epochs from `position` on; checkpoints as it goes."""
+def train_loop(run: Run, state: TrainState, position: dict, history: dict, mesh, bar,
+               say) -> TrainState:
+    """Runs the epochs from `position` on; checkpoints as it goes; `say`s each epoch's metrics."""
     opts, lengths = run.opts, [len(e.ids) for e in run.train]
     step_fn, eval_fn = _programs(run.config, opts.task, run.tx, opts.bf16)
     for epoch in range(position["epoch"], opts.epochs):
@@ -287,7 +287,7 @@ def train_loop(run: Run, state: TrainState, position: dict, history: dict, mesh,
             if done % opts.checkpoint_every == 0 and b + 1 < len(batches):
                 write_checkpoint(opts.out, state, {"epoch": epoch, "batch": b + 1,
                                                    "seed": opts.seed, "step": done}, history)
-        history = _epoch_end(run, state, history, epoch, eval_fn, mesh, bar)
+        history = _epoch_end(run, state, history, epoch, eval_fn, mesh, say)
         write_checkpoint(opts.out, state, {"epoch": epoch + 1, "batch": 0, "seed": opts.seed,
                                            "step": (epoch + 1) * run.steps_per_epoch}, history)
     return state
@@ -333,11 +333,14 @@ def _start(run: Run, mesh) -> tuple[TrainState, dict, dict]:
     return state, {"epoch": 0, "batch": 0, "seed": opts.seed, "step": 0}, history
 
 
-def finetune(opts: Options, progress: bool = True, devices=None) -> dict:
+def finetune(opts: Options, progress: bool = True, devices=None, log=None) -> dict:
     """Runs (or resumes, or finds done) a fine-tuning; returns its summary.
 
     Args:
+      progress: show a progress bar (the metrics lines are then written above it).
       devices: the devices to split each batch over (default: all).
+      log: called with the metrics line before training and after each epoch when there is no
+        progress bar (e.g. `print`); None: those lines are not shown (they are in the history).
     """
     from tqdm import tqdm
 
@@ -358,9 +361,10 @@ def finetune(opts: Options, progress: bool = True, devices=None) -> dict:
     state, position, history = _start(run, mesh)
     with tqdm(total=total, initial=position["step"], desc="finetune", unit="step",
               disable=not progress, dynamic_ncols=True) as bar:
-        if progress and position["step"] == 0 and history["before"]:
-            bar.write(_metrics_line({"before training": "", **history["before"]}))
-        state = train_loop(run, state, position, history, mesh, bar)
+        say = bar.write if progress else (log or (lambda line: None))
+        if position["step"] == 0 and history["before"]:
+            say(_metrics_line({"before training": "", **history["before"]}))
+        state = train_loop(run, state, position, history, mesh, bar, say)
     _finish(run, state, history)
     return summary(opts, history, total - position["step"], time.perf_counter() - start)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,3 +75,33 @@ def test_cpu_fast_path_in_batch_groups_matches_the_explicit_path(monkeypatch):
         got, acts = bertjax.attention(params, x, config, mask)
         assert acts == {}
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_dot_product_attention_path_matches_the_explicit_path(monkeypatch):
+    """Off CPU, uncaptured attention goes through jax.nn.dot_product_attention. Forced on here,
+    it gives the explicit path's numbers with padding and a fully padded row (uniform, no NaN),
+    in float32 and in bfloat16 (same float32 scores and softmax)."""
+    module = sys.modules["bertjax.attention"]
+    config = bertjax.BertConfig(vocab_size=5, hidden_size=15, num_hidden_layers=1,
+                                num_attention_heads=3, intermediate_size=7)
+    rng = np.random.default_rng(1)
+    dense = lambda: {"kernel": jnp.asarray(rng.standard_normal((15, 15)), jnp.float32) / 4,
+                     "bias": jnp.asarray(rng.standard_normal(15), jnp.float32)}
+    params = {"self": {"query": dense(), "key": dense(), "value": dense()},
+              "output": {"dense": dense()}}
+    x = jnp.asarray(rng.standard_normal((3, 7, 15)), jnp.float32)
+    mask = np.ones((3, 7), np.int32)
+    mask[1, 4:] = 0
+    mask[2, :] = 0
+    calls = []
+    fused = module._fused_context
+    monkeypatch.setattr(module, "_fused_here", lambda: True)
+    monkeypatch.setattr(module, "_fused_context", lambda *a: calls.append(1) or fused(*a))
+    for dtype, atol in ((jnp.float32, 1e-6), (jnp.bfloat16, 0.02)):
+        p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        want, _ = bertjax.attention(p, x.astype(dtype), config, mask, capture="attn.probs")
+        got, acts = bertjax.attention(p, x.astype(dtype), config, mask)
+        assert acts == {} and got.dtype == dtype and np.isfinite(np.asarray(got, np.float32)).all()
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   atol=atol)
+    assert len(calls) == 2  # the fused path ran, once per dtype

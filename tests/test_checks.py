@@ -41,7 +41,7 @@ CASES = {
                     "attention_mask must hold only 0"),
     "too-long": (_ids(input_ids=np.ones((2, 14), np.int32), token_type_ids=None,
                       attention_mask=None),
-                 "sequence length 14 exceeds max_position_embeddings=13"),
+                 "input_ids: sequence length 14 exceeds max_position_embeddings=13"),
     "position-too-large": (_ids(position_ids=np.arange(7, 14)),
                            r"position_ids must be in \[0, 13\) .* got 13"),
     "position-shape": (_ids(position_ids=np.arange(6)), r"position_ids must have shape"),

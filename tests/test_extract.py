@@ -389,14 +389,14 @@ def test_kill_9_at_a_random_moment_then_resume(tiny_bert, tmp_path):
 
 
 def test_large_corpus_in_bounded_memory(tiny_bert, tmp_path):
-    """10 000 lines, every token's mlp.pre and mlp.post kept (over 90 MB written): the process's
+    """10 000 lines on 4 devices, every token's mlp.pre and mlp.post kept (over 90 MB written): the process's
     resident memory after each commit stays within a fraction of that after its first (memory
     bounded by a chunk, not the corpus). The ballast check shows the reading sees retained
     memory: a run that kept what it wrote would fail."""
     corpus = write_corpus(tmp_path / "c.txt", 10_000, max_words=30)
     args = ["extract", "--model", tiny_bert, "--input", corpus, "--out", str(tmp_path / "out"),
             "--capture", "mlp.pre,mlp.post", "--batch-size", "64", "--no-progress"]
-    out = finish(start(args, env={**os.environ, "JAX_PLATFORMS": "cpu"}))
+    out = finish(start(args, env=devices_env(4)))  # sharded over 4 forced host devices
     assert "extract: 10000 examples" in out
     memory = json.loads(out.split("MEMORY")[1])
     shards = tmp_path / "out" / "shards"
@@ -418,12 +418,32 @@ def _run(tiny_bert, folder, corpus_text: bytes, name="c.txt", **options):
 
 
 def test_invalid_utf8_names_the_line(tiny_bert, tmp_path):
-    with pytest.raises(ValueError, match=r"c.txt, line 3: not UTF-8 .*--skip-invalid"):
+    with pytest.raises(ValueError, match=r"c.txt, line 3: not UTF-8 .*--skip-invalid.*and rerun"):
         _run(tiny_bert, tmp_path, b"w1 w2\nw3\n\xff\xfe w4\nw5\n")
     assert not os.listdir(tmp_path / "out" / "manifest")  # the first chunk holds line 3
     s = _run(tiny_bert, tmp_path / "b", b"w1 w2\nw3\n\xff\xfe w4\n\nw5\n", skip_invalid=True)
     assert (s["written"], s["invalid"], s["empty"]) == (3, 1, 1)
     assert [ActivationStore(tmp_path / "b" / "out").line(i) for i in range(3)] == [1, 2, 5]
+
+
+@pytest.mark.parametrize("fix", ["skip-invalid", "fixed-line"])
+def test_a_run_stopped_at_a_bad_line_resumes_on_the_same_out(tiny_bert, tmp_path, fix):
+    """What the message advises works on the same OUT: the chunks before the bad line are kept,
+    and the folder ends as a fresh run of the final command makes it."""
+    good = b"w1 w2\nw3\nw4 w5\nw6\n"
+    bad = good + b"\xff\xfe w7\nw8\n"  # line 5, in chunk 2 of 3 (chunk size 2)
+    with pytest.raises(ValueError, match=r"line 5: not UTF-8"):
+        _run(tiny_bert, tmp_path, bad, chunk_size=2)
+    assert sorted(os.listdir(tmp_path / "out" / "manifest")) == ["00000000.json", "00000001.json"]
+    final = (bad, {"skip_invalid": True}) if fix == "skip-invalid" else (good + b"w7\nw8\n", {})
+    s = _run(tiny_bert, tmp_path, final[0], chunk_size=2, **final[1])
+    assert s["this_run"] == 2 - (fix == "skip-invalid") and s["written"] == 6 - (fix == "skip-invalid")
+    _run(tiny_bert, tmp_path / "fresh", final[0], chunk_size=2, **final[1])
+    resumed, fresh = folder_contents(tmp_path / "out"), folder_contents(tmp_path / "fresh" / "out")
+    metas = [json.loads(files.pop("extract.json")) for files in (resumed, fresh)]
+    assert [m["command"].pop("input") for m in metas] == [str(tmp_path / p / "c.txt")
+                                                          for p in ("", "fresh")]
+    assert metas[0] == metas[1] and resumed == fresh
 
 
 def test_jsonl_without_text_field(tiny_bert, tmp_path):
@@ -443,8 +463,8 @@ def test_different_command_is_refused(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match=r"made by a different command \(reduce: 'mean' there, "
                                          r"'cls' here\); rerun the same command"):
         _run(tiny_bert, tmp_path, b"w1 w2\n", reduce="cls")
-    with pytest.raises(ValueError, match=r"different command \(input_bytes: 6 there, 9 here\)"):
-        _run(tiny_bert, tmp_path, b"w1 w2 w3\n")
+    with pytest.raises(ValueError, match=r"c.txt changed since lines 1-1 were extracted into "):
+        _run(tiny_bert, tmp_path, b"w1 w3\n")  # the same size, other words
     assert folder_contents(tmp_path / "out") == before
     assert _run(tiny_bert, tmp_path, b"w1 w2\n")["this_run"] == 0  # the same command: nothing to do
 

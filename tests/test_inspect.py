@@ -49,7 +49,7 @@ def test_inspect_pair_defaults(tiny_model, capsys):
     (["--layer", "2"], "layer 2 is out of range: the model has 2 layers"),
     (["--head", "3"], "head 3 is out of range: the model has 3 heads"),
     (["--capture", "attn.nope"], "unknown activation name 'attn.nope'"),
-    (["the " * 20], "sequence length 22 exceeds max_position_embeddings=13"),
+    (["the " * 20], "input_ids: sequence length 22 exceeds max_position_embeddings=13"),
 ])
 def test_inspect_errors_are_one_line(tiny_model, capsys, argv, message):
     assert main(["inspect", "--model", tiny_model] + argv) == 2

@@ -111,7 +111,7 @@ def test_one_adamw_step_matches_torch(adamw_run):
     want = _as_tree({n: p.detach().numpy() for n, p in model.named_parameters()}, config)
     got = flatten(state.params)
     assert int(state.step) == 1 and set(got) == set(want)
-    _assert_same_step(got, want, grads)
+    _assert_same_step(got, want, _held(grads))
 
 
 def test_schedule_matches_transformers():
@@ -173,15 +173,60 @@ def test_errors(checkpoint_factory):
         T.loss_fn(no_pooler, batch, config, "classification")
 
 
-def _assert_same_step(got: dict, want: dict, grads: dict) -> None:
-    """Updated params equal within 1e-5 where |grad| >= GRAD_FLOOR or grad == 0, within 2 lr
-    elsewhere (Adam's first step is g / (|g| + eps): rounding noise decides it near eps)."""
+def _held(*grads: dict) -> dict:
+    """Where the 1e-5 bound holds: every step's |grad| >= GRAD_FLOOR or exactly 0. Elsewhere
+    Adam's g / (sqrt(v) + eps) turns rounding noise near eps into steps of up to lr."""
+    return {path: np.logical_and.reduce([(np.abs(g[path]) >= GRAD_FLOOR) | (g[path] == 0)
+                                          for g in grads]) for path in grads[0]}
+
+
+def _assert_same_step(got: dict, want: dict, held: dict, bound: float = 2 * LR) -> None:
+    """Updated params equal within 1e-5 where `held`, within `bound` elsewhere."""
     for path in sorted(want):
-        g = np.abs(grads[path])
-        held = (g >= GRAD_FLOOR) | (g == 0)
-        assert_close(path, np.asarray(got[path])[held], want[path][held], atol=1e-5)
-        assert_close(path + " (|grad| < 1e-6)", np.asarray(got[path])[~held], want[path][~held],
-                     atol=2 * LR)
+        h = held[path]
+        assert_close(path, np.asarray(got[path])[h], want[path][h], atol=1e-5)
+        assert_close(path + " (|grad| < 1e-6)", np.asarray(got[path])[~h], want[path][~h],
+                     atol=bound)
+
+
+STEPS, SMALL_CLIP = 3, 0.1
+
+
+@pytest.mark.parametrize("task,model_class", [("classification", "BertForSequenceClassification"),
+                                              ("tokens", "BertForTokenClassification"),
+                                              ("mlm", "BertForMaskedLM")])
+def test_adamw_steps_with_schedule_and_clipping_match_torch(checkpoint_factory, task, model_class):
+    """Three steps on three batches, linear warm-up (1 step) and decay, and a clip norm (0.1) below
+    every gradient's norm, so that clipping scales each step differently: losses and parameters
+    equal transformers + clip_grad_norm_ + torch AdamW + get_linear_schedule_with_warmup."""
+    folder = checkpoint_factory(model_class, num_labels=3)
+    config, params = bertjax.load(folder)
+    labels = config.vocab_size if task == "mlm" else 3
+    batches = [_batch(task, labels, seed) for seed in range(STEPS)]
+    tx = T.make_optimizer(T.linear_schedule(LR, 1, 5), weight_decay=WD, eps=EPS,
+                          clip_norm=SMALL_CLIP)
+    step = T.make_train_step(config, task, tx, dropout=False)
+    state, losses = T.init_state(params, tx), []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        assert float(metrics["grad_norm"]) > 2 * SMALL_CLIP  # clipping engaged
+    model = _torch_model(folder, model_class)
+    optimizer = _torch_adamw(model)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, 1, 5)
+    grads = []
+    for batch, loss in zip(batches, losses):
+        optimizer.zero_grad()
+        ref = _torch_loss(model, batch)
+        ref.backward()
+        assert abs(loss - float(ref)) <= 1e-5
+        grads.append(_as_tree({n: p.grad.numpy().copy() for n, p in model.named_parameters()
+                               if p.grad is not None}, config))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), SMALL_CLIP)
+        optimizer.step()
+        schedule.step()
+    want = _as_tree({n: p.detach().numpy() for n, p in model.named_parameters()}, config)
+    _assert_same_step(flatten(state.params), want, _held(*grads), bound=2 * STEPS * LR)
 
 
 def test_grad_accumulation_equals_one_big_batch(adamw_run):
@@ -195,7 +240,7 @@ def test_grad_accumulation_equals_one_big_batch(adamw_run):
     state, _ = step(state, rows[1])
     grads = flatten(jax.grad(lambda p: T.loss_fn(p, batch, config, "classification")[0])(params))
     _assert_same_step(flatten(state.params), flatten(adamw_run["state"].params),
-                      jax.tree_util.tree_map(np.asarray, grads))
+                      _held(jax.tree_util.tree_map(np.asarray, grads)))
 
 
 def test_bf16_step_keeps_fp32_master_weights(adamw_run):

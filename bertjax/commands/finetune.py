@@ -51,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
                    max_length=args.max_length, seed=args.seed, grad_accum=args.grad_accum,
                    bf16=args.bf16, text_field=args.text_field, pair_field=args.pair_field,
                    label_field=args.label_field, checkpoint_every=args.checkpoint_every)
-    print(summary_line(finetune(opts, progress=not args.no_progress)))
+    print(summary_line(finetune(opts, progress=not args.no_progress, log=print)))
     return 0
