@@ -70,8 +70,16 @@ def worker(corpus: str, scratch: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from bertjax.extract import (Options, build_model, extract, parse_chunk, raw_chunks,
-                                 resolve_request, run_chunk, tokenize)
+    from bertjax.extract import (
+        Options,
+        build_model,
+        extract,
+        parse_chunk,
+        raw_chunks,
+        resolve_request,
+        run_chunk,
+        tokenize,
+    )
     from bertjax.params import Heads
     from bertjax.pretrained import load_pretrained
 

@@ -1,11 +1,12 @@
 """Forward speed of bertjax against transformers' PyTorch BertModel and FlaxBertModel, in one run.
 
 bert-base shapes (hidden 768, 12 layers x 12 heads, intermediate 3072, vocab 30522) with random
-weights (torch.manual_seed(0)), fp32, on CPU. Each system runs in its own worker process, driven
-over a pipe one call at a time by this script: the jitted `bertjax.forward`; transformers' PyTorch
-`BertModel` (eager and sdpa attention, eval mode, `torch.no_grad`); and, from benchmarks/.venv-flax4
-(made by benchmarks/flax4_env.sh), transformers 4.x `FlaxBertModel`, jitted, on the same weights (a
-folder written by `bertjax.save`, whose flax_model.msgpack FlaxBertModel reads). Separate processes
+weights (torch.manual_seed(0)), fp32 (bf16 with --dtype bfloat16), on CPU. Each system runs in
+its own worker process, driven over a pipe one call at a time by this script: the jitted
+`bertjax.forward`; transformers' PyTorch `BertModel` (eager and sdpa attention, eval mode,
+`torch.no_grad`); and, from benchmarks/.venv-flax4 (made by benchmarks/flax4_env.sh),
+transformers 4.x `FlaxBertModel`, jitted, on the same weights (a folder written by
+`bertjax.save`, whose flax_model.msgpack FlaxBertModel reads). Separate processes
 because PyTorch's OpenMP threads, in one process with JAX, wait on XLA's threads (bert-base at
 (1, 128) ran 14x slower). Every round calls every system once, in an order rotated from round to
 round, so that machine noise hits all alike; the timings are taken inside the workers.
@@ -139,11 +140,13 @@ def matmul_peak(workers: dict, n: int = 2048, repeats: int = 10) -> dict:
 class BertjaxSystem:
     """The jitted `bertjax.forward`, called as users call it (per-layer params as loaded)."""
 
-    def __init__(self, hf_dir: str, jax_dir: str):
+    def __init__(self, hf_dir: str, jax_dir: str, dtype: str = "float32"):
+        import jax.numpy as jnp
+
         import bertjax
 
-        self.config, self.params = bertjax.load(hf_dir)
-        bertjax.save(jax_dir, self.config, self.params)  # what the Flax worker reads
+        self.config, self.params = bertjax.load(hf_dir, jnp.dtype(dtype))
+        bertjax.save(jax_dir, self.config, self.params)  # what the Flax worker reads (fp32 only)
         self.inputs = None
 
     def info(self) -> dict:
@@ -197,7 +200,8 @@ class BertjaxSystem:
 class TorchSystem:
     """transformers' PyTorch BertModel (eager and sdpa) in eval mode under torch.no_grad."""
 
-    def __init__(self, hf_dir: str | None, threads: int, attns=("eager", "sdpa")):
+    def __init__(self, hf_dir: str | None, threads: int, attns=("eager", "sdpa"),
+                 dtype: str = "float32"):
         import torch
         import transformers
 
@@ -210,7 +214,7 @@ class TorchSystem:
                 torch.manual_seed(0)
                 transformers.BertModel(transformers.BertConfig(**BERT_BASE)).save_pretrained(hf_dir)
             self.models = {a: transformers.BertModel.from_pretrained(hf_dir, attn_implementation=a)
-                           .eval() for a in ("eager", "sdpa")}
+                           .to(getattr(torch, dtype)).eval() for a in ("eager", "sdpa")}
         self.inputs = None
 
     def info(self) -> dict:
@@ -332,7 +336,7 @@ def serve_system(kind: str, args: list[str]) -> None:
     if kind == "bertjax":
         system = BertjaxSystem(*args)
     elif kind == "torch":
-        system = TorchSystem(args[0], int(args[1]))
+        system = TorchSystem(args[0], int(args[1]), dtype=args[2])
     else:
         system = FlaxSystem(*args)
 
@@ -496,7 +500,7 @@ def _mb(b):
 def markdown(result: dict) -> str:
     m, v = result["machine"], result["versions"]
     lines = [
-        "# Forward benchmark: bertjax vs PyTorch BertModel vs FlaxBertModel (CPU, fp32)", "",
+        f"# Forward benchmark: bertjax vs PyTorch BertModel vs FlaxBertModel (CPU, {result['dtype']})", "",
         f"bert-base shapes (hidden 768, 12 layers x 12 heads, intermediate 3072, vocab 30522), "
         f"random weights, all positions real tokens. Run of {result['date']} "
         f"({result['wall_s'] / 60:.1f} min, `{result['command']}`).", "",
@@ -544,12 +548,13 @@ def parse_shapes(text: str) -> tuple:
         raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
 
 
-def start_workers(work: str, threads: int, flax: bool) -> dict:
+def start_workers(work: str, threads: int, flax: bool, dtype: str) -> dict:
     """The PyTorch worker (it writes the random weights), the bertjax worker (it loads them and
-    writes the folder the Flax worker reads), then the Flax worker when its venv exists."""
+    writes the folder the Flax worker reads), then the Flax worker when its venv exists (float32
+    only)."""
     hf, jx = os.path.join(work, "hf"), os.path.join(work, "jax")
-    workers = {"torch": Worker("torch", __file__, hf, str(threads))}
-    workers["bertjax"] = Worker("bertjax", __file__, hf, jx)
+    workers = {"torch": Worker("torch", __file__, hf, str(threads), dtype)}
+    workers["bertjax"] = Worker("bertjax", __file__, hf, jx, dtype)
     if flax and not os.path.exists(FLAX_PYTHON):
         print(f"FlaxBertModel column left out: no {FLAX_PYTHON} (bash benchmarks/flax4_env.sh)")
     elif flax:
@@ -568,6 +573,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="cores for every worker (affinity mask) and torch threads")
     parser.add_argument("--no-flax", action="store_true", help="leave the FlaxBertModel column out")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights and activations of bertjax and PyTorch (bfloat16: no Flax "
+                             "column; %% of peak stays relative to the fp32 matmul peak)")
     parser.add_argument("--no-sweep", action="store_true", help="skip compile time vs layers")
     parser.add_argument("--hugepages", action="store_true",
                         help="run every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
@@ -600,7 +608,8 @@ def run(args) -> None:
     work = tempfile.mkdtemp(prefix="bench_forward-")
     workers = {}
     try:
-        workers = start_workers(work, args.threads, not args.no_flax)
+        workers = start_workers(work, args.threads, not args.no_flax and args.dtype == "float32",
+                                args.dtype)
         infos = {kind: w.request("info") for kind, w in workers.items()}
         peak = matmul_peak(workers)
         print(f"fp32 matmul peak: {peak['gflops']} GFLOP/s", flush=True)
@@ -622,7 +631,7 @@ def run(args) -> None:
         "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
-        "versions": versions(infos), "bert": BERT_BASE, "dtype": "float32", "rounds": rounds,
+        "versions": versions(infos), "bert": BERT_BASE, "dtype": args.dtype, "rounds": rounds,
         "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
     }

@@ -10,9 +10,9 @@ at any moment (kill -9) and started again with the same command skips the commit
 redoes the rest, and the folder ends up identical to an uninterrupted run's. `extract.json` keeps
 the command's parameters; another command on the same OUT is refused. Each manifest keeps the
 sha256 of its chunk's input bytes, so a resume over an input that changed under a committed chunk
-is refused too (lines not committed yet may change: fixing a bad line and rerunning is fine). Memory is bounded by one
-chunk (its tokens and its activations), never by the corpus. The format is described in
-`bertjax.store`, whose `ActivationStore` reads it.
+is refused too (lines not committed yet may change: fixing a bad line and rerunning is fine).
+Memory is bounded by one chunk (its tokens and its activations), never by the corpus. The format
+is described in `bertjax.store`, whose `ActivationStore` reads it.
 
 Bad input: empty (or all-blank) lines are skipped and counted; a line that is not UTF-8 (or, in
 .jsonl, not a JSON object with a string text field) stops the run with its line number, or is

@@ -98,7 +98,7 @@ def test_dot_product_attention_path_matches_the_explicit_path(monkeypatch):
     monkeypatch.setattr(module, "_fused_here", lambda: True)
     monkeypatch.setattr(module, "_fused_context", lambda *a: calls.append(1) or fused(*a))
     for dtype, atol in ((jnp.float32, 1e-6), (jnp.bfloat16, 0.02)):
-        p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        p = jax.tree_util.tree_map(lambda a, dtype=dtype: a.astype(dtype), params)
         want, _ = bertjax.attention(p, x.astype(dtype), config, mask, capture="attn.probs")
         got, acts = bertjax.attention(p, x.astype(dtype), config, mask)
         assert acts == {} and got.dtype == dtype and np.isfinite(np.asarray(got, np.float32)).all()

@@ -188,6 +188,18 @@ def test_new_patch_values_and_masks_do_not_recompile(sharp, runs):
     assert not np.allclose(outs[0].last_hidden_state, outs[1].last_hidden_state)
 
 
+def test_new_head_masks_do_not_recompile(sharp, runs):
+    _, config, params = sharp
+    _, _, inputs = runs
+    masks = [I.ablate_heads(config, [(0, 1)]), I.ablate_heads(config, [(1, 0), (1, 2)]),
+             I.keep_heads(config, [(0, 0)])]
+    bertjax.forward(params, config=config, head_mask=masks[0], **inputs)
+    size = _forward._cache_size()
+    outs = [bertjax.forward(params, config=config, head_mask=m, **inputs) for m in masks[1:]]
+    assert _forward._cache_size() == size
+    assert not np.allclose(outs[0].last_hidden_state, outs[1].last_hidden_state)
+
+
 def _metric(out):
     """The first row's [CLS] output along a fixed direction."""
     return jnp.dot(out.last_hidden_state[0, 0], jnp.linspace(-1.0, 1.0, D))
