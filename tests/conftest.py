@@ -19,8 +19,9 @@ ATOL_TINY = 1e-5
 ATOL_REAL = 1e-4
 RTOL_REAL = 2e-6
 
-# B=2, S=7, N=3, H=5, D=15, I=37, V=101; P=13 positions, Y=3 token types, L=2.
-TINY = dict(vocab_size=101, hidden_size=15, num_hidden_layers=2, num_attention_heads=3,
+# B=2, S=7, N=3, H=5, D=15, I=37, V=101, L=4 (every activation axis its own size); P=13
+# positions, Y=3 token types.
+TINY = dict(vocab_size=101, hidden_size=15, num_hidden_layers=4, num_attention_heads=3,
             intermediate_size=37, max_position_embeddings=13, type_vocab_size=3,
             hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0)
 B, S = 2, 7

@@ -43,7 +43,7 @@ def test_convert_prints_a_summary(capsys, checkpoint_factory, tmp_path):
     assert rc == 0 and err == ""
     assert out.splitlines() == [
         f"converted {src}",
-        "  6,760 parameters, float32, 2 layers x 3 attention heads, hidden 15; heads kept: pooler, mlm",
+        "  11,124 parameters, float32, 4 layers x 3 attention heads, hidden 15; heads kept: pooler, mlm",
         "  note: dropped the next-sentence-prediction head (cls.seq_relationship)",
         f"  wrote {tmp_path / 'out'}",
     ]
@@ -54,7 +54,7 @@ def test_dtype_and_force(capsys, mlm, tmp_path):
     out = tmp_path / "out"
     assert run_cli(capsys, mlm, out)[0] == 0
     rc, text, _ = run_cli(capsys, mlm, out, "--dtype", "bfloat16", "--force")
-    assert rc == 0 and "6,520 parameters, bfloat16," in text and "heads kept: mlm" in text
+    assert rc == 0 and "10,884 parameters, bfloat16," in text and "heads kept: mlm" in text
     _, params = load(out, "bfloat16")
     assert params["cls"]["predictions"]["bias"].dtype == ml_dtypes.bfloat16
     rc, text, _ = run_cli(capsys, mlm, out, "--dtype", "float16", "--force")
@@ -166,9 +166,9 @@ BAD = {
     "shape-mismatch": (lambda t, m: _config_with(t, m, intermediate_size=40),
                        (r"bert\.encoder\.layer\.0\.intermediate\.dense\.bias has shape \(37,\), "
                         r"the config needs \(40,\)")),
-    "missing-layer": (lambda t, m: _config_with(t, m, num_hidden_layers=3),
+    "missing-layer": (lambda t, m: _config_with(t, m, num_hidden_layers=5),
                       (r"checkpoint does not match a BERT with this config \(missing 16: "
-                       r"encoder\.layer\.2\.attention\.output\.LayerNorm\.bias, ")),
+                       r"encoder\.layer\.4\.attention\.output\.LayerNorm\.bias, ")),
     "full-unpickling": (_unpicklable,
                         (r"refusing to read .*pytorch_model\.bin: it holds argparse\.Namespace, "
                          r"which only full unpickling \(arbitrary code\) could build, and bertjax "
@@ -206,7 +206,7 @@ def test_real_entry_point(mlm, tmp_path):
     ok = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "6,520 parameters, float32" in ok.stdout and ok.stdout.rstrip().endswith(
+    assert "10,884 parameters, float32" in ok.stdout and ok.stdout.rstrip().endswith(
         f"wrote {tmp_path / 'out'}")
     bad = subprocess.run([BERTJAX, "convert", mlm, tmp_path / "out"], check=False,
                           capture_output=True, text=True)

@@ -295,7 +295,7 @@ def test_missing_and_unexpected_keys_are_listed_by_name(tiny_state):
 
 
 def test_fewer_layers_in_the_config_lists_the_extra_layer(tiny_state):
-    with pytest.raises(CheckpointError, match=r"\(unexpected 16: encoder\.layer\.1\.attention\."
+    with pytest.raises(CheckpointError, match=r"\(unexpected 48: encoder\.layer\.1\.attention\."
                                               r"output\.LayerNorm\.bias, .* \.\.\.\)"):
         state_dict_to_params(tiny_state, _tiny_config(num_hidden_layers=1))
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_close, make_checkpoint
+from conftest import TINY, assert_close, make_checkpoint
 from torch_ref import torch_activations
 
 from bertjax import sharding
@@ -209,7 +209,7 @@ def test_reduce_pools_real_tokens(tiny_bert, torch_bert, tmp_path, reduce):
         # the query axis is pooled, the key axis keeps the example's length
         assert_close(f"attn.probs {i}", store[i]["attn.probs"], pool(want["attn.probs"], 2))
     values, ids = store.stacked("layer.out")
-    assert values.shape == (9, 2, 15) and ids.tolist() == list(range(9))
+    assert values.shape == (9, TINY["num_hidden_layers"], 15) and ids.tolist() == list(range(9))
 
 
 def test_bfloat16_output(tiny_bert, tmp_path):
@@ -488,7 +488,7 @@ BAD_REQUESTS = [
      r"unknown activation name 'layer.outt' in capture; valid names: embed.word"),
     ({"capture": ("mlm.logits",)}, r"cannot capture 'mlm.logits': this model has no MLM head"),
     ({"capture": ()}, r"--capture needs at least one activation name"),
-    ({"layers": (0, 2)}, r"--layers 2 out of range: this model has 2 layers, 0..1"),
+    ({"layers": (0, 4)}, r"--layers 4 out of range: this model has 4 layers, 0..3"),
     ({"max_length": 41}, r"--max-length must be in \[2, 40\] \(max_position_embeddings\)"),
     ({"batch_size": 0}, r"--batch-size \(0\) and --chunk-size \(256\) must be >= 1"),
     ({"reduce": "max"}, r"--reduce must be one of none, mean, cls, got 'max'"),

@@ -42,7 +42,9 @@ def tiny(tmp_path_factory) -> str:
     import transformers
 
     folder = tmp_path_factory.mktemp("tiny_ft")
-    make_checkpoint(folder, "BertForMaskedLM", max_position_embeddings=40, initializer_range=0.2)
+    # 2 layers: the learning test's step counts and thresholds were set on this size
+    make_checkpoint(folder, "BertForMaskedLM", max_position_embeddings=40, initializer_range=0.2,
+                    num_hidden_layers=2)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     transformers.BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
     return str(folder)

@@ -29,8 +29,8 @@ def test_inspect_tiny(tiny_model, tmp_path, capsys):
                  "--head", "2", "--capture", "attn.probs,layer.out", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "tokens (8): [CLS] the cat sat on the mat [SEP]" in out
-    assert re.search(r"attn.probs\s+\(2, 1, 3, 8, 8\)\s+float32", out)
-    assert re.search(r"layer.out\s+\(2, 1, 8, 15\)", out) and "embed.out" not in out
+    assert re.search(r"attn.probs\s+\(4, 1, 3, 8, 8\)\s+float32", out)
+    assert re.search(r"layer.out\s+\(4, 1, 8, 15\)", out) and "embed.out" not in out
     assert "attention, layer 0, head 2" in out and "the₂" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("cat ")]
     assert len(rows) == 1 and abs(sum(float(x) for x in rows[0][1:]) - 1.0) < 0.03
@@ -41,12 +41,12 @@ def test_inspect_pair_defaults(tiny_model, capsys):
     assert main(["inspect", "the cat", "--pair", "a dog", "--model", tiny_model]) == 0
     out = capsys.readouterr().out
     assert "tokens (7): [CLS] the cat [SEP] a dog [SEP]" in out
-    assert "attention, layer 1, mean over heads" in out  # default: the last layer
-    assert re.search(r"attn.q\s+\(2, 1, 3, 7, 5\)", out) and "mlp.post" in out
+    assert "attention, layer 3, mean over heads" in out  # default: the last layer
+    assert re.search(r"attn.q\s+\(4, 1, 3, 7, 5\)", out) and "mlp.post" in out
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--layer", "2"], "layer 2 is out of range: the model has 2 layers"),
+    (["--layer", "4"], "layer 4 is out of range: the model has 4 layers"),
     (["--head", "3"], "head 3 is out of range: the model has 3 heads"),
     (["--capture", "attn.nope"], "unknown activation name 'attn.nope'"),
     (["the " * 20], "input_ids: sequence length 22 exceeds max_position_embeddings=13"),

@@ -91,11 +91,13 @@ def test_head_mask_matches_transformers_4x(tiny, kind, monkeypatch):
 
 def test_head_mask_builders(tiny):
     _, config, _ = tiny
-    np.testing.assert_array_equal(I.ablate_heads(config, [(1, 2)]), [[1, 1, 1], [1, 1, 0]])
-    np.testing.assert_array_equal(I.keep_heads(config, [(0, 0), (1, 2)]), [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(I.ablate_heads(config, [(1, 2)]),
+                                  [[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 1]])
+    np.testing.assert_array_equal(I.keep_heads(config, [(0, 0), (1, 2)]),
+                                  [[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match=r"head must be in \[0, 3\), got 3"):
         I.ablate_heads(config, [(0, 3)])
-    with pytest.raises(ValueError, match=r"layer must be in \[0, 2\), got -1"):
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 4\), got -1"):
         I.keep_heads(config, [(-1, 0)])
 
 
@@ -129,8 +131,8 @@ def test_patch_where_selects_the_given_indices(tiny):
 @pytest.mark.parametrize("name,shape,kwargs,match", [
     ("mlm.logits", (2, 7, 101), {}, "cannot patch 'mlm.logits'; patchable names: embed.word"),
     ("attn.nope", (1,), {}, "cannot patch 'attn.nope'"),
-    ("attn.out", (L, 2, 7), {}, r"attn.out has axes \[L, B, S, D\], got shape \(2, 2, 7\)"),
-    ("attn.out", (3, 2, 7, D), {}, r"the config says L=2, got shape \(3, 2, 7, 15\)"),
+    ("attn.out", (L, 2, 7), {}, r"attn.out has axes \[L, B, S, D\], got shape \(4, 2, 7\)"),
+    ("attn.out", (3, 2, 7, D), {}, r"the config says L=4, got shape \(3, 2, 7, 15\)"),
     ("attn.out", (L, 2, 7, D), dict(heads=0), r"attn.out has no heads axis"),
     ("embed.out", (2, 7, D), dict(layers=0), r"embed.out has no layers axis"),
     ("attn.probs", (L, 2, N, 7, 7), dict(heads=[1, 3]), r"heads must be in \[0, 3\), got 3"),
@@ -150,7 +152,7 @@ def test_patching_own_values_changes_nothing(sharp, runs):
                                 positions=[0, 3]) for name in PATCHABLE}
     out = bertjax.forward(params, ids, config, types, mask, patch=patch)
     # not bitwise: a patched attn.head_out sums the heads one by one instead of in one einsum
-    assert_close("own values", out.last_hidden_state, clean.last_hidden_state, 1e-6)
+    assert_close("own values", out.last_hidden_state, clean.last_hidden_state, ATOL_TINY)
 
 
 @pytest.mark.parametrize("name", ["embed.sum", "attn.norm", "layer.out"])

@@ -36,7 +36,7 @@ def test_exactly_the_names_asked_for(model):
     ids, _, _ = tiny_inputs()
     out = bertjax.forward(params, ids, config, capture=("attn.probs", "embed.out"))
     assert set(out.acts) == {"attn.probs", "embed.out"}
-    assert out.acts["attn.probs"].shape == (2, 2, 3, 7, 7)
+    assert out.acts["attn.probs"].shape == (TINY["num_hidden_layers"], 2, 3, 7, 7)
 
 
 def test_no_pooler_gives_none():
@@ -180,7 +180,7 @@ def test_stacked_params_give_the_same_result(model):
     config, params = model
     ids, types, mask = tiny_inputs()
     stacked = bertjax.stack_layers(params)
-    assert stacked["encoder"]["layer"]["attention"]["self"]["query"]["kernel"].shape == (2, 15, 15)
+    assert stacked["encoder"]["layer"]["attention"]["self"]["query"]["kernel"].shape == (4, 15, 15)
     a = bertjax.forward(params, ids, config, types, mask, capture="layer.out")
     b = bertjax.forward(stacked, ids, config, types, mask, capture="layer.out")
     assert_close("layer.out", b.acts["layer.out"], a.acts["layer.out"], 0.0)

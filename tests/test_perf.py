@@ -18,6 +18,8 @@ from conftest import TINY, assert_close, tiny_inputs
 import bertjax
 from bertjax.model import _forward
 
+L = TINY["num_hidden_layers"]
+
 ENCODER = sys.modules["bertjax.encoder"]  # the module (bertjax.encoder is the function)
 
 
@@ -31,7 +33,7 @@ def test_per_layer_params_are_stacked_once_and_freed_with_them():
     ids, types, mask = tiny_inputs()
     first = bertjax.forward(params, ids, config, types, mask)
     stacked = ENCODER._STACKED[0][2]
-    assert stacked["attention"]["self"]["query"]["kernel"].shape == (2, 15, 15)
+    assert stacked["attention"]["self"]["query"]["kernel"].shape == (L, 15, 15)
     second = bertjax.forward(params, ids, config, types, mask)
     assert ENCODER._STACKED[0][2] is stacked  # reused, not stacked again
     assert_close("same params", second.last_hidden_state, first.last_hidden_state, 0.0)
@@ -51,7 +53,7 @@ def test_stacking_under_an_outer_jit_or_grad_is_not_cached():
     assert_close("under jit", got, want)
     grads = jax.grad(lambda p: bertjax.forward(p, ids, config, types, mask)
                      .last_hidden_state.sum())(params)
-    assert set(grads["encoder"]["layer"]) == {"0", "1"}  # gradients keep the per-layer layout
+    assert set(grads["encoder"]["layer"]) == {str(i) for i in range(L)}  # gradients keep the per-layer layout
     numpy_params = jax.tree_util.tree_map(np.asarray, params)
     bertjax.forward(numpy_params, ids, config, types, mask)
     assert ENCODER._STACKED == []  # mutable numpy arrays are stacked per call, not cached

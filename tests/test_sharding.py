@@ -113,7 +113,7 @@ def check_model_axis_splits_kernels(_):
     config, params, _ = _model("split")
     mesh = make_mesh(model_axis=2)
     assert dict(mesh.shape) == {"batch": 2, "model": 2}
-    L, D, I, NH = 2, 16, 38, 16  # noqa: E741 (the package's axis letters)
+    L, D, I, NH = TINY["num_hidden_layers"], 16, 38, 16  # noqa: E741 (the package's axis letters)
     split = {("attention", "self", "query", "kernel"): (D, NH // 2),
              ("attention", "self", "value", "bias"): (NH // 2,),
              ("attention", "output", "dense", "kernel"): (NH // 2, D),

@@ -22,6 +22,8 @@ from bertjax.views import (
     sentence_b_start,
 )
 
+L = TINY["num_hidden_layers"]
+
 
 def test_head_view_inputs_numpy():
     probs, mask = fake_probs()
@@ -69,8 +71,8 @@ def test_neuron_view_data_single(qk_acts):
     assert set(data) == {"all"}
     view = data["all"]
     assert view["left_text"] == view["right_text"] == TOKENS[:4]
-    assert np.shape(view["attn"]) == (2, 3, 4, 4)  # [L][N][S][T]
-    assert np.shape(view["queries"]) == np.shape(view["keys"]) == (2, 3, 4, 5)  # [L][N][S][H]
+    assert np.shape(view["attn"]) == (L, 3, 4, 4)  # [L][N][S][T]
+    assert np.shape(view["queries"]) == np.shape(view["keys"]) == (L, 3, 4, 5)  # [L][N][S][H]
     np.testing.assert_allclose(view["keys"], np.asarray(acts["attn.k"])[:, 1, :, :4], atol=1e-6)
 
 
@@ -80,8 +82,8 @@ def test_neuron_view_data_pair(qk_acts):
     assert set(data) == {"all", "aa", "bb", "ab", "ba"}
     ab = data["ab"]
     assert ab["left_text"] == TOKENS[:3] and ab["right_text"] == TOKENS[3:]
-    assert np.shape(ab["attn"]) == (2, 3, 3, 4)
-    assert np.shape(ab["queries"]) == (2, 3, 3, 5) and np.shape(ab["keys"]) == (2, 3, 4, 5)
+    assert np.shape(ab["attn"]) == (L, 3, 3, 4)
+    assert np.shape(ab["queries"]) == (L, 3, 3, 5) and np.shape(ab["keys"]) == (L, 3, 4, 5)
     np.testing.assert_allclose(ab["attn"], np.asarray(acts["attn.probs"])[:, 0, :, :3, 3:], atol=1e-6)
 
 
