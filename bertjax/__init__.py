@@ -29,6 +29,6 @@ __all__ = [
     "ActivationStore", "ALL_NAMES", "attention", "BertConfig", "BertOutput", "bucket_lengths",
     "checked_forward", "classifier_logits", "convert_checkpoint", "embeddings",
     "enable_compilation_cache", "encoder", "encoder_layer", "forward", "Heads", "init_params",
-    "load", "load_pretrained", "mlm_logits", "pad_batch", "param_shapes", "pooler", "resolve_capture", "save",
-    "stack_layers", "tokenizer_for",
+    "load", "load_pretrained", "mlm_logits", "pad_batch", "param_shapes", "pooler",
+    "resolve_capture", "save", "stack_layers", "tokenizer_for",
 ]

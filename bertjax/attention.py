@@ -8,9 +8,9 @@ straight into [B, N, S, H] made XLA CPU copy and transpose every kernel on each 
 
 Two ways to the context: the explicit one (scores, softmax, probs @ v, every step tappable), and a
 fast one when neither scores nor probs are captured or patched and there is no dropout or head
-mask: `jax.nn.dot_product_attention` off CPU (JAX picks the implementation: XLA's in jax 0.10; cuDNN's
-fused kernel is not requested, untested without a GPU); on one CPU device the
-same arithmetic as the explicit way, run over groups of the batch whose float32 scores fit in a few
+mask: `jax.nn.dot_product_attention` off CPU (JAX picks the implementation, XLA's in jax 0.10;
+cuDNN's fused kernel is not requested, untested without a GPU); on one CPU device the same
+arithmetic as the explicit way, run over groups of the batch whose float32 scores fit in a few
 MiB of cache (bert-base at (8, 512): 2x faster than scoring the whole batch at once, which spills
 the 100 MB of scores out of the caches; dot_product_attention on CPU is the explicit arithmetic plus
 transposes, and slower).
@@ -143,8 +143,8 @@ def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
 
 def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
     """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
-    captured or patched and there is no dropout or head mask, off CPU. (`implementation="cudnn"` would
-    need a [B, 1, 1, T] mask instead of the float32 bias, whose MASK_VALUE overflows bf16 to -inf.)
+    captured or patched and there is no dropout or head mask, off CPU. (`implementation="cudnn"`
+    would need a boolean mask instead of the float32 bias: MASK_VALUE overflows bf16 to -inf.)
 
     Same float32 arithmetic as `_context`: scaled scores plus the same additive bias, float32
     softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.

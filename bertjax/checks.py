@@ -70,8 +70,7 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
     if position_ids is None:
         if S > config.max_position_embeddings:
             raise ValueError(f"input_ids: sequence length {S} exceeds max_position_embeddings="
-                             f"{config.max_position_embeddings} (at most {config.max_position_embeddings} "
-                             f"tokens)")
+                             f"{config.max_position_embeddings}")
     else:
         if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
             raise ValueError(f"position_ids must have shape [B, S], [1, S] or [S] with "

@@ -53,18 +53,23 @@ def test_padded_key_gets_no_attention():
     np.testing.assert_allclose(acts["attn.probs"][0].sum(-1), 1.0, rtol=1e-6)
 
 
-def test_cpu_fast_path_in_batch_groups_matches_the_explicit_path(monkeypatch):
-    """With nothing captured, CPU runs the attention over batch groups (lax.map); forced down to
-    groups of 1 and 2 sequences it gives the explicit path's numbers, padding included."""
-    module = sys.modules["bertjax.attention"]  # bertjax.attention is the function
+def _random_attention(seed: int, batch: int):
+    """A random one-layer attention (D=15, N=3, H=5) and its input [batch, 7, 15]."""
     config = bertjax.BertConfig(vocab_size=5, hidden_size=15, num_hidden_layers=1,
                                 num_attention_heads=3, intermediate_size=7)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     dense = lambda: {"kernel": jnp.asarray(rng.standard_normal((15, 15)), jnp.float32) / 4,
                      "bias": jnp.asarray(rng.standard_normal(15), jnp.float32)}
     params = {"self": {"query": dense(), "key": dense(), "value": dense()},
               "output": {"dense": dense()}}
-    x = jnp.asarray(rng.standard_normal((4, 7, 15)), jnp.float32)
+    return config, params, jnp.asarray(rng.standard_normal((batch, 7, 15)), jnp.float32)
+
+
+def test_cpu_fast_path_in_batch_groups_matches_the_explicit_path(monkeypatch):
+    """With nothing captured, CPU runs the attention over batch groups (lax.map); forced down to
+    groups of 1 and 2 sequences it gives the explicit path's numbers, padding included."""
+    module = sys.modules["bertjax.attention"]  # bertjax.attention is the function
+    config, params, x = _random_attention(seed=0, batch=4)
     mask = np.ones((4, 7), np.int32)
     mask[1, 4:] = 0
     mask[3, 1:] = 0
@@ -82,14 +87,7 @@ def test_dot_product_attention_path_matches_the_explicit_path(monkeypatch):
     it gives the explicit path's numbers with padding and a fully padded row (uniform, no NaN),
     in float32 and in bfloat16 (same float32 scores and softmax)."""
     module = sys.modules["bertjax.attention"]
-    config = bertjax.BertConfig(vocab_size=5, hidden_size=15, num_hidden_layers=1,
-                                num_attention_heads=3, intermediate_size=7)
-    rng = np.random.default_rng(1)
-    dense = lambda: {"kernel": jnp.asarray(rng.standard_normal((15, 15)), jnp.float32) / 4,
-                     "bias": jnp.asarray(rng.standard_normal(15), jnp.float32)}
-    params = {"self": {"query": dense(), "key": dense(), "value": dense()},
-              "output": {"dense": dense()}}
-    x = jnp.asarray(rng.standard_normal((3, 7, 15)), jnp.float32)
+    config, params, x = _random_attention(seed=1, batch=3)
     mask = np.ones((3, 7), np.int32)
     mask[1, 4:] = 0
     mask[2, :] = 0
