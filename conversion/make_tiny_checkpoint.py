@@ -18,8 +18,8 @@ import os
 
 HEADS = {"model": "BertModel", "mlm": "BertForMaskedLM", "pretraining": "BertForPreTraining",
          "classifier": "BertForSequenceClassification"}
-# Every axis a different size (as in the tests): V=101, D=15, N=3, I=37, P=13, Y=3, L=2.
-TINY = {"vocab_size": 101, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
+# Every axis a different size (as in the tests): V=101, D=15, N=3, I=37, L=4; P=13, Y=3.
+TINY = {"vocab_size": 101, "hidden_size": 15, "num_hidden_layers": 4, "num_attention_heads": 3,
         "intermediate_size": 37, "max_position_embeddings": 13, "type_vocab_size": 3}
 
 
