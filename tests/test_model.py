@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY, assert_close, tiny_inputs
 
 import bertjax
+from bertjax import capture as C
 from bertjax.model import _forward
 
 
@@ -66,29 +67,26 @@ def test_jit_equals_eager_parts(model):
     assert_close("mlm.logits", logits, out.acts["mlm.logits"], 1e-6)
 
 
-# Each part with its own subtree, input and capture names: (name, params, input, kwargs, names).
-def _parts(config, params):
+def _parts(params):
+    """Each part: (function, its subtree, its input, other arguments, capture, the names that
+    capture resolves to for that part)."""
     ids, types, mask = tiny_inputs()
     hidden = jax.random.normal(jax.random.key(2), (2, 7, 15))
     layer = params["encoder"]["layer"]["1"]
+    attention = ("attn.q", "attn.probs", "attn.head_out", "attn.out")
     return {
-        "embeddings": (bertjax.embeddings, params["embeddings"], ids,
-                       dict(token_type_ids=types), "embed.*"),
+        "embeddings": (bertjax.embeddings, params["embeddings"], ids, dict(token_type_ids=types),
+                       "embed.*", C.EMBED_NAMES),
         "attention": (bertjax.attention, layer["attention"], hidden, dict(attention_mask=mask),
-                      ("attn.q", "attn.probs", "attn.head_out", "attn.out")),
-        "encoder_layer": (bertjax.encoder_layer, layer, hidden, dict(attention_mask=mask), "all"),
+                      attention, attention),
+        "encoder_layer": (bertjax.encoder_layer, layer, hidden, dict(attention_mask=mask), "all",
+                          C.LAYER_NAMES),
         "encoder": (bertjax.encoder, params["encoder"], hidden, dict(attention_mask=mask),
-                    ("attn.scores", "layer.out")),
-        "pooler": (bertjax.pooler, params["pooler"], hidden, {}, ("pooler.out",)),
-        "mlm_logits": (bertjax.mlm_logits, params, hidden, {}, "all"),
+                    ("attn.scores", "layer.out"), ("attn.scores", "layer.out")),
+        "pooler": (bertjax.pooler, params["pooler"], hidden, {}, ("pooler.out",),
+                   (C.POOLER_OUT,)),
+        "mlm_logits": (bertjax.mlm_logits, params, hidden, {}, "all", (C.MLM_LOGITS,)),
     }
-
-
-PART_NAMES = {"embeddings": {"embed.word", "embed.position", "embed.token_type", "embed.sum",
-                             "embed.out"},
-              "attention": {"attn.q", "attn.probs", "attn.head_out", "attn.out"},
-              "encoder": {"attn.scores", "layer.out"}, "pooler": {"pooler.out"},
-              "mlm_logits": {"mlm.logits"}}
 
 
 @pytest.mark.parametrize("part", ["embeddings", "attention", "encoder_layer", "encoder", "pooler",
@@ -97,9 +95,9 @@ def test_each_part_under_jit_vmap_and_grad(model, part):
     """Each part alone returns exactly its captured names, and gives the same numbers under
     jax.jit, under jax.vmap over an outer axis, and has finite, non-zero gradients."""
     config, params = model
-    fn, sub, x, kwargs, capture = _parts(config, params)[part]
+    fn, sub, x, kwargs, capture, names = _parts(params)[part]
     out, acts = fn(sub, x, config, capture=capture, **kwargs)
-    assert set(acts) == PART_NAMES.get(part, set(bertjax.capture.LAYER_NAMES))
+    assert set(acts) == set(names)
     jitted = jax.jit(lambda p, x: fn(p, x, config, capture=capture, **kwargs))
     got, got_acts = jitted(sub, x)
     assert_close(f"{part} jit", got, out, 1e-6)
