@@ -1,7 +1,7 @@
 """Examples per second of `bertjax extract` against the number of devices (1, 2, 4 forced host
 devices).
 
-The model is the real all-MiniLM-L6-v2 (`bertjax.pretrained.load_pretrained(None)`, the CLI's
+The model is the real all-MiniLM-L6-v2 (`bertjax.checkpoints.pretrained.load_pretrained(None)`, the CLI's
 default `--model`: 6 layers, D 384, 12 heads, I 1536). The corpus is generated: lines of 4 to 60
 words drawn from the model's vocabulary (seeded), so token lengths spread over the buckets
 16, 32, 64 and 128 (`--max-length 128`). The request is a probing one: `--capture layer.out --reduce
@@ -70,7 +70,9 @@ def worker(corpus: str, scratch: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from bertjax.extract import (
+    from bertjax.checkpoints.pretrained import load_pretrained
+    from bertjax.model.params import Heads
+    from bertjax.scale.extract import (
         Options,
         build_model,
         extract,
@@ -80,8 +82,6 @@ def worker(corpus: str, scratch: str) -> None:
         run_chunk,
         tokenize,
     )
-    from bertjax.params import Heads
-    from bertjax.pretrained import load_pretrained
 
     pre = load_pretrained(None, jnp.float32)
 
@@ -191,7 +191,7 @@ def main() -> None:
         with open(os.path.join(HERE, "results", "extract.json")) as f:
             return print(write_results(json.load(f)))
 
-    from bertjax.pretrained import load_pretrained
+    from bertjax.checkpoints.pretrained import load_pretrained
 
     pre = load_pretrained(None)  # converts the offline MiniLM into the user cache on first use
     with tempfile.TemporaryDirectory() as scratch:

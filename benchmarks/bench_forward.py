@@ -166,7 +166,7 @@ class BertjaxSystem:
         import jax
 
         import bertjax
-        from bertjax.model import _forward, _with_stacked_layers
+        from bertjax.model.forward import _forward, _with_stacked_layers
 
         ids, mask = self.inputs
         names = bertjax.resolve_capture(CAPTURE[mode], has_pooler=True, has_mlm=False)
@@ -378,7 +378,7 @@ def compile_one(layers: int, B: int, S: int) -> None:
     import jax.numpy as jnp
 
     import bertjax
-    from bertjax.model import _forward
+    from bertjax.model.forward import _forward
 
     config = bertjax.BertConfig(**{**BERT_BASE, "num_hidden_layers": layers})
     shapes = jax.eval_shape(bertjax.stack_layers, bertjax.param_shapes(config))

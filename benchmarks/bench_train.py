@@ -3,7 +3,7 @@ BertForSequenceClassification + torch.optim.AdamW, on the same batch, interleave
 
 Both sides do the same work per step: forward with dropout on (p = 0.1), cross-entropy on 2
 classes, backward, gradient clipping to global norm 1, and an AdamW update with weight decay off
-biases and LayerNorm (the BERT recipe). bertjax: `bertjax.train.make_train_step` (one XLA program,
+biases and LayerNorm (the BERT recipe). bertjax: `bertjax.training.train.make_train_step` (one XLA program,
 compiled before timing, float32). PyTorch: eager `model(...).loss.backward(); clip_grad_norm_;
 optimizer.step()`, with the model's default attention (sdpa), float32.
 
@@ -129,14 +129,14 @@ class TorchSide:
 
 
 class JaxSide:
-    """bertjax.train's jitted step from the PyTorch worker's folder, compiled before timing."""
+    """bertjax.training.train's jitted step from the PyTorch worker's folder, compiled before timing."""
 
     def __init__(self, folder: str, batch: int, seq: int):
         import jax
 
         import bertjax
-        import bertjax.convert
-        from bertjax import train as T
+        import bertjax.checkpoints.convert
+        from bertjax.training import train as T
 
         bertjax.convert.PROGRESS_MIN_PARAMS = float("inf")  # no "converting" bar in the output
         self.config, params = bertjax.load(folder)
@@ -163,7 +163,7 @@ class JaxSide:
     def eval_loss(self) -> float:
         import jax
 
-        from bertjax import train as T
+        from bertjax.training import train as T
 
         loss = jax.jit(lambda p, b: T.loss_fn(p, b, self.config, "classification")[0])
         return float(loss(self.state.params, self.batch))

@@ -7,28 +7,71 @@ Axis letters used in every docstring, comment and einsum:
 The public API (fixed in the project contract): `load`, `forward`, `BertConfig`, and the parts
 `embeddings`, `attention`, `encoder_layer`, `encoder`, `pooler`, `mlm_logits`, each pure, jittable and
 returning `(output, acts)` with exactly the activations named in `capture`.
+
+The package is laid out in wings; each may import only the wings before it in this list:
+  model/        the ground floor: config, parameter tree, capture, the forward and its parts
+  checkpoints/  reading, converting, verifying and saving checkpoints (imports model)
+  analysis/     tables, views, plots, attribution, interventions, circuits (model, checkpoints)
+  scale/        sharding, corpus extraction, activation store, buckets (model, checkpoints)
+  training/     losses, train step, fine-tuning, data sets (the four above)
+  commands/     the `bertjax` command line (anything)
+
+Names are imported on first use (PEP 562), so `import bertjax` and `bertjax --help` stay cheap.
+The module paths of the flat layout before the wings (`bertjax.train`, `bertjax.interventions`, ...)
+remain importable: `_aliases` maps each to its wing.
 """
 
-from bertjax.attention import attention
-from bertjax.buckets import bucket_lengths, pad_batch
-from bertjax.capture import ALL_NAMES
-from bertjax.capture import resolve as resolve_capture
-from bertjax.checkpoint import convert_checkpoint, load, save
-from bertjax.compile_cache import enable_compilation_cache
-from bertjax.config import BertConfig
-from bertjax.embeddings import embeddings
-from bertjax.encoder import encoder, stack_layers
-from bertjax.heads import classifier_logits, mlm_logits, pooler
-from bertjax.layer import encoder_layer
-from bertjax.model import BertOutput, checked_forward, forward
-from bertjax.params import Heads, init_params, param_shapes
-from bertjax.pretrained import load_pretrained, tokenizer_for
-from bertjax.store import ActivationStore
+import importlib
 
-__all__ = [
-    "ActivationStore", "ALL_NAMES", "attention", "BertConfig", "BertOutput", "bucket_lengths",
-    "checked_forward", "classifier_logits", "convert_checkpoint", "embeddings",
-    "enable_compilation_cache", "encoder", "encoder_layer", "forward", "Heads", "init_params",
-    "load", "load_pretrained", "mlm_logits", "pad_batch", "param_shapes", "pooler",
-    "resolve_capture", "save", "stack_layers", "tokenizer_for",
-]
+from bertjax import _aliases
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ActivationStore": "bertjax.scale.store",
+    "ALL_NAMES": "bertjax.model.capture",
+    "attention": "bertjax.model.attention",
+    "BertConfig": "bertjax.model.config",
+    "BertOutput": "bertjax.model.forward",
+    "bucket_lengths": "bertjax.scale.buckets",
+    "checked_forward": "bertjax.model.forward",
+    "classifier_logits": "bertjax.model.heads",
+    "convert_checkpoint": "bertjax.checkpoints.checkpoint",
+    "embeddings": "bertjax.model.embeddings",
+    "enable_compilation_cache": "bertjax.scale.compile_cache",
+    "encoder": "bertjax.model.encoder",
+    "encoder_layer": "bertjax.model.layer",
+    "forward": "bertjax.model.forward",
+    "Heads": "bertjax.model.params",
+    "init_params": "bertjax.model.params",
+    "load": "bertjax.checkpoints.checkpoint",
+    "load_pretrained": "bertjax.checkpoints.pretrained",
+    "mlm_logits": "bertjax.model.heads",
+    "pad_batch": "bertjax.scale.buckets",
+    "param_shapes": "bertjax.model.params",
+    "pooler": "bertjax.model.heads",
+    "resolve_capture": "bertjax.model.capture:resolve",
+    "save": "bertjax.checkpoints.checkpoint",
+    "stack_layers": "bertjax.model.encoder",
+    "tokenizer_for": "bertjax.checkpoints.pretrained",
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+__version__ = "0.1.0"
+
+_aliases.install(__name__)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, _, attr = _EXPORTS[name].partition(":")
+        value = getattr(importlib.import_module(module), attr or name)
+    elif name in _aliases.ALIASES:
+        value = importlib.import_module(_aliases.ALIASES[name])
+    else:
+        raise AttributeError(f"module 'bertjax' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_aliases.ALIASES))

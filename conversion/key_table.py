@@ -1,4 +1,5 @@
-"""Prints the full PyTorch key -> bertjax tree path table (markdown), from `bertjax.convert.key_table`.
+"""Prints the full PyTorch key -> bertjax tree path table (markdown), from
+`bertjax.checkpoints.convert.key_table`.
 
 conversion/README.md holds this script's output between its key-table markers, and
 tests/test_convert.py checks that the two agree, so the document always says what the code does.
@@ -15,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from bertjax.config import BertConfig
-from bertjax.convert import key_table
-from bertjax.params import Heads, flatten, param_shapes
+from bertjax.checkpoints.convert import key_table
+from bertjax.model.config import BertConfig
+from bertjax.model.params import Heads, flatten, param_shapes
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
 START, END = "<!-- key-table:start -->", "<!-- key-table:end -->"

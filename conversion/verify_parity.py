@@ -1,4 +1,4 @@
-"""Converts a checkpoint and checks it against transformers' PyTorch BERT (`bertjax.verify`).
+"""Converts a checkpoint and checks it against transformers' PyTorch BERT (`bertjax.checkpoints.verify`).
 
 The same as `bertjax convert SRC OUT --verify`, into a temporary folder unless --out is given: it
 prints the parity table (embeddings, every layer's hidden state and attention probabilities, the
@@ -17,8 +17,8 @@ import os
 import sys
 import tempfile
 
-from bertjax.checkpoint import convert_checkpoint
-from bertjax.verify import require_reference, verify_conversion
+from bertjax.checkpoints.checkpoint import convert_checkpoint
+from bertjax.checkpoints.verify import require_reference, verify_conversion
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 import bertjax
-from bertjax.params import Heads
-from bertjax.train import IGNORE, init_state, make_optimizer, make_train_step
+from bertjax.model.params import Heads
+from bertjax.training.train import IGNORE, init_state, make_optimizer, make_train_step
 
 CAPITALS = {"france": "paris", "italy": "rome", "spain": "madrid", "germany": "berlin",
             "japan": "tokyo", "egypt": "cairo", "peru": "lima", "kenya": "nairobi",

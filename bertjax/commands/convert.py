@@ -22,10 +22,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.checkpoint import convert_checkpoint
+    from bertjax.checkpoints.checkpoint import convert_checkpoint
 
     if args.verify:  # fail before converting, not after
-        from bertjax.verify import require_reference
+        from bertjax.checkpoints.verify import require_reference
 
         require_reference()
     summary = convert_checkpoint(args.src, args.out, args.dtype, args.force, args.config)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print(f"  wrote {summary['out']}")
     if args.verify:
-        from bertjax.verify import verify_conversion
+        from bertjax.checkpoints.verify import verify_conversion
 
         return verify_conversion(summary["out"], args.src, args.config, summary["dtype"])
     return 0

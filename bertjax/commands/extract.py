@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import transformers
 
-    from bertjax.extract import Options, check_request, extract, summary_line
+    from bertjax.scale.extract import Options, check_request, extract, summary_line
 
     transformers.logging.set_verbosity_error()  # we count truncations ourselves
     opts = Options(input=args.input, out=args.out, model=args.model, layers=args.layers,

@@ -20,10 +20,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.fill_mask import fill_mask
-    from bertjax.params import Heads
-    from bertjax.pretrained import load_pretrained
-    from bertjax.sources import DEFAULT_MODEL
+    from bertjax.analysis.fill_mask import fill_mask
+    from bertjax.checkpoints.pretrained import load_pretrained
+    from bertjax.checkpoints.sources import DEFAULT_MODEL
+    from bertjax.model.params import Heads
 
     model = load_pretrained(args.model)
     name = args.model or DEFAULT_MODEL

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.finetune import Options, finetune, summary_line
+    from bertjax.training.finetune import Options, finetune, summary_line
 
     opts = Options(train=args.train, out=args.out, task=args.task, model=args.model,
                    eval=args.eval, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

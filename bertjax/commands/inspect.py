@@ -28,9 +28,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.capture import ALL_NAMES, ATTN_PROBS
-    from bertjax.pretrained import load_pretrained
-    from bertjax.tables import check_index
+    from bertjax.analysis.tables import check_index
+    from bertjax.checkpoints.pretrained import load_pretrained
+    from bertjax.model.capture import ALL_NAMES, ATTN_PROBS
 
     model = load_pretrained(args.model)
     if model.tokenizer is None:
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _capture_names(params: dict, capture: str) -> frozenset[str]:
     """--capture ("a,b*,all") resolved against the model's heads."""
-    from bertjax.capture import resolve
-    from bertjax.params import Heads
+    from bertjax.model.capture import resolve
+    from bertjax.model.params import Heads
 
     heads = Heads.of(params)
     return resolve([n.strip() for n in capture.split(",") if n.strip()],
@@ -68,7 +68,7 @@ def _run_model(model, text: str, pair: str | None, names: frozenset[str]):
     import numpy as np
 
     import bertjax
-    from bertjax.tables import tokens_for
+    from bertjax.analysis.tables import tokens_for
 
     encoded = model.tokenizer(text, pair, return_tensors="np")
     ids = encoded["input_ids"].astype(np.int32)  # [1, S]
@@ -79,7 +79,7 @@ def _run_model(model, text: str, pair: str | None, names: frozenset[str]):
 
 def _print_table(probs, tokens, layer: int, head: int | None) -> None:
     """The attention table, rounded, with every column shown whatever the terminal width."""
-    from bertjax.tables import attention_table
+    from bertjax.analysis.tables import attention_table
 
     try:
         table = attention_table(probs, tokens, layer=layer, head=head)
@@ -91,7 +91,7 @@ def _print_table(probs, tokens, layer: int, head: int | None) -> None:
 
 
 def _write_html(path: str, probs, tokens, types, layer: int) -> None:
-    from bertjax.views import save_head_view, sentence_b_start
+    from bertjax.analysis.views import save_head_view, sentence_b_start
 
     save_head_view(path, probs, tokens, layer=layer, sentence_b_start=sentence_b_start(types),
                    title="bertjax inspect: " + " ".join(tokens))

@@ -1,0 +1,5 @@
+"""The analysis wing: what researchers do with the activations. Attention tables and plots, head
+views, reductions over heads, logit attribution, interventions, fill-mask.
+
+May import: `bertjax.model` and `bertjax.checkpoints`.
+"""

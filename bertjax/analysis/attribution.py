@@ -1,0 +1,222 @@
+"""MLM logit attribution: one masked position's logit for one token, split into exact parts.
+
+BERT is post-LN: every residual stream is normalised after each add. Each LayerNorm becomes affine
+once its run-time mean and std are frozen: LN(x) = (x - mean(x)) * gamma / std + beta, linear in x.
+The MLM head's activation is frozen the same way, as its gate act(x) / x at the run's value
+(exact for gelu, relu and silu, which are x times a gate). With everything frozen the logit is an
+affine function of what each part writes into the residual stream at that position, so
+
+  logit = embed.word + embed.position + embed.token_type                 (the embedding sum)
+        + sum over layers l and heads n of  L{l}.H{n}                     (attn.head_out)
+        + sum over layers of  L{l}.attn_bias + L{l}.mlp                   (output bias, mlp.out)
+        + bias                       (every LayerNorm beta, the head's dense bias, decoder bias)
+
+exactly up to float error. `mlp.out` includes its output dense bias. Attention and MLP inputs are
+not followed: a head's part is what it writes at this position (its direct effect on the logit),
+however it computed it from earlier positions.
+
+The parts are computed backwards, as in a gradient: the readout direction (the decoder column of
+the token) is pulled back through the head and each frozen LayerNorm, x . u -> x . centre(gamma /
+std * u), and each part is the dot product of what it writes with the direction where it enters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+from bertjax.analysis.fill_mask import check_mlm_head
+from bertjax.model import capture as C
+from bertjax.model.config import BertConfig
+from bertjax.model.encoder import stack_layers
+from bertjax.model.forward import forward
+from bertjax.model.nn import activation, dense
+
+# What `logit_parts` reads from a forward run.
+NEEDED = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE, C.EMBED_SUM, C.ATTN_HEAD_OUT,
+          C.ATTN_RESID, C.MLP_OUT, C.MLP_RESID, C.LAYER_OUT, C.MLM_LOGITS)
+EMBED_PARTS = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE)
+
+
+def through_norm(params: dict, x: Float[Array, "D"], u: Float[Array, "D"],
+                 eps: float) -> tuple[Float[Array, "D"], Float[Array, ""]]:
+    """Pulls a readout direction back through a LayerNorm frozen at its input x.
+
+    LN(x) . u = x . centre(gamma / std * u) + beta . u, with std frozen at x's value.
+
+    Returns:
+      the direction at the LayerNorm's input, float32 [D], and beta . u (its bias part).
+    """
+    x = x.astype(jnp.float32)
+    var = jnp.var(x)
+    v = params["scale"].astype(jnp.float32) * jax.lax.rsqrt(var + eps) * u  # [D]
+    return v - jnp.mean(v), jnp.dot(params["bias"].astype(jnp.float32), u)
+
+
+def _through_head(params: dict, config: BertConfig, hidden: Float[Array, "D"],
+                  token: ArrayLike) -> tuple[Float[Array, "D"], Float[Array, ""]]:
+    """The direction at the last layer's output whose dot product gives the token's logit,
+    minus the head's bias part (returned second): dense, frozen activation gate, frozen LN."""
+    predictions = params["cls"]["predictions"]
+    if "decoder" in predictions:
+        readout = predictions["decoder"]["kernel"][:, token]  # [D]
+    else:
+        readout = params["embeddings"]["word_embeddings"]["embedding"][token]  # [D]
+    transform = predictions["transform"]
+    pre = dense(transform["dense"], hidden).astype(jnp.float32)  # [D]
+    post = activation(config, pre)
+    u, bias = through_norm(transform["LayerNorm"], post, readout.astype(jnp.float32),
+                           config.layer_norm_eps)
+    gate = jnp.where(pre != 0, post / jnp.where(pre != 0, pre, 1.0), 0.0)  # act(x) = gate * x
+    u = gate * u
+    bias = bias + predictions["bias"][token] + jnp.dot(transform["dense"]["bias"], u)
+    return transform["dense"]["kernel"].astype(jnp.float32) @ u, bias  # [D]
+
+
+def _through_layers(layers: dict, acts: dict, config: BertConfig,
+                    u: Float[Array, "D"]) -> tuple[Float[Array, "D"], dict]:
+    """Reverse scan over the layers; `acts` holds one position's per-layer activations.
+
+    Returns:
+      the direction at embed.out, and per layer: heads [L, N], attn_bias [L], mlp [L], bias [L].
+    """
+    eps = config.layer_norm_eps
+
+    def step(u, x):  # u: the direction at this layer's output
+        u, out_bias = through_norm(x["out_norm"], x[C.MLP_RESID], u, eps)
+        mlp = jnp.dot(x[C.MLP_OUT].astype(jnp.float32), u)
+        u, attn_bias_norm = through_norm(x["attn_norm"], x[C.ATTN_RESID], u, eps)
+        heads = x[C.ATTN_HEAD_OUT].astype(jnp.float32) @ u  # [N, D] @ [D] -> [N]
+        attn_bias = jnp.dot(x["attn_bias"].astype(jnp.float32), u)
+        return u, {"heads": heads, "attn_bias": attn_bias, "mlp": mlp,
+                   "bias": out_bias + attn_bias_norm}
+
+    xs = {**acts, "out_norm": layers["output"]["LayerNorm"],
+          "attn_norm": layers["attention"]["output"]["LayerNorm"],
+          "attn_bias": layers["attention"]["output"]["dense"]["bias"]}
+    return jax.lax.scan(step, u, xs, reverse=True)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def logit_parts(params: dict, acts: dict, config: BertConfig, batch: ArrayLike,
+                position: ArrayLike, token: ArrayLike) -> dict:
+    """The exact split of one logit (jitted; batch, position and token are data, not static).
+
+    Args:
+      params: the full tree with an MLM head.
+      acts: a forward run's activations with at least the names in `NEEDED`.
+      batch, position, token: int scalars: the row, the (masked) position and the token id.
+
+    Returns:
+      float32 arrays: "embed.word", "embed.position", "embed.token_type", "bias" and "logit" (the
+      model's own logit) as scalars, "heads" [L, N], "attn_bias" [L] and "mlp" [L].
+    """
+    at = {name: acts[name][:, batch, ..., position, :]  # per-layer [L, (N,) D]
+          for name in (C.ATTN_HEAD_OUT, C.ATTN_RESID, C.MLP_OUT, C.MLP_RESID)}
+    last = acts[C.LAYER_OUT][-1, batch, position]  # [D]
+    u, head_bias = _through_head(params, config, last, token)
+    layers = stack_layers(params["encoder"])["layer"]
+    u, per_layer = _through_layers(layers, at, config, u)
+    u, embed_bias = through_norm(params["embeddings"]["LayerNorm"],
+                                 acts[C.EMBED_SUM][batch, position], u, config.layer_norm_eps)
+    parts = {name: jnp.dot(acts[name][batch, position].astype(jnp.float32), u)
+             for name in EMBED_PARTS}
+    bias = head_bias + jnp.sum(per_layer.pop("bias")) + embed_bias
+    logit = acts[C.MLM_LOGITS][batch, position, token].astype(jnp.float32)
+    return {**parts, **per_layer, "bias": bias, "logit": logit}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribution:
+    """A labelled logit split.
+
+    Attributes:
+      parts: label -> contribution, in forward order: "embed.word", "embed.position",
+        "embed.token_type", then per layer "L{l}.H{n}" for each head, "L{l}.attn_bias", "L{l}.mlp",
+        and last "bias". Their sum is the logit.
+      logit: the model's own logit for the token at the position.
+      token: the token id.
+      position: the position in the sequence.
+    """
+
+    parts: dict
+    logit: float
+    token: int
+    position: int
+
+    def total(self) -> float:
+        """The sum of the parts (equals `logit` up to float error)."""
+        return float(sum(self.parts.values()))
+
+    def heads(self) -> np.ndarray:
+        """The head parts as a float [L, N] array."""
+        rows = {}
+        for label, value in self.parts.items():
+            layer, _, head = label.partition(".H")
+            if head.isdigit():
+                rows.setdefault(int(layer[1:]), []).append(value)
+        return np.asarray([rows[layer] for layer in sorted(rows)])
+
+    def table(self):
+        """A pandas DataFrame: part, kind, layer, head, contribution (needs pandas)."""
+        import pandas as pd
+
+        rows = []
+        for label, value in self.parts.items():
+            layer, _, rest = label.partition(".")
+            if layer.startswith("L") and layer[1:].isdigit():
+                kind = "head" if rest.startswith("H") else rest
+                head = int(rest[1:]) if kind == "head" else None
+                rows.append((label, kind, int(layer[1:]), head, value))
+            else:
+                rows.append((label, label, None, None, value))
+        table = pd.DataFrame(rows, columns=["part", "kind", "layer", "head", "contribution"])
+        return table.astype({"layer": "Int64", "head": "Int64"})
+
+
+def label_parts(arrays: dict) -> dict:
+    """`logit_parts`' arrays -> label -> float, in the order documented on `Attribution`."""
+    parts = {name: float(arrays[name]) for name in EMBED_PARTS}
+    heads = np.asarray(arrays["heads"])
+    for layer in range(heads.shape[0]):
+        parts.update({f"L{layer}.H{n}": float(v) for n, v in enumerate(heads[layer])})
+        parts[f"L{layer}.attn_bias"] = float(arrays["attn_bias"][layer])
+        parts[f"L{layer}.mlp"] = float(arrays["mlp"][layer])
+    parts["bias"] = float(arrays["bias"])
+    return parts
+
+
+def _check_index(name: str, value: int, size: int, what: str) -> None:
+    if not 0 <= value < size:
+        raise ValueError(f"{name} must be in [0, {size}) ({what}), got {value}")
+
+
+def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, position: int,
+                      token: int, *, batch: int = 0, token_type_ids: ArrayLike | None = None,
+                      attention_mask: ArrayLike | None = None) -> Attribution:
+    """Splits the MLM logit of `token` at `position` (of row `batch`) into labelled parts.
+
+    Args:
+      params: a full tree with an MLM head; config: its BertConfig.
+      input_ids: int [B, S]; token_type_ids, attention_mask: [B, S] or None, as for `forward`.
+      position: the position to explain (usually a [MASK]); token: the token id whose logit.
+
+    Raises:
+      ValueError: no MLM head, or batch, position or token out of range.
+    """
+    check_mlm_head(params)
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape [B, S], got shape {input_ids.shape}")
+    _check_index("batch", batch, input_ids.shape[0], "rows of input_ids")
+    _check_index("position", position, input_ids.shape[1], "the sequence length")
+    _check_index("token", token, config.vocab_size, f"vocab_size={config.vocab_size}")
+    acts = forward(params, input_ids, config, token_type_ids, attention_mask, capture=NEEDED).acts
+    arrays = logit_parts(params, acts, config, batch, position, token)
+    return Attribution(label_parts(arrays), float(arrays["logit"]), token, position)

@@ -1,0 +1,214 @@
+"""PyTorch BERT state dict -> bertjax parameter tree.
+
+The mapping is one rule, listed in full by `key_table` (and in conversion/README.md): a tree path
+`a/b/<leaf>` comes from the PyTorch key `a.b.<weight|bias>`, where `kernel` (Dense, transposed
+from torch's [out, in] to [in, out]), `embedding` and LayerNorm `scale` come from `weight`.
+
+Checkpoint dialects accepted, normalised before the mapping:
+* `bert.` prefix of BertForMaskedLM / BertForPreTraining / BertForSequenceClassification;
+* Google-ported LayerNorm `gamma` / `beta`;
+* `position_ids` / `token_type_ids` buffers (dropped);
+* the NSP head `cls.seq_relationship.*` (dropped, reported in `notes`);
+* the MLM decoder, resolved as transformers 5 loads it (`resolve_decoder`): the decoder weight is
+  the word embedding table (tied, the default) unless the config says `tie_word_embeddings: false`
+  or the file holds a `cls.predictions.decoder.weight` that differs from the word embeddings; an
+  untied one is kept as `cls/predictions/decoder/kernel`. The output bias is the one transformers'
+  forward adds, `cls.predictions.decoder.bias`, when the file has it (the same tensor as
+  `cls.predictions.bias` unless the decoder is untied), else `cls.predictions.bias`.
+
+Everything is checked before any array is converted: missing and unexpected keys are listed by name,
+every shape is compared with the config and every dtype must be floating point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from bertjax.checkpoints.readers import CheckpointError, dtype_of, shape_of
+from bertjax.model.config import BertConfig
+from bertjax.model.params import Heads, flatten, param_shapes, unflatten
+
+_LEAF_TO_TORCH = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+_NSP_PREFIX = "cls.seq_relationship."
+_DECODER_WEIGHT = "cls.predictions.decoder.weight"
+_DECODER_BIAS = "cls.predictions.decoder.bias"
+_MLM_BIAS = "cls.predictions.bias"
+_WORD = "embeddings.word_embeddings.weight"
+_TRANSFORM = "cls.predictions.transform.dense.weight"
+# A progress bar over tensors only for checkpoints this big (tiny test models stay quiet).
+PROGRESS_MIN_PARAMS = 50_000_000
+
+
+def torch_key(path: str) -> tuple[str, bool]:
+    """PyTorch key (without `bert.` prefix) for a tree path, and whether it is transposed."""
+    *parents, leaf = path.split("/")
+    return ".".join(parents + [_LEAF_TO_TORCH[leaf]]), leaf == "kernel"
+
+
+def key_table(config: BertConfig, heads: Heads) -> list[tuple[str, str, bool]]:
+    """Every (PyTorch key, tree path, transposed) for a model with these heads."""
+    table = []
+    for path in flatten(param_shapes(config, heads)):
+        key, transposed = torch_key(path)
+        table.append((key, path, transposed))
+    return table
+
+
+@dataclasses.dataclass
+class Normalized:
+    """A state dict in canonical naming, with what was dropped on the way."""
+
+    tensors: dict[str, str]  # canonical key -> key in the source state dict
+    notes: list[str]
+
+
+def _canonical(key: str) -> str:
+    """`bert.` prefix removed, Google's LayerNorm gamma/beta renamed weight/bias."""
+    key = key.removeprefix("bert.")
+    if key.endswith("LayerNorm.gamma"):
+        key = key[: -len("gamma")] + "weight"
+    elif key.endswith("LayerNorm.beta"):
+        key = key[: -len("beta")] + "bias"
+    return key
+
+
+def normalize(state: Mapping[str, np.ndarray]) -> Normalized:
+    """Canonical key -> source key, dropping buffers and the NSP head."""
+    keys: dict[str, str] = {}
+    nsp = False
+    for key in state:
+        canon = _canonical(key)
+        if canon in _BUFFERS:
+            continue
+        if canon.startswith(_NSP_PREFIX):
+            nsp = True
+            continue
+        if canon in keys:
+            raise CheckpointError(f"checkpoint has both {keys[canon]!r} and {key!r}")
+        keys[canon] = key
+    if _WORD not in keys:
+        sample = ", ".join(sorted(state)[:4]) or "(no tensors at all)"
+        raise CheckpointError(f"not a BERT checkpoint: no {_WORD!r} (bert. prefix optional); "
+                              f"its keys look like: {sample}")
+    notes = ["dropped the next-sentence-prediction head (cls.seq_relationship)"] if nsp else []
+    return Normalized(keys, notes)
+
+
+def detect_heads(keys: Mapping[str, str], untied_decoder: bool = False) -> Heads:
+    """Which heads a normalised checkpoint carries (`untied_decoder` from `resolve_decoder`)."""
+    mlm = _TRANSFORM in keys
+    return Heads(pooler="pooler.dense.weight" in keys, mlm=mlm, untied_decoder=mlm and untied_decoder,
+                 classifier="classifier.weight" in keys)
+
+
+def _differs(state: Mapping, a: str, b: str) -> bool:
+    return shape_of(state, a) != shape_of(state, b) or not np.array_equal(state[a], state[b])
+
+
+def resolve_decoder(state: Mapping, keys: Mapping[str, str],
+                    config: BertConfig) -> tuple[dict[str, str], bool, list[str]]:
+    """The MLM decoder's weight and bias, picked as transformers 5 picks them when loading.
+
+    Returns the canonical key map with the decoder resolved (`cls.predictions.bias` -> the source
+    key of the bias the forward adds, `cls.predictions.decoder.weight` kept only when untied),
+    whether the decoder is untied, and notes. transformers 5 ties a pair only when the file holds
+    one of the two or both are equal, so a stored decoder that differs stays untied.
+    """
+    keys = dict(keys)
+    if _TRANSFORM not in keys:
+        return keys, False, []
+    notes = []
+    if _DECODER_BIAS in keys:  # the bias transformers' decoder Linear adds
+        if (_MLM_BIAS in keys and config.tie_word_embeddings
+                and _differs(state, keys[_DECODER_BIAS], keys[_MLM_BIAS])):
+            notes.append(f"{keys[_MLM_BIAS]} differs from {keys[_DECODER_BIAS]}: used the "
+                         f"decoder's bias, which transformers' forward adds")
+        keys[_MLM_BIAS] = keys.pop(_DECODER_BIAS)
+    untied = not config.tie_word_embeddings
+    if not untied and _DECODER_WEIGHT in keys and _WORD in keys:
+        untied = _differs(state, keys[_DECODER_WEIGHT], keys[_WORD])
+        if untied:
+            notes.append(f"{keys[_DECODER_WEIGHT]} differs from the word embeddings although the "
+                         f"config ties them: kept it untied (cls/predictions/decoder/kernel, "
+                         f"tie_word_embeddings=false), as transformers 5 does")
+        else:
+            keys.pop(_DECODER_WEIGHT)
+    return keys, untied, notes
+
+
+def _listed(kind: str, names: list[str], most: int = 6) -> str:
+    more = " ..." if len(names) > most else ""
+    return f"{kind} {len(names)}: {', '.join(names[:most])}{more}"
+
+
+def check_keys(keys: Mapping[str, str], table) -> None:
+    """Raises CheckpointError listing missing and unexpected keys (canonical names)."""
+    expected = {k for k, _, _ in table}
+    missing = sorted(expected - set(keys))
+    unexpected = sorted(set(keys) - expected)
+    parts = ([_listed("missing", missing)] if missing else []) + (
+        [_listed("unexpected", unexpected)] if unexpected else [])
+    if parts:
+        raise CheckpointError(f"checkpoint does not match a BERT with this config ({'; '.join(parts)})")
+
+
+def check_tensors(state: Mapping, keys: Mapping[str, str], table, config: BertConfig,
+                  heads: Heads) -> None:
+    """Raises CheckpointError on the first tensor whose shape disagrees with the config (torch's
+    [out, in] for Dense weights) or whose dtype is not floating point."""
+    want = flatten(param_shapes(config, heads))
+    for key, path, transposed in table:
+        shape = shape_of(state, keys[key])
+        need = want[path].shape[::-1] if transposed else want[path].shape
+        if shape != need:
+            raise CheckpointError(f"{keys[key]} has shape {shape}, the config needs {need}")
+    for key, _, _ in table:
+        dtype = dtype_of(state, keys[key])
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise CheckpointError(f"{keys[key]} has dtype {dtype}, expected floating point")
+
+
+def convert_tensors(state: Mapping, keys: Mapping[str, str], table, dtype) -> dict[str, np.ndarray]:
+    """Tree path -> C-contiguous array of `dtype`, transposed where the table says.
+
+    Casting is NumPy's / ml_dtypes' correctly rounded cast; float32 -> float32 is bit-exact. A
+    progress bar runs over the tensors of big checkpoints.
+    """
+    total = sum(int(np.prod(shape_of(state, keys[k]))) for k, _, _ in table)
+    flat = {}
+    for key, path, transposed in tqdm(table, desc="converting", unit="tensor", leave=False,
+                                      disable=total < PROGRESS_MIN_PARAMS):
+        array = state[keys[key]]
+        array = array.T if transposed else array
+        flat[path] = np.ascontiguousarray(array.astype(dtype, copy=False))
+    return flat
+
+
+def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
+                         dtype=np.float32) -> tuple[dict, Heads, list[str]]:
+    """Converts a PyTorch BERT state dict (NumPy arrays) into the parameter tree.
+
+    Args:
+      state: source key -> array (or a lazy mapping from `bertjax.checkpoints.readers.read_weights`).
+      config: the model's config; every shape is checked against it.
+      dtype: dtype of the converted arrays (float32, bfloat16 or float16).
+
+    Returns:
+      (params, heads, notes): the nested tree of NumPy arrays, the heads found, and what was
+      dropped or overridden on the way. Raises CheckpointError before converting anything when a
+      key is missing or unexpected, or a shape or dtype disagrees with the config.
+    """
+    norm = normalize(state)
+    keys, untied, decoder_notes = resolve_decoder(state, norm.tensors, config)
+    heads = detect_heads(keys, untied)
+    table = key_table(config, heads)
+    check_keys(keys, table)
+    check_tensors(state, keys, table, config, heads)
+    notes = norm.notes + decoder_notes
+    return unflatten(convert_tensors(state, keys, table, dtype)), heads, notes

@@ -1,0 +1,258 @@
+"""`bertjax convert SRC OUT --verify`: the converted model against transformers' PyTorch BERT.
+
+Both models run on the same few inputs: fixed sentences tokenized with the checkpoint's own tokenizer
+when it ships one (random ids with padding otherwise). The reference is transformers' model class for
+the heads found (BertModel, BertForMaskedLM, BertForPreTraining or BertForSequenceClassification),
+built from the source's config and the source's own tensors in float32, in eval mode with
+`attn_implementation="eager"` (the only one that returns attention probabilities). transformers does
+its own key handling (prefixes, gamma/beta), so the check is independent of our key table.
+
+The parity table lists the max abs diff of the embeddings output, each layer's hidden state and
+attention probabilities, the pooler, the MLM logits and classifier logits when present, and the MLM
+top-k agreement. Tolerances: float32 parameters |ours - ref| <= 1e-4 + 2e-6 |ref| elementwise;
+bfloat16 / float16 parameters (compared with the float32 reference) only loosely,
+max |ours - ref| <= 5% of max |ref| per output, and the table says so.
+
+torch and transformers are imported only here, and only when verifying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+import numpy as np
+
+from bertjax.checkpoints.checkpoint import CONFIG_FILE, read_checkpoint
+from bertjax.checkpoints.readers import read_weights
+from bertjax.checkpoints.sources import Source, locate
+from bertjax.model import capture as C
+from bertjax.model.params import Heads
+
+SENTENCES = ("The quick brown fox jumps over the lazy dog.",
+             "Paris is the [MASK] of France.",
+             "A language model reads the whole sentence at once, in [MASK] directions.")
+ATOL, RTOL = 1e-4, 2e-6  # float32 parameters, elementwise: |ours - ref| <= ATOL + RTOL |ref|
+LOOSE = 0.05  # bfloat16 / float16 parameters: max |ours - ref| <= LOOSE * max |ref|
+TOP_K = 5
+MAX_TOKENS = 32
+
+
+class VerifyError(ValueError):
+    """Verification could not run (no torch, a source transformers cannot read)."""
+
+
+def require_reference() -> None:
+    """Raises VerifyError (one line) when torch or transformers cannot be imported."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise VerifyError(f"--verify needs torch and transformers ({e}); install "
+                          f"'bertjax[torch]' or leave out --verify") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the parity table."""
+
+    name: str
+    max_abs_diff: float
+    ok: bool
+
+
+def compare(name: str, ours: np.ndarray, ref: np.ndarray, loose: bool) -> Row:
+    """Max abs diff of one output and whether it is within tolerance."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return Row(f"{name} (shape {ours.shape} vs {ref.shape})", float("inf"), False)
+    diff = np.abs(ours - ref)
+    ok = (diff.max() <= LOOSE * np.abs(ref).max() if loose
+          else bool((diff <= ATOL + RTOL * np.abs(ref)).all()))
+    return Row(name, float(diff.max()), bool(ok))
+
+
+def top_k_agreement(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray, k: int = TOP_K):
+    """(mean share of the reference's top-k found in ours, top-1 agreement) over real tokens.
+
+    ours, ref: float [B, S, V] logits; mask: int [B, S], 1 for real tokens.
+    """
+    real = mask.astype(bool)
+    top_ours = np.argsort(-ours, axis=-1)[..., :k][real]  # [R, k]
+    top_ref = np.argsort(-ref, axis=-1)[..., :k][real]  # [R, k]
+    shared = [len(set(a) & set(b)) / k for a, b in zip(top_ours, top_ref)]
+    return float(np.mean(shared)), float(np.mean(top_ours[:, 0] == top_ref[:, 0]))
+
+
+def verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
+    """int32 ids, token types and mask [B, S]: SENTENCES through the checkpoint's tokenizer, or
+    random ids with a padded row when there is no usable tokenizer. Returns them and a label."""
+    from bertjax.checkpoints.pretrained import tokenizer_for
+
+    tokenizer = tokenizer_for(folder)
+    if tokenizer is not None:
+        enc = tokenizer(list(SENTENCES), padding=True, truncation=True, return_tensors="np",
+                        max_length=min(positions, MAX_TOKENS))
+        ids = enc["input_ids"].astype(np.int32)
+        types = enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int32)
+        if ids.max() < vocab_size and types.max() < type_vocab_size:
+            return ids, types, enc["attention_mask"].astype(np.int32), "tokenized sentences"
+    rng = np.random.default_rng(0)
+    length = min(positions, 12)
+    ids = rng.integers(1, vocab_size, size=(3, length)).astype(np.int32)
+    types = rng.integers(0, type_vocab_size, size=(3, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, length // 2:] = 0
+    ids[1, length // 2:] = 0
+    return ids, types, mask, "random ids with padding"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load report and progress bar off for a moment (our table is the report)."""
+    from transformers.utils import logging
+
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def _reference_class(heads: Heads):
+    import transformers
+
+    if heads.classifier:
+        return transformers.BertForSequenceClassification, {}
+    if heads.mlm and heads.pooler:
+        return transformers.BertForPreTraining, {}
+    if heads.mlm:
+        return transformers.BertForMaskedLM, {}
+    return transformers.BertModel, {"add_pooling_layer": heads.pooler}
+
+
+def _as_torch(array: np.ndarray):
+    import torch
+
+    array = np.asarray(array)
+    if array.dtype.kind in "iub":
+        return torch.from_numpy(np.array(array))
+    return torch.from_numpy(np.array(array, dtype=np.float32))
+
+
+def reference_model(source: Source, config_path: str, heads: Heads):
+    """transformers' model for these heads, holding the source's tensors in float32, eval mode."""
+    import transformers
+
+    if source.weights.endswith(".msgpack"):
+        raise VerifyError(f"--verify compares with the PyTorch weights, and {source.weights} is a "
+                          f"Flax msgpack file")
+    model_class, kwargs = _reference_class(heads)
+    state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
+    hf_config = transformers.BertConfig.from_json_file(config_path)
+    with _quiet_transformers():
+        model, info = model_class.from_pretrained(
+            None, config=hf_config, state_dict=state, output_loading_info=True,
+            attn_implementation="eager", dtype="float32", **kwargs)
+    missing = sorted(info["missing_keys"]) + sorted(info["mismatched_keys"])
+    if missing:
+        raise VerifyError(f"transformers' {model_class.__name__} could not load "
+                          f"{', '.join(map(str, missing[:4]))} from {source.weights}")
+    return model.eval()
+
+
+def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
+    """name -> float32 array from the transformers model (see module docstring for the names)."""
+    import torch
+
+    base = getattr(model, "bert", model)
+    args = {k: torch.from_numpy(v.astype(np.int64)) for k, v in
+            (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))}
+    with torch.no_grad():
+        out = base(**args, output_hidden_states=True, output_attentions=True)
+        ref = {"embeddings": out.hidden_states[0]}
+        for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
+            ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
+        if heads.pooler:
+            ref["pooler"] = out.pooler_output
+        if heads.mlm:
+            ref["mlm logits"] = model.cls.predictions(out.last_hidden_state)
+        if heads.classifier:
+            ref["classifier logits"] = model.classifier(out.pooler_output)
+    return {k: v.float().numpy() for k, v in ref.items()}
+
+
+def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
+    """The same names as `reference_outputs`, from `bertjax.forward`, as float32."""
+    from bertjax.model.forward import forward
+    from bertjax.model.heads import classifier_logits
+
+    capture = (C.EMBED_OUT, C.LAYER_OUT, C.ATTN_PROBS) + ((C.MLM_LOGITS,) if heads.mlm else ())
+    out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
+    ours = {"embeddings": out.acts[C.EMBED_OUT]}
+    for i in range(config.num_hidden_layers):
+        ours[f"layer {i} hidden"] = out.acts[C.LAYER_OUT][i]
+        ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
+    if heads.pooler:
+        ours["pooler"] = out.pooler_output
+    if heads.mlm:
+        ours["mlm logits"] = out.acts[C.MLM_LOGITS]
+    if heads.classifier:
+        ours["classifier logits"] = classifier_logits(params, out.pooler_output, config)
+    return {k: np.asarray(v, np.float32) for k, v in ours.items()}
+
+
+def format_table(rows: list[Row], loose: bool) -> str:
+    """The parity table, one output per line."""
+    rule = f"max|diff| <= {LOOSE:g} max|ref| (loose)" if loose else f"|diff| <= {ATOL:g} + {RTOL:g}|ref|"
+    width = max(len(r.name) for r in rows) + 2
+    lines = [f"  {'output':<{width}}{'max abs diff':>14}  within {rule}"]
+    lines += [f"  {r.name:<{width}}{r.max_abs_diff:>14.3g}  {'yes' if r.ok else 'NO'}" for r in rows]
+    return "\n".join(lines)
+
+
+def _print_report(title: str, rows: list[Row], loose: bool, mlm_agreement) -> bool:
+    """Prints the table and the verdict; returns whether every row is within tolerance."""
+    print(title)
+    print(format_table(rows, loose))
+    if mlm_agreement is not None:
+        top_k, top_1, tokens = mlm_agreement
+        print(f"  mlm top-{TOP_K} agreement {top_k:.1%} (top-1 {top_1:.1%}) over {tokens} real tokens")
+    bad = [r.name for r in rows if not r.ok]
+    print(f"verify: FAILED, above tolerance: {', '.join(bad)}" if bad else "verify: OK")
+    return not bad
+
+
+def verify_conversion(out: str, src, config: str | None = None, dtype: str = "float32") -> int:
+    """Runs the converted folder `out` (parameters in `dtype`, as converted) and transformers on
+    the source `src` (config: a config.json for a bare weights file); prints the parity table.
+    Returns 0 when every output is within tolerance, 1 otherwise.
+
+    Raises VerifyError when torch/transformers are missing or the source cannot be read by them.
+    """
+    require_reference()
+    import jax
+    import jax.numpy as jnp
+
+    converted = read_checkpoint(out, dtype=dtype)
+    cfg, heads = converted.config, converted.heads
+    loose = np.dtype(converted.params["embeddings"]["LayerNorm"]["scale"].dtype) != np.float32
+    source = locate(src, config)
+    model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads)
+    ids, types, mask, what = verify_inputs(out, cfg.vocab_size, cfg.type_vocab_size,
+                                           cfg.max_position_embeddings)
+    params = jax.tree_util.tree_map(jnp.asarray, converted.params)
+    ours = bertjax_outputs(params, cfg, heads, ids, types, mask)
+    ref = reference_outputs(model, heads, ids, types, mask)
+    rows = [compare(name, ours[name], ref[name], loose) for name in ref]
+    agreement = (*top_k_agreement(ours["mlm logits"], ref["mlm logits"], mask),
+                 int(mask.sum())) if heads.mlm else None
+    title = (f"verify: bertjax vs transformers {type(model).__name__} (eager, eval) on {what} "
+             f"[B={ids.shape[0]}, S={ids.shape[1]}], {dtype} parameters"
+             + (", compared loosely with the float32 reference" if loose else ""))
+    return 0 if _print_report(title, rows, loose, agreement) else 1

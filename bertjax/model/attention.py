@@ -1,0 +1,170 @@
+"""Multi-head self-attention, per head, with every intermediate available.
+
+Axis letters: B batch, S query positions, T key positions, D hidden, N heads, H head size.
+The kernels stay in the tree's [D, D] layout. Projections are plain [B, S, D] @ [D, D] matmuls whose
+output is split into heads ([B, S, N, H] -> [B, N, S, H]); the output dense sees the heads merged
+back to [B, S, D], and only `attn.head_out` views its kernel per head as [N, H, D]. (An einsum
+straight into [B, N, S, H] made XLA CPU copy and transpose every kernel on each call.)
+
+Two ways to the context: the explicit one (scores, softmax, probs @ v, every step tappable), and a
+fast one when neither scores nor probs are captured or patched and there is no dropout or head
+mask: `jax.nn.dot_product_attention` off CPU (JAX picks the implementation, XLA's in jax 0.10;
+cuDNN's fused kernel is not requested, untested without a GPU); on one CPU device the same
+arithmetic as the explicit way, run over groups of the batch whose float32 scores fit in a few
+MiB of cache (bert-base at (8, 512): 2x faster than scoring the whole batch at once, which spills
+the 100 MB of scores out of the caches; dot_product_attention on CPU is the explicit arithmetic plus
+transposes, and slower).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+from bertjax.model import capture as C
+from bertjax.model.config import BertConfig
+from bertjax.model.nn import dense, dropout, last_axis
+
+# Added to the scores of padded keys. transformers uses the dtype's most negative finite value;
+# we do the same (in float32, where the scores live) so that captured scores match it exactly and a
+# fully padded row softmaxes to a uniform row instead of NaN.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+# Scores of one batch group on the CPU fast path stay under this many bytes (measured on a 32 MiB
+# L3: 1.5-3 MiB groups ran best at S = 128 and 512; whole-batch scores of 25-100 MB, 1.4-2x slower).
+GROUP_BYTES = 4 * 2**20
+
+
+def mask_bias(attention_mask: ArrayLike | None) -> Float[Array, "B 1 1 T"] | None:
+    """0/1 mask [B, T] -> additive float32 bias [B, 1, 1, T] (0 for tokens, MASK_VALUE for padding)."""
+    if attention_mask is None:
+        return None
+    bias = jnp.where(jnp.asarray(attention_mask) != 0, 0.0, MASK_VALUE).astype(jnp.float32)
+    return bias[:, None, None, :]  # [B, 1, 1, T]
+
+
+def _project(params: dict, x: jax.Array, config: BertConfig) -> jax.Array:
+    """One of query/key/value: [B, S, D] -> [B, N, S, H]."""
+    B, S, _ = x.shape
+    heads = dense(params, x).reshape(B, S, config.num_attention_heads, config.head_size)
+    return jnp.swapaxes(heads, 1, 2)  # [B, N, S, H]
+
+
+def _fused_here() -> bool:
+    """Whether to take `jax.nn.dot_product_attention` when nothing forbids it: not on CPU."""
+    return jax.default_backend() != "cpu"
+
+
+def _group_size(B: int, N: int, S: int, T: int) -> int:
+    """The largest divisor of B whose float32 scores [G, N, S, T] fit in GROUP_BYTES (at least 1);
+    B itself (no grouping) over several devices, where the batch may be sharded."""
+    if jax.device_count() > 1:
+        return B
+    fits = [g for g in range(1, B + 1) if B % g == 0 and g * N * S * T * 4 <= GROUP_BYTES]
+    return max(fits, default=1)
+
+
+def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+              attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
+              head_mask: Float[ArrayLike, "N"] | None = None,
+              patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """Self-attention of one layer, through the output dense (before residual and LayerNorm).
+
+    Args:
+      params: one layer's `attention` subtree (`self/{query,key,value}`, `output/dense`).
+      hidden: float [B, S, D], the layer input.
+      attention_mask: [B, S] with 1 for tokens and 0 for padding, or None.
+      capture: names among attn.q, attn.k, attn.v, attn.scores, attn.probs, attn.context,
+        attn.head_out, attn.out.
+      rng: PRNG key for dropout on the probabilities; None for inference.
+      head_mask: float [N] multiplying each head's probabilities (after dropout), or None.
+      patch: name -> (new, mask) replacing attn.* activations (see `bertjax.model.capture.Taps`).
+
+    Returns:
+      attn.out, float [B, S, D], and the captured activations (one layer's shapes).
+    """
+    taps = C.taps_for(capture, patch)
+    hidden = jnp.asarray(hidden)
+    q = taps(C.ATTN_Q, _project(params["self"]["query"], hidden, config))  # [B, N, S, H]
+    k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]
+    v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
+    bias = mask_bias(attention_mask)
+    active = rng is not None and config.attention_probs_dropout_prob > 0.0
+    explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active
+    if explicit or head_mask is not None:
+        context = _context(q, k, v, bias, config, taps, rng, head_mask)
+    elif _fused_here():
+        context = _fused_context(q, k, v, bias)
+    else:
+        context = _grouped_context(q, k, v, bias, config)
+    context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
+    return _output(params["output"]["dense"], context, config, taps), taps.acts
+
+
+def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+             config: BertConfig, taps: C.Taps, rng: jax.Array | None,
+             head_mask: ArrayLike | None) -> jax.Array:
+    """probs @ v step by step, through the attn.scores and attn.probs taps: [B, N, S, H]."""
+    scores = taps(C.ATTN_SCORES, _scores(q, k, bias, config))  # [B, N, S, T], float32
+    probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(q.dtype))  # [B, N, S, T]
+    weights = dropout(rng, probs, config.attention_probs_dropout_prob)
+    if head_mask is not None:
+        weights = weights * jnp.asarray(head_mask, weights.dtype).reshape(1, -1, 1, 1)
+    return jnp.einsum("BNST,BNTH->BNSH", weights, v)  # [B, N, S, H]
+
+
+def _scores(q: jax.Array, k: jax.Array, bias: jax.Array | None, config: BertConfig) -> jax.Array:
+    """q.k / sqrt(H) plus the padding bias, in float32: [B, N, S, T]."""
+    scores = jnp.einsum("BNSH,BNTH->BNST", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(config.head_size))
+    return scores if bias is None else scores + bias
+
+
+def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+                     config: BertConfig) -> jax.Array:
+    """`_context`'s arithmetic (nothing tapped) over batch groups of `_group_size`: [B, N, S, H]."""
+    B, N, S, _ = q.shape
+    G = _group_size(B, N, S, k.shape[2])
+
+    def context(q, k, v, bias):
+        probs = jax.nn.softmax(_scores(q, k, bias, config), axis=-1).astype(q.dtype)
+        return jnp.einsum("BNST,BNTH->BNSH", probs, v)
+
+    if G == B:
+        return context(q, k, v, bias)
+    groups = lambda x: None if x is None else x.reshape(B // G, G, *x.shape[1:])  # [B/G, G, ...]
+    out = jax.lax.map(lambda xs: context(*xs), (groups(q), groups(k), groups(v), groups(bias)))
+    return out.reshape(q.shape)  # [B, N, S, H]
+
+
+def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
+    captured or patched and there is no dropout or head mask, off CPU. (`implementation="cudnn"`
+    would need a boolean mask instead of the float32 bias: MASK_VALUE overflows bf16 to -inf.)
+
+    Same float32 arithmetic as `_context`: scaled scores plus the same additive bias, float32
+    softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
+    """
+    to_bsnh = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, S, H] <-> [B, S, N, H]
+    context = jax.nn.dot_product_attention(to_bsnh(q), to_bsnh(k), to_bsnh(v), bias=bias)
+    return to_bsnh(context)  # [B, N, S, H]
+
+
+def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) -> jax.Array:
+    """Output dense over the concatenated heads: [B, N, S, H] -> [B, S, D]; per head on request."""
+    B, N, S, H = context.shape
+    if taps.wants(C.ATTN_HEAD_OUT):
+        # The kernel broadcast over B makes (B, N) the dot's batch axes, so that XLA writes
+        # [B, N, S, D] directly (with N alone as batch axis it wrote [N, B, S, D] then transposed).
+        kernel = jnp.broadcast_to(params["kernel"].reshape(N, H, -1), (B, N, H, config.hidden_size))
+        head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,BNHD->BNSD", context, kernel))
+        if C.ATTN_HEAD_OUT in taps.patch:  # a patched head changes attn.out: sum the heads
+            return taps(C.ATTN_OUT, jnp.sum(head_out, axis=1) + last_axis(params["bias"], 3))
+    # Captured head_out or not, attn.out is the one dense over the merged heads (cheaper than
+    # summing [B, N, S, D], and the same numbers as without capture).
+    out = dense(params, jnp.swapaxes(context, 1, 2).reshape(B, S, N * H))  # [B, S, D]
+    return taps(C.ATTN_OUT, out)

@@ -1,0 +1,93 @@
+"""Input validation shared by the public entry points.
+
+JAX clamps out-of-range gathers silently, so a token id >= vocab_size would quietly read the last
+row of the table. Two layers of checks prevent a silently wrong answer:
+
+* shape, rank and dtype checks run at trace time on static shapes (free once compiled);
+* value checks (ids in range, sequence length) run eagerly whenever the inputs are concrete, which is
+  the case for every call of `bertjax.forward` not wrapped in an outer `jax.jit`.
+
+Inside an outer `jax.jit` the values are tracers and cannot be read: use `bertjax.checked_forward`,
+which carries the same value checks through `jax.experimental.checkify`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+from bertjax.model.config import BertConfig
+
+
+def _is_concrete(x) -> bool:
+    return x is not None and not isinstance(x, jax.core.Tracer)
+
+
+def _check_int(name: str, x) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name} must hold integer ids, got dtype {x.dtype}")
+
+
+def _check_range(name: str, x, limit: int, what: str) -> None:
+    if not _is_concrete(x) or x.size == 0:
+        return
+    lo, hi = int(np.min(x)), int(np.max(x))
+    if lo < 0 or hi >= limit:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} must be in [0, {limit}) ({what}), got {bad}")
+
+
+def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None,
+                 position_ids=None) -> None:
+    """Raises ValueError naming the argument for any input that would give a wrong answer.
+
+    Args:
+      input_ids: int [B, S].
+      token_type_ids: int [B, S] or None.
+      attention_mask: [B, S] of 0/1 (any dtype) or None.
+      position_ids: int [B, S], [1, S] or [S], or None.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape [B, S], got shape {tuple(input_ids.shape)}")
+    _check_int("input_ids", input_ids)
+    B, S = input_ids.shape
+    _check_range("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+    if token_type_ids is not None:
+        if tuple(token_type_ids.shape) != (B, S):
+            raise ValueError(f"token_type_ids must have the shape of input_ids {(B, S)}, "
+                             f"got {tuple(token_type_ids.shape)}")
+        _check_int("token_type_ids", token_type_ids)
+        _check_range("token_type_ids", token_type_ids, config.type_vocab_size,
+                     f"type_vocab_size={config.type_vocab_size}")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, S):
+            raise ValueError(f"attention_mask must have the shape of input_ids {(B, S)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        if _is_concrete(attention_mask) and not np.isin(np.asarray(attention_mask), (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if position_ids is None:
+        if S > config.max_position_embeddings:
+            raise ValueError(f"input_ids: sequence length {S} exceeds max_position_embeddings="
+                             f"{config.max_position_embeddings}")
+    else:
+        if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
+            raise ValueError(f"position_ids must have shape [B, S], [1, S] or [S] with "
+                             f"(B, S)={(B, S)}, got {tuple(position_ids.shape)}")
+        _check_int("position_ids", position_ids)
+        _check_range("position_ids", position_ids, config.max_position_embeddings,
+                     f"max_position_embeddings={config.max_position_embeddings}")
+
+
+def checkify_inputs(config: BertConfig, input_ids, token_type_ids=None, position_ids=None) -> None:
+    """The value checks of `check_inputs` as `checkify.check`s, for use under an outer jit."""
+    V, Y, P = config.vocab_size, config.type_vocab_size, config.max_position_embeddings
+    checkify.check(jnp.all((input_ids >= 0) & (input_ids < V)),
+                   f"input_ids must be in [0, {V}) (vocab_size={V})")
+    if token_type_ids is not None:
+        checkify.check(jnp.all((token_type_ids >= 0) & (token_type_ids < Y)),
+                       f"token_type_ids must be in [0, {Y}) (type_vocab_size={Y})")
+    if position_ids is not None:
+        checkify.check(jnp.all((position_ids >= 0) & (position_ids < P)),
+                       f"position_ids must be in [0, {P}) (max_position_embeddings={P})")

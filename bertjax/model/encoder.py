@@ -1,0 +1,129 @@
+"""The encoder: all layers applied in order by one `lax.scan` over stacked layer parameters.
+
+The tree stores layers as `encoder/layer/<i>` (the contract's layout). `stack_layers` turns them into
+one subtree whose leaves carry a leading L axis. When to stack:
+
+* `encoder` given the per-layer layout stacks inside the traced function: one copy of the encoder
+  weights on every call (differentiable; what happens under an outer jit or grad);
+* `bertjax.forward` given concrete per-layer arrays stacks them once, outside its jit, and keeps the
+  stacked copy for the next calls with the same arrays (`stacked_once`, a one-entry cache that
+  holds no reference to the per-layer arrays and is dropped when they are);
+* an already stacked tree is used as it is: `params = bertjax.stack_layers(params)` once up front
+  keeps a single copy of the weights in memory.
+
+Scanning compiles one layer body, so compile time does not grow with the number of layers, and
+per-layer activations come out of the scan stacked on axis 0, exactly as the contract wants them.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+from bertjax.model import capture as C
+from bertjax.model.config import BertConfig
+from bertjax.model.layer import encoder_layer
+from bertjax.model.nn import subtree
+
+
+def is_stacked(layers: dict) -> bool:
+    """Whether `encoder/layer` is already stacked (no "0" key)."""
+    return "0" not in layers
+
+
+def stack_layers(params: dict) -> dict:
+    """Returns the tree with `encoder/layer/<i>` replaced by one subtree of [L, ...] leaves.
+
+    Accepts the full tree, the `encoder` subtree or the `encoder/layer` dict; returns the same kind.
+    """
+    if "encoder" in params:
+        return {**params, "encoder": stack_layers(params["encoder"])}
+    if "layer" in params:
+        return {**params, "layer": stack_layers(params["layer"])}
+    if is_stacked(params):
+        return params
+    layers = [params[str(i)] for i in range(len(params))]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+
+
+# The one entry of `stacked_once`: (ids of the per-layer leaves, weakrefs to them, stacked tree).
+_STACKED: list = []
+
+
+def stacked_once(layers: dict) -> dict:
+    """`stack_layers` of a per-layer `encoder/layer` dict, cached for the same (immutable) arrays.
+
+    Only concrete `jax.Array` leaves are cached (tracers and mutable numpy arrays are stacked
+    every time). The cache holds weak references to the per-layer arrays: the stacked copy is
+    freed when any of them is, or when another tree is stacked.
+    """
+    leaves = jax.tree_util.tree_leaves(layers)
+    if is_stacked(layers) or not all(isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+                                     for x in leaves):
+        return stack_layers(layers)
+    key = tuple(map(id, leaves))
+    if _STACKED and _STACKED[0][0] == key and all(r() is x for r, x in zip(_STACKED[0][1], leaves)):
+        return _STACKED[0][2]
+    stacked = stack_layers(layers)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(stacked)):
+        return stacked  # called while tracing an outer function: the stack is part of its program
+    _STACKED[:] = [(key, [weakref.ref(x, _drop(key)) for x in leaves], stacked)]
+    return stacked
+
+
+def _drop(key: tuple):
+    """Weakref callback: forget the cached stack of `key` when one of its arrays goes away."""
+    def callback(_):
+        if _STACKED and _STACKED[0][0] == key:
+            _STACKED.clear()
+    return callback
+
+
+def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+            attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
+            head_mask: Float[ArrayLike, "L N"] | None = None,
+            patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """All encoder layers.
+
+    Args:
+      params: the `encoder` subtree (or the full tree), per-layer or stacked.
+      hidden: float [B, S, D], the embeddings' output.
+      attention_mask: [B, S] of 1 (token) / 0 (padding), or None.
+      capture: per-layer names; each comes back stacked over layers, [L, ...].
+      rng: PRNG key for dropout; None for inference.
+      head_mask: float [L, N] scaling each head's attention probabilities, or None.
+      patch: per-layer name -> (new, mask), both with a leading L axis ([L, ...] of the
+        activation's stacked shape, mask broadcastable), replacing activations in place.
+
+    Returns:
+      the last layer's output, float [B, S, D], and the captured activations.
+    """
+    if isinstance(capture, C.Taps):
+        capture, patch = capture.capture, capture.patch
+    capture = C.as_frozenset(capture) & frozenset(C.LAYER_NAMES)
+    patch = {k: v for k, v in C.check_patch(patch).items() if k in C.LAYER_NAMES}
+    hidden = jnp.asarray(hidden)
+    layers = stack_layers(subtree(params, "encoder")["layer"])
+    L = config.num_hidden_layers
+    xs = {"params": layers}
+    if rng is not None:
+        xs["rng"] = jax.random.split(rng, L)
+    if head_mask is not None:
+        if tuple(head_mask.shape) != (L, config.num_attention_heads):
+            raise ValueError(f"head_mask must have shape [L, N]={(L, config.num_attention_heads)}, "
+                             f"got {tuple(head_mask.shape)}")
+        xs["head_mask"] = head_mask
+    if patch:
+        xs["patch"] = {k: tuple(jnp.broadcast_to(a, (L,) + a.shape[1:]) for a in v)
+                       for k, v in patch.items()}
+
+    def step(h, x):
+        taps = C.Taps(capture, x.get("patch"))
+        return encoder_layer(x["params"], h, config, attention_mask, taps, x.get("rng"),
+                             x.get("head_mask"))
+
+    return jax.lax.scan(step, hidden, xs)

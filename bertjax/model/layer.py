@@ -1,0 +1,67 @@
+"""One encoder layer: attention, first add & norm, feed-forward, second add & norm (post-LN BERT)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+from bertjax.model import capture as C
+from bertjax.model.attention import attention
+from bertjax.model.config import BertConfig
+from bertjax.model.nn import activation, dense, dropout, layer_norm, split
+
+
+def feed_forward(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig, capture=(),
+                 rng: jax.Array | None = None,
+                 patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """Intermediate dense, activation, output dense (before the residual).
+
+    Args:
+      params: one layer's tree (uses `intermediate/dense` and `output/dense`).
+      hidden: float [B, S, D], the first add & norm's output.
+
+    Returns:
+      mlp.out, float [B, S, D], and the captured mlp.pre / mlp.post ([B, S, I]) and mlp.out.
+    """
+    taps = C.taps_for(capture, patch)
+    pre = taps(C.MLP_PRE, dense(params["intermediate"]["dense"], hidden))  # [B, S, I]
+    post = taps(C.MLP_POST, activation(config, pre))  # [B, S, I]
+    out = dropout(rng, dense(params["output"]["dense"], post), config.hidden_dropout_prob)
+    return taps(C.MLP_OUT, out), taps.acts
+
+
+def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+                  attention_mask: ArrayLike | None = None, capture=(),
+                  rng: jax.Array | None = None,
+                  head_mask: Float[ArrayLike, "N"] | None = None,
+                  patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """One BERT layer.
+
+    Args:
+      params: one layer's subtree (`encoder/layer/<i>`).
+      hidden: float [B, S, D].
+      attention_mask: [B, S] of 1 (token) / 0 (padding), or None.
+      capture: any per-layer names (attn.*, mlp.*, layer.out), with one layer's shapes.
+      rng: PRNG key for dropout; None for inference.
+      head_mask: float [N] scaling each head's probabilities, or None.
+      patch: name -> (new, mask) replacing activations of this layer (see `bertjax.model.capture.Taps`).
+
+    Returns:
+      layer.out, float [B, S, D], and the captured activations.
+    """
+    taps = C.taps_for(capture, patch)
+    hidden = jnp.asarray(hidden)
+    r_attn, r_hidden, r_mlp = split(rng, 3)
+    # attn.out is tapped inside attention, before this dropout: identical at inference.
+    attn_out, _ = attention(params["attention"], hidden, config, attention_mask, taps, r_attn,
+                            head_mask)
+    attn_out = dropout(r_hidden, attn_out, config.hidden_dropout_prob)
+    resid = taps(C.ATTN_RESID, hidden + attn_out)
+    normed = layer_norm(params["attention"]["output"]["LayerNorm"], resid, config.layer_norm_eps)
+    normed = taps(C.ATTN_NORM, normed)
+    mlp_out, _ = feed_forward(params, normed, config, taps, r_mlp)
+    mlp_resid = taps(C.MLP_RESID, normed + mlp_out)
+    out = layer_norm(params["output"]["LayerNorm"], mlp_resid, config.layer_norm_eps)
+    return taps(C.LAYER_OUT, out), taps.acts

@@ -1,0 +1,68 @@
+"""Small shared operations: dense, LayerNorm, activations and dropout.
+
+Each takes only its own parameter subtree. LayerNorm statistics are computed in float32 and cast
+back to the input dtype, as are softmax inputs elsewhere, so bf16 and fp16 parameters stay stable.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bertjax.model.config import BertConfig
+
+
+def last_axis(v: jax.Array, ndim: int) -> jax.Array:
+    """A vector [K] viewed as [1, ..., 1, K] of rank `ndim` (explicit broadcasting)."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def dense(params: dict, x: jax.Array) -> jax.Array:
+    """x @ kernel + bias over the last axis: [..., in] -> [..., out]."""
+    return jnp.einsum("...i,io->...o", x, params["kernel"]) + last_axis(params["bias"], x.ndim)
+
+
+def layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis with float32 statistics (biased variance, as torch)."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    scale = last_axis(params["scale"].astype(jnp.float32), x.ndim)
+    bias = last_axis(params["bias"].astype(jnp.float32), x.ndim)
+    return (y * scale + bias).astype(x.dtype)
+
+
+_ACT = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf form, transformers' "gelu"
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(config: BertConfig, x: jax.Array) -> jax.Array:
+    """The config's hidden_act applied elementwise."""
+    return _ACT[config.hidden_act](x)
+
+
+def dropout(rng: jax.Array | None, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout; the identity when rng is None (inference) or rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def split(rng: jax.Array | None, n: int) -> list:
+    """n independent keys, or n Nones when dropout is off."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
+def subtree(params: dict, key: str) -> dict:
+    """params[key] when given the full tree, params itself when already given the subtree."""
+    return params[key] if key in params else params
