@@ -15,7 +15,7 @@ import re
 import jax.numpy as jnp
 
 from bertjax.checkpoints.checkpoint import PARAMS_FILE, convert_checkpoint, load
-from bertjax.checkpoints.sources import DEFAULT_MODEL
+from bertjax.checkpoints.sources import DEFAULT_MODEL, locate
 from bertjax.model.config import BertConfig
 
 
@@ -33,19 +33,53 @@ def cache_dir() -> str:
     return os.environ.get("BERTJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "bertjax"))
 
 
+def _cache_path(model: str) -> str:
+    return os.path.join(cache_dir(), re.sub(r"[^\w.-]+", "--", model))
+
+
 def cached_folder(model: str) -> str:
     """The converted folder of a hub id in the user cache, converting it on first use."""
-    folder = os.path.join(cache_dir(), re.sub(r"[^\w.-]+", "--", model))
+    folder = _cache_path(model)
     if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
         convert_checkpoint(model, folder, force=os.path.exists(folder))
     return folder
 
 
-def tokenizer_for(folder: str | None):
-    """transformers' tokenizer from a folder with tokenizer files, or None."""
-    if folder is None or not any(os.path.isfile(os.path.join(folder, f))
-                                 for f in ("tokenizer.json", "vocab.txt")):
-        return None
+TOKENIZER_MARKERS = ("tokenizer.json", "vocab.txt")  # either one makes a folder's tokenizer usable
+
+
+def has_tokenizer(folder: str | None) -> bool:
+    """Whether `folder` holds tokenizer files transformers can read (TOKENIZER_MARKERS)."""
+    return folder is not None and any(os.path.isfile(os.path.join(folder, f))
+                                      for f in TOKENIZER_MARKERS)
+
+
+def _tokenizer_folder(model: str | os.PathLike | None) -> str:
+    """The folder whose tokenizer files go with `model`, found as `bertjax.load` finds the model."""
+    model = DEFAULT_MODEL if model is None else os.fspath(model)
+    if model == DEFAULT_MODEL and has_tokenizer(_cache_path(model)):
+        return _cache_path(model)  # the converted copy load_pretrained made: no hub call
+    if os.path.isdir(model):
+        folder = model
+    elif os.path.isfile(model):  # a weights file: the tokenizer files beside it
+        folder = os.path.dirname(os.path.abspath(model))
+    else:  # a hub id; raises naming the path or id when there is no such model
+        folder = locate(model).folder
+    if not has_tokenizer(folder):
+        where = f"{folder} (the folder of {model})" if folder != model else folder
+        raise FileNotFoundError(f"no tokenizer files in {where}: looked for "
+                                f"{' or '.join(TOKENIZER_MARKERS)}")
+    return folder
+
+
+def tokenizer_for(model: str | os.PathLike | None = None):
+    """transformers' tokenizer of a model: a folder, a weights file (its folder), a hub id (its
+    snapshot, or the installed offline package) or None (the offline default model).
+
+    Raises FileNotFoundError naming the folder and the files looked for when it has no tokenizer,
+    and CheckpointError (a ValueError) for a path that does not exist or an unknown hub id.
+    """
+    folder = _tokenizer_folder(model)
     import transformers
 
     return transformers.AutoTokenizer.from_pretrained(folder)
@@ -58,7 +92,6 @@ def load_pretrained(model: str | None = None, dtype=jnp.float32) -> Pretrained:
     config, params = load(model, dtype)
     folder = model if os.path.isdir(model) else None
     if folder is None and not os.path.exists(model):  # a hub id: tokenizer from its snapshot
-        from bertjax.checkpoints.sources import locate
-
         folder = locate(model).folder
-    return Pretrained(config, params, tokenizer_for(folder), folder)
+    tokenizer = tokenizer_for(folder) if has_tokenizer(folder) else None
+    return Pretrained(config, params, tokenizer, folder)

@@ -88,9 +88,9 @@ def top_k_agreement(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray, k: int 
 def verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
     """int32 ids, token types and mask [B, S]: SENTENCES through the checkpoint's tokenizer, or
     random ids with a padded row when there is no usable tokenizer. Returns them and a label."""
-    from bertjax.checkpoints.pretrained import tokenizer_for
+    from bertjax.checkpoints.pretrained import has_tokenizer, tokenizer_for
 
-    tokenizer = tokenizer_for(folder)
+    tokenizer = tokenizer_for(folder) if has_tokenizer(folder) else None
     if tokenizer is not None:
         enc = tokenizer(list(SENTENCES), padding=True, truncation=True, return_tensors="np",
                         max_length=min(positions, MAX_TOKENS))
