@@ -25,6 +25,7 @@ import numpy as np
 from flax import serialization
 
 from bertjax.checkpoints.convert import state_dict_to_params
+from bertjax.checkpoints.files import make_public
 from bertjax.checkpoints.readers import CheckpointError, read_weights
 from bertjax.checkpoints.sources import TOKENIZER_FILES, Source, locate
 from bertjax.model.config import BertConfig
@@ -139,8 +140,8 @@ def _config_for(source: Source, config: BertConfig | None) -> BertConfig:
     if isinstance(config, BertConfig):
         return config
     if source.config is None:
-        raise CheckpointError(f"{source.weights} has no config.json beside it; pass a config "
-                              f"(--config PATH, or config=BertConfig(...))")
+        raise CheckpointError(f"{source.weights} has no config.json beside it; pass its config "
+                              f"(config=BertConfig(...) or the path of a config.json)")
     return BertConfig.from_json(source.config)
 
 
@@ -202,7 +203,7 @@ def _write_folder(folder: str, config: BertConfig, params: dict, tokenizer_dir: 
 
 def _refuse_existing(out: str, force: bool) -> None:
     if os.path.lexists(out) and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+        raise FileExistsError(f"{out} already exists; pass force=True to replace it")
     if os.path.lexists(out) and not os.path.isdir(out):
         raise FileExistsError(f"{out} exists and is not a folder; not replacing it")
 
@@ -248,6 +249,7 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
     try:
         _write_folder(tmp, config, params, tokenizer_dir)
+        make_public(tmp)  # private while partial; the umask's mode once complete
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -257,7 +259,8 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
 
 def convert_checkpoint(src, out, dtype="float32", force: bool = False,
                        config: str | BertConfig | None = None) -> dict:
-    """Reads `src`, checks it whole, and writes the bertjax folder at `out`.
+    """Reads `src` (a path, a hub id or a located Source), checks it whole, and writes the bertjax
+    folder at `out`.
 
     `config` (a config.json path or a BertConfig) is needed for a weights file with no config.json
     beside it. Refuses an existing `out` without `force`, and an `out` that is or holds the source.
@@ -267,7 +270,7 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
     """
     out = os.path.abspath(os.fspath(out))
     _refuse_existing(out, force)
-    source = locate(src, config if isinstance(config, str) else None)
+    source = src if isinstance(src, Source) else locate(src, config if isinstance(config, str) else None)
     _refuse_source_inside(source, out)
     loaded = read_checkpoint(source, config if isinstance(config, BertConfig) else None, dtype)
     save(out, loaded.config, loaded.params, loaded.source.folder, force=force)

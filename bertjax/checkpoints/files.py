@@ -3,7 +3,8 @@
 `atomic_write` writes to a temporary sibling named `.tmp-<tag>-<name>`, fsyncs it, renames it over
 the target and fsyncs the folder, so that after a crash (even `kill -9` or a power cut) the target
 holds either its old content or the whole new one. `is_leftover` recognises the temporary files an
-interrupted write left behind, so that a resumed run can delete them.
+interrupted write left behind, so that a resumed run can delete them. `make_public` gives a folder
+built privately (`tempfile.mkdtemp` makes it 0700) the mode any other tool would give it.
 """
 
 from __future__ import annotations
@@ -40,3 +41,16 @@ def atomic_write(path: str, data: bytes, tag: str = "bertjax") -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def make_public(folder: str) -> None:
+    """Gives a folder made by `tempfile.mkdtemp` (0700) the mode `os.makedirs` would have given it:
+    0777 less the umask (0755 under the usual 022), before it is renamed into place."""
+    os.chmod(folder, 0o777 & ~umask())

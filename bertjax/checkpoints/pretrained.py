@@ -3,7 +3,9 @@
 `load_pretrained(None)` is the offline default model (all-MiniLM-L6-v2 from its pip package),
 converted on first use into the user cache folder (`$BERTJAX_CACHE`, else `~/.cache/bertjax`) and
 read from there afterwards. Any other name goes through `bertjax.load` (a converted folder, a
-Hugging Face folder or weights file, or a hub id).
+Hugging Face folder or weights file, or a hub id). `tokenizer_for(model)` finds a model's tokenizer
+the same way; `has_mlm_head(model)` answers from the parameter names alone, so that a command can
+refuse a model before converting or compiling anything. This module imports no JAX until it loads.
 """
 
 from __future__ import annotations
@@ -12,10 +14,8 @@ import dataclasses
 import os
 import re
 
-import jax.numpy as jnp
-
-from bertjax.checkpoints.checkpoint import PARAMS_FILE, convert_checkpoint, load
-from bertjax.checkpoints.sources import DEFAULT_MODEL, locate
+from bertjax.checkpoints.readers import weight_names
+from bertjax.checkpoints.sources import DEFAULT_MODEL, Source, locate
 from bertjax.model.config import BertConfig
 
 
@@ -39,12 +39,15 @@ def _cache_path(model: str) -> str:
 
 def cached_folder(model: str) -> str:
     """The converted folder of a hub id in the user cache, converting it on first use."""
+    from bertjax.checkpoints.checkpoint import PARAMS_FILE, convert_checkpoint
+
     folder = _cache_path(model)
     if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
         convert_checkpoint(model, folder, force=os.path.exists(folder))
     return folder
 
 
+_PARAMS_FILE = "flax_model.msgpack"  # = checkpoint.PARAMS_FILE (that module imports jax and flax)
 TOKENIZER_MARKERS = ("tokenizer.json", "vocab.txt")  # either one makes a folder's tokenizer usable
 
 
@@ -85,8 +88,31 @@ def tokenizer_for(model: str | os.PathLike | None = None):
     return transformers.AutoTokenizer.from_pretrained(folder)
 
 
-def load_pretrained(model: str | None = None, dtype=jnp.float32) -> Pretrained:
+def _source(model: str | None) -> Source:
+    """Where `load_pretrained(model)` would read the weights from, without converting anything."""
+    if model is None or model == DEFAULT_MODEL:
+        cached = _cache_path(DEFAULT_MODEL)
+        return locate(cached if os.path.isfile(os.path.join(cached, _PARAMS_FILE)) else DEFAULT_MODEL)
+    return locate(model)
+
+
+_MLM_PREFIXES = ("cls.predictions.transform.", "cls/predictions/transform/")  # torch / tree names
+
+
+def has_mlm_head(model: str | None) -> bool:
+    """Whether `load_pretrained(model)` would have an MLM head, from the parameter names alone:
+    nothing converted or compiled, a safetensors or msgpack file's tensors not even read."""
+    for name in weight_names(_source(model).weights):
+        name = name.removeprefix("params/").removeprefix("bert.")
+        if name.startswith(_MLM_PREFIXES):
+            return True
+    return False
+
+
+def load_pretrained(model: str | None = None, dtype="float32") -> Pretrained:
     """Config, params and tokenizer for `model` (None: the offline default model)."""
+    from bertjax.checkpoints.checkpoint import load
+
     if model is None or model == DEFAULT_MODEL:
         model = cached_folder(DEFAULT_MODEL)
     config, params = load(model, dtype)

@@ -222,6 +222,42 @@ def read_index(path: str) -> Mapping[str, np.ndarray]:
     return merged
 
 
+def msgpack_names(path: str) -> list[str]:
+    """The slash paths of the leaves of a msgpack parameter tree (flax's format), each leaf skipped
+    unread: the names without the conversion (no flax, no jax)."""
+    import msgpack
+
+    names: list[str] = []
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=0)  # 0: no limit on one leaf
+
+        def walk(prefix: str) -> None:
+            try:
+                count = unpacker.read_map_header()
+            except ValueError:  # not a map: a leaf (read_map_header consumed nothing)
+                unpacker.skip()
+                names.append(prefix)
+                return
+            for _ in range(count):
+                key = unpacker.unpack()
+                walk(f"{prefix}/{key}" if prefix else str(key))
+
+        try:
+            walk("")
+        except Exception as e:  # noqa: BLE001  (msgpack raises many types on corrupted input)
+            raise CheckpointError(f"cannot read {path}: corrupted or truncated msgpack "
+                                  f"({_first_line(e)})") from None
+    return names
+
+
+def weight_names(path: str) -> list[str]:
+    """The tensor names of a weights file (torch names; slash paths for a msgpack tree), read
+    without converting anything: a safetensors or msgpack file's tensors are not read at all."""
+    if path.endswith(".msgpack"):
+        return msgpack_names(path)
+    return list(read_weights(path))
+
+
 def read_weights(path: str) -> Mapping[str, np.ndarray]:
     """name -> array for a `.safetensors`, `.bin` or `*.index.json` file."""
     if not os.path.isfile(path):

@@ -11,9 +11,14 @@ def register(subparsers) -> None:
         description="SRC is a Hugging Face model id, a model folder (config.json with "
                     "model.safetensors, pytorch_model.bin or a sharded *.index.json), or a single "
                     "weights file (with --config or a config.json beside it).")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("out", metavar="OUT")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("src", metavar="SRC",
+                   help="what to convert: a hub id (e.g. bert-base-uncased), a model folder or a "
+                        "weights file")
+    p.add_argument("out", metavar="OUT",
+                   help="the folder to write (config.json, flax_model.msgpack and the tokenizer "
+                        "files); refused if it exists, unless --force")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype of the saved parameters (bfloat16 and float16 halve the file)")
     p.add_argument("--config", help="config.json for a single weights file")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--verify", action="store_true",
@@ -22,13 +27,24 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.checkpoints.checkpoint import convert_checkpoint
+    import os
 
+    from bertjax.checkpoints.sources import locate
+
+    # What can be refused without JAX is refused before it is imported (seconds of start-up).
+    if os.path.lexists(args.out) and not args.force:
+        raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to "
+                              f"replace it")
+    source = locate(args.src, args.config)
+    if source.config is None:
+        raise ValueError(f"{source.weights} has no config.json beside it; pass --config PATH")
     if args.verify:  # fail before converting, not after
         from bertjax.checkpoints.verify import require_reference
 
         require_reference()
-    summary = convert_checkpoint(args.src, args.out, args.dtype, args.force, args.config)
+    from bertjax.checkpoints.checkpoint import convert_checkpoint
+
+    summary = convert_checkpoint(source, args.out, args.dtype, args.force)
     heads = [name for name, present in summary["heads"].items() if present]
     print(f"converted {summary['source']}")
     print(f"  {summary['parameters']:,} parameters, {summary['dtype']}, "

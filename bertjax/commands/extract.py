@@ -20,16 +20,18 @@ def register(subparsers) -> None:
                     "are truncated and counted. Run the same command again to resume after an "
                     "interruption. Read the result with bertjax.store.ActivationStore(OUT).")
     p.add_argument("--model", help="model folder, file or hub id (default: the offline MiniLM)")
-    p.add_argument("--input", required=True, metavar="FILE")
+    p.add_argument("--input", required=True, metavar="FILE", help="the corpus: .txt or .jsonl")
     p.add_argument("--capture", required=True, metavar="NAMES",
                    help="comma-separated activation names or globs (e.g. layer.out,attn.*), or all")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the folder to write (rerun the same command to resume it)")
     p.add_argument("--layers", type=_ints, help="layers of per-layer names to keep, e.g. 0,5,11")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--max-length", type=int, help="tokens per text (default: the model's, <= 512)")
     p.add_argument("--reduce", choices=("none", "mean", "cls"), default="none",
                    help="mean: average over real tokens; cls: position 0; none: every token")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the parameters and of the stored activations")
     p.add_argument("--chunk-size", type=int, default=256, help="input lines per committed shard")
     p.add_argument("--text-field", default="text", help=".jsonl field with the text")
     p.add_argument("--pair-field", default="text_pair", help=".jsonl field with an optional pair")

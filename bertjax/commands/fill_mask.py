@@ -20,17 +20,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertjax.analysis.fill_mask import fill_mask
-    from bertjax.checkpoints.pretrained import load_pretrained
+    from bertjax.checkpoints.pretrained import has_mlm_head
     from bertjax.checkpoints.sources import DEFAULT_MODEL
-    from bertjax.model.params import Heads
 
-    model = load_pretrained(args.model)
     name = args.model or DEFAULT_MODEL
-    if not Heads.of(model.params).mlm:
+    if not has_mlm_head(args.model):  # from the parameter names: before converting or compiling
         raise ValueError(f"{name} has no MLM head (no cls/predictions in its weights): fill-mask "
                          f"needs a BertForMaskedLM or BertForPreTraining checkpoint, e.g. "
                          f"--model bert-base-uncased")
+    from bertjax.analysis.fill_mask import fill_mask
+    from bertjax.checkpoints.pretrained import load_pretrained
+
+    model = load_pretrained(args.model)
     results = fill_mask(model.params, model.config, model.tokenizer, args.text, args.top_k)
     print(f"model: {model.folder or name}")
     for m, predictions in enumerate(results):

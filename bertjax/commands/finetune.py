@@ -15,12 +15,14 @@ def register(subparsers) -> None:
                     "is written to OUT/model (read it with bertjax.load), the per-step loss and "
                     "per-epoch metrics to OUT/history.json.")
     p.add_argument("--model", help="model folder, file or hub id (default: the offline MiniLM)")
-    p.add_argument("--train", required=True, metavar="FILE.jsonl")
+    p.add_argument("--train", required=True, metavar="FILE.jsonl", help="the training examples")
     p.add_argument("--eval", metavar="FILE.jsonl", help="evaluated after every epoch")
-    p.add_argument("--task", required=True, choices=("classification", "tokens", "mlm"))
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--task", required=True, choices=("classification", "tokens", "mlm"),
+                   help="sequence labels, one label per word, or masked-language modelling")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="checkpoints, OUT/model and OUT/history.json (rerun to resume)")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training file")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per batch")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=float, default=0.1,
                    help="fraction of the optimizer steps with a linear warm-up (then linear decay)")

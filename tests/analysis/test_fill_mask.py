@@ -151,3 +151,26 @@ def test_cli_default_model_has_no_mlm_head(tmp_path, monkeypatch, capsys):
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("bertjax: error: sentence-transformers/all-MiniLM-L6-v2 has no "
                                    "MLM head (no cls/predictions in its weights): fill-mask needs")
+
+
+def test_cli_refuses_a_model_without_mlm_head_before_converting(checkpoint_factory, tmp_path,
+                                                                 monkeypatch, capsys):
+    """From the parameter names: the default model is not converted into the cache, and neither
+    a Hugging Face folder nor a converted one is read or compiled."""
+    from bertjax.checkpoints import checkpoint
+
+    bare = checkpoint_factory("BertModel")
+    converted = str(tmp_path / "bare-jax")
+    checkpoint.convert_checkpoint(bare, converted)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read or converted a model that fill-mask must refuse")
+
+    monkeypatch.setattr(checkpoint, "read_checkpoint", refuse)
+    monkeypatch.setenv("BERTJAX_CACHE", str(tmp_path / "cache"))
+    for model in ([], ["--model", bare], ["--model", converted]):
+        assert main(["fill-mask", "the [MASK] sat"] + model) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(r"bertjax: error: \S+ has no MLM head \(no cls/predictions in its "
+                            r"weights\): fill-mask needs .*\n", err), err
+    assert not (tmp_path / "cache").exists()

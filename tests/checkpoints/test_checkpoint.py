@@ -105,7 +105,7 @@ def test_load_converts_hf_folders_and_bare_files_in_memory(mlm_dir, converted, t
     assert config2 == config
     assert_same_bits(params2, want)
     with pytest.raises(CheckpointError, match=r"weights\.safetensors has no config\.json beside it; "
-                                              r"pass a config \(--config PATH, or config="):
+                                              r"pass its config \(config=BertConfig"):
         load(str(tmp_path / "weights.safetensors"))
     with pytest.raises(ValueError, match=r"dtype must be one of float32, bfloat16, float16, got "
                                          r"'float64'"):
@@ -246,8 +246,8 @@ def test_existing_out_is_never_overwritten_without_force(mlm_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep").write_text("mine")
-    with pytest.raises(FileExistsError, match=r"out already exists; pass --force \(force=True\) to "
-                                              r"replace it"):
+    with pytest.raises(FileExistsError, match=r"out already exists; pass force=True to replace "
+                                              r"it$"):
         convert_checkpoint(mlm_dir, out)
     assert os.listdir(out) == ["keep"]
     (tmp_path / "file").write_text("mine")
@@ -266,6 +266,22 @@ def test_out_that_is_or_holds_the_source_is_refused(mlm_dir, tmp_path):
     with pytest.raises(FileExistsError, match=r"is or holds the source .*model\.safetensors"):
         convert_checkpoint(src / "model.safetensors", src, force=True)
     assert sorted(os.listdir(src)) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("mask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_a_saved_folder_respects_the_umask(mlm_dir, tmp_path, mask, folder_mode, file_mode):
+    """Private (mkdtemp's 0700) while partial; once complete, the mode makedirs would give it."""
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "deep" / "out"
+        convert_checkpoint(mlm_dir, out)
+        convert_checkpoint(mlm_dir, out, force=True)  # the replacing path too
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "deep", out):
+        assert os.stat(folder).st_mode & 0o777 == folder_mode
+    for name in os.listdir(out):
+        assert os.stat(out / name).st_mode & 0o777 == file_mode, name
 
 
 def test_tokenizer_files_are_copied(mlm_dir, tmp_path):

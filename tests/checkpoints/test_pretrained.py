@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 import bertjax
@@ -77,3 +78,33 @@ def test_load_pretrained_keeps_none_for_a_folder_without_tokenizer(checkpoint_fa
     shutil.copytree(src, folder)
     _vocab_folder(folder)
     assert pretrained.load_pretrained(str(folder)).tokenizer("the")["input_ids"] == [2, 5, 3]
+
+
+def test_has_mlm_head_from_the_names_of_every_format(checkpoint_factory, tmp_path):
+    from flax import serialization
+
+    from bertjax.checkpoints.checkpoint import PARAMS_FILE, convert_checkpoint
+
+    assert pretrained._PARAMS_FILE == PARAMS_FILE
+    for model_class, want in (("BertForMaskedLM", True), ("BertForPreTraining", True),
+                              ("BertModel", False), ("BertForSequenceClassification", False)):
+        for safe in (True, False):
+            src = checkpoint_factory(model_class, safe=safe)
+            assert pretrained.has_mlm_head(src) is want, (model_class, safe)
+        out = tmp_path / model_class
+        convert_checkpoint(src, out)
+        assert pretrained.has_mlm_head(str(out)) is want, model_class
+    # transformers 4.x FlaxBertForMaskedLM: {"params": {"bert": ..., "cls": ...}}
+    leaf = np.zeros(3, np.float32)
+    tree = {"params": {"bert": {"embeddings": {"x": leaf}},
+                       "cls": {"predictions": {"transform": {"dense": {"kernel": leaf}}}}}}
+    folder = tmp_path / "flax4"
+    folder.mkdir()
+    (folder / PARAMS_FILE).write_bytes(serialization.to_bytes(tree))
+    assert pretrained.has_mlm_head(str(folder))
+    assert pretrained.weight_names(str(folder / PARAMS_FILE)) == [
+        "params/bert/embeddings/x", "params/cls/predictions/transform/dense/kernel"]
+    (folder / PARAMS_FILE).write_bytes(serialization.to_bytes(tree)[:40])
+    with pytest.raises(CheckpointError, match=r"cannot read .*flax_model\.msgpack: corrupted or "
+                                              r"truncated msgpack"):
+        pretrained.has_mlm_head(str(folder))
