@@ -60,14 +60,12 @@ def plot_heads_grid(probs, tokens: Sequence[str] | None = None, batch: int = 0,
     Args:
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T]).
       tokens: the example's tokens (only used to strip padding and count positions; the small
-        maps carry no labels); None means S placeholder tokens.
+        maps carry no labels); None: not checked.
       cell: inches per small map.
 
     Returns:
       the Figure with L rows (layers) and N columns (heads).
     """
-    S = np.asarray(probs).shape[-1]
-    tokens = [str(i) for i in range(S)] if tokens is None else tokens
     probs, _ = example_attention(probs, tokens, batch, attention_mask)
     L, N = probs.shape[:2]
     fig = _figure(cell * N, cell * L)

@@ -17,6 +17,8 @@ import numpy as np
 
 from bertjax.model import capture as C
 
+# One example's tokens, or every example's (one list per example of the batch).
+Tokens = Sequence[str] | Sequence[Sequence[str]]
 _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
@@ -67,38 +69,80 @@ def real_positions(attention_mask, S: int, batch: int = 0) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _real_tokens(tokens: Sequence[str], keep: np.ndarray, S: int) -> list[str]:
-    """The tokens at `keep` when given all S tokens; checks the count either way."""
+PAD_TOKEN = "[PAD]"  # BERT's padding token: at a real position, the tokens are another example's
+
+
+def _example_tokens(tokens: Tokens, B: int, batch: int) -> list[str]:
+    """One example's tokens: `tokens` itself, or `tokens[batch]` when it holds every example's."""
     tokens = list(tokens)
-    if len(tokens) == S:
-        tokens = [tokens[i] for i in keep]
-    if len(tokens) != len(keep):
-        raise ValueError(f"got {len(tokens)} tokens for {S} positions ({len(keep)} real tokens)")
+    if tokens and not isinstance(tokens[0], str):  # the batch's tokens, one list per example
+        if len(tokens) != B:
+            raise ValueError(f"tokens holds {len(tokens)} token lists for a batch of {B} examples")
+        return [str(t) for t in tokens[batch]]
     return tokens
 
 
-def example_attention(probs, tokens: Sequence[str], batch: int = 0,
+def padded_keys(probs: np.ndarray) -> np.ndarray:
+    """bool [T]: the keys no query attends to in any layer or head of one example's attention
+    [L, N, S, T], which is what padding gets (its bias of at most -1e4 underflows to exactly 0)."""
+    unseen = ~np.any(probs != 0, axis=(0, 1, 2))
+    return unseen if not unseen.all() else np.zeros_like(unseen)
+
+
+def _fit_tokens(tokens: list[str], keep: np.ndarray, padded: np.ndarray, batch: int) -> list[str]:
+    """The example's real tokens (at `keep`) from its S tokens or only its real ones, checked
+    against its padding (`padded`, bool [S]) so that another example's tokens cannot pass."""
+    S, n = len(padded), len(keep)
+    if len(tokens) == S:
+        real, pads = [tokens[i] for i in keep], {tokens[i] for i in np.flatnonzero(padded)}
+    elif len(tokens) == n:
+        real, pads = tokens, set()
+    else:
+        raise ValueError(f"got {len(tokens)} tokens for {S} positions ({n} real tokens) of example "
+                         f"{batch}: pass that example's tokens, or the tokens of every example")
+    if PAD_TOKEN in real or len(pads) > 1 or pads & set(real):
+        where = f"padding from position {int(np.argmax(padded))}" if padded.any() else "no padding"
+        raise ValueError(f"the tokens do not fit example {batch} ({n} real tokens, {where}): they "
+                         f"look like another example's; pass batch= for theirs, or the tokens of "
+                         f"every example")
+    return real
+
+
+def example_attention(probs, tokens: Tokens | None, batch: int = 0,
                       attention_mask=None) -> tuple[np.ndarray, list[str]]:
     """One example's attention over all layers and heads, padding stripped.
 
     Args:
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T] for one example).
-      tokens: the example's S tokens, or only its real tokens when a mask is given.
+      tokens: the example's S tokens, or only its real tokens when a mask is given; or the
+        tokens of every example of the batch (B lists), of which `batch` picks one; or None
+        (labels "0", "1", ...: the kept positions).
       batch: which example of the batch.
       attention_mask: [B, S] or [S] of 1 (token) / 0 (padding), or None.
 
     Returns:
       float32 [L, N, S', S'] over the S' real tokens (rows sum to 1), and their S' tokens.
+
+    Raises ValueError when the tokens do not fit the example: a count other than S or S', or a
+    padding token where the example has a real one, or a real token where it has padding (its
+    padding read from the mask, else from the keys that get no attention at all).
     """
     probs = np.asarray(probs, np.float32)
+    B = probs.shape[1] if probs.ndim == 5 else 1
     if probs.ndim == 5:
-        probs = probs[:, check_index("batch", batch, probs.shape[1])]
+        batch = check_index("batch", batch, B)
+        probs = probs[:, batch]
     if probs.ndim != 4 or probs.shape[-1] != probs.shape[-2]:
         raise ValueError(f"probs must be attn.probs with shape [L, B, N, S, T] or [L, N, S, T], "
                          f"got {probs.shape}")
     S = probs.shape[-1]
     keep = real_positions(attention_mask, S, batch)
-    return probs[..., keep[:, None], keep[None, :]], _real_tokens(tokens, keep, S)
+    padded = padded_keys(probs) if attention_mask is None else ~np.isin(np.arange(S), keep)
+    if tokens is None:  # labels for maps that show none: the kept positions
+        tokens = [str(i) for i in keep]
+    else:
+        tokens = _fit_tokens(_example_tokens(tokens, B, batch), keep, padded, batch)
+    return probs[..., keep[:, None], keep[None, :]], tokens
 
 
 def pick_head(probs: np.ndarray, layer: int, head: int | None) -> np.ndarray:
@@ -110,20 +154,24 @@ def pick_head(probs: np.ndarray, layer: int, head: int | None) -> np.ndarray:
     return per_layer[check_index("head", head, N)]
 
 
-def attention_table(probs, tokens: Sequence[str], layer: int = -1, head: int | None = None,
+def attention_table(probs, tokens: Tokens, layer: int = -1, head: int | None = None,
                     batch: int = 0, attention_mask=None):
     """One head's attention (or the mean over one layer's heads) as a token-labelled DataFrame.
 
     Args:
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T]).
-      tokens: the example's S tokens (see `tokens_for`), or only its real tokens with a mask.
+      tokens: the example's S tokens (see `tokens_for`), or only its real tokens with a mask; or
+        the tokens of every example (B lists), of which `batch` picks the example's.
       layer: layer index (negative counts from the end; default the last layer).
       head: head index, or None for the mean over the layer's heads.
       batch: which example.
-      attention_mask: [B, S] or [S]; padded rows and columns are dropped.
+      attention_mask: [B, S] or [S]; padded rows and columns are dropped (without it, nothing is).
 
     Returns:
       DataFrame [S', T'] with query tokens as rows and key tokens as columns; rows sum to 1.
+
+    Raises ValueError when the tokens do not fit example `batch` (see `example_attention`), e.g.
+    the tokens of example 1 with the default batch=0.
     """
     probs, tokens = example_attention(probs, tokens, batch, attention_mask)
     labels = token_labels(tokens)
@@ -136,12 +184,13 @@ EMBED_PARTS = {"word": C.EMBED_WORD, "position": C.EMBED_POSITION,
                "token_type": C.EMBED_TOKEN_TYPE, "sum": C.EMBED_SUM, "normalized": C.EMBED_OUT}
 
 
-def embedding_table(acts: dict, tokens: Sequence[str], batch: int = 0, attention_mask=None):
+def embedding_table(acts: dict, tokens: Tokens, batch: int = 0, attention_mask=None):
     """The embedding decomposition of one example as a token-labelled DataFrame.
 
     Args:
       acts: captured activations holding every `embed.*` name (capture="embed.*"), each [B, S, D].
-      tokens: the example's tokens (all S, or only the real ones with a mask).
+      tokens: the example's tokens (all S, or only the real ones with a mask), or every
+        example's (B lists).
 
     Returns:
       DataFrame with one row per real token: the L2 norm of each part (word, position,
@@ -156,7 +205,7 @@ def embedding_table(acts: dict, tokens: Sequence[str], batch: int = 0, attention
     B, S, _ = parts["sum"].shape
     batch = check_index("batch", batch, B)
     keep = real_positions(attention_mask, S, batch)
-    tokens = _real_tokens(tokens, keep, S)
+    tokens = _fit_tokens(_example_tokens(tokens, B, batch), keep, ~np.isin(np.arange(S), keep), batch)
     parts = {part: value[batch][keep] for part, value in parts.items()}  # each [S', D]
     columns = {part: np.linalg.norm(value, axis=-1) for part, value in parts.items()}
     recomputed = parts["word"] + parts["position"] + parts["token_type"]

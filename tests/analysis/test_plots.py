@@ -16,7 +16,7 @@ from bertjax.analysis.reductions import AttentionStats  # noqa: E402
 
 def test_plot_head(tmp_path):
     probs, mask = fake_probs()
-    fig = plot_head(probs, TOKENS, layer=1, head=2, batch=1, attention_mask=mask)
+    fig = plot_head(probs, TOKENS[:4], layer=1, head=2, batch=1, attention_mask=mask)
     ax = fig.axes[0]
     np.testing.assert_array_equal(ax.images[0].get_array(), probs[1, 1, 2, :4, :4])
     assert [t.get_text() for t in ax.get_xticklabels()] == TOKENS[:4]

@@ -15,12 +15,14 @@ from bertjax.analysis.tables import (
     check_index,
     embedding_table,
     example_attention,
+    padded_keys,
     stats_table,
     token_labels,
     tokens_for,
 )
 
 TOKENS = ["[CLS]", "the", "cat", "saw", "the", "dog", "[SEP]"]
+PADDED = ["[CLS]", "a", "cat", "[SEP]", "[PAD]", "[PAD]", "[PAD]"]  # example 1 of fake_probs
 
 
 def fake_probs(L=2, B=2, N=3, S=7, pad_from=4, seed=0):
@@ -49,13 +51,15 @@ def test_attention_table_one_head():
 
 def test_attention_table_mean_over_heads_with_padding():
     probs, mask = fake_probs()
-    table = attention_table(probs, TOKENS, layer=0, batch=1, attention_mask=mask)
-    assert table.shape == (4, 4) and list(table.index) == TOKENS[:4]
+    table = attention_table(probs, PADDED, layer=0, batch=1, attention_mask=mask)
+    assert table.shape == (4, 4) and list(table.index) == PADDED[:4]
     np.testing.assert_allclose(table.to_numpy(), probs[0, 1, :, :4, :4].mean(0), rtol=1e-6)
     np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-5)
     # only the real tokens may be passed too
-    same = attention_table(probs, TOKENS[:4], layer=0, batch=1, attention_mask=mask)
+    same = attention_table(probs, PADDED[:4], layer=0, batch=1, attention_mask=mask)
     assert same.equals(table)
+    # or every example's tokens, of which batch= picks the example's, with its mask row
+    assert attention_table(probs, [TOKENS, PADDED], layer=0, batch=1, attention_mask=mask).equals(table)
 
 
 def test_attention_table_one_example_and_negative_layer():
@@ -78,7 +82,8 @@ def test_bad_indices(kwargs, match):
 
 def test_bad_shapes():
     probs, mask = fake_probs()
-    with pytest.raises(ValueError, match=r"got 3 tokens for 7 positions \(7 real tokens\)"):
+    with pytest.raises(ValueError, match=r"got 3 tokens for 7 positions \(7 real tokens\) of example 0: "
+                                         r"pass that example's tokens, or the tokens of every example"):
         attention_table(probs, TOKENS[:3])
     with pytest.raises(ValueError, match=r"probs must be attn.probs with shape \[L, B, N, S, T\]"):
         attention_table(probs[0, 0, 0], TOKENS)
@@ -86,10 +91,34 @@ def test_bad_shapes():
         attention_table(probs, TOKENS, attention_mask=mask[:, :3])
 
 
+@pytest.mark.parametrize("batch,tokens,mask", [
+    (0, PADDED, True), (0, PADDED, False),  # example 1's tokens, example 0 shown: [PAD] at real
+    (1, TOKENS, True), (1, TOKENS, False),  # example 0's tokens for example 1: words at padding
+    (1, TOKENS[:5], True),                  # a count that is neither 7 nor 4
+], ids=["pad-at-real-mask", "pad-at-real-no-mask", "words-at-padding-mask",
+        "words-at-padding-no-mask", "wrong-count"])
+def test_tokens_of_another_example_are_refused(batch, tokens, mask):
+    """Never example 0's attention under another example's tokens: without a mask the padding is
+    read from the keys that get no attention at all."""
+    probs, m = fake_probs()
+    with pytest.raises(ValueError, match=rf"(do not fit example {batch} |got 5 tokens for 7 "
+                                         rf"positions \(4 real tokens\) of example 1)"):
+        attention_table(probs, tokens, batch=batch, attention_mask=m if mask else None)
+    with pytest.raises(ValueError, match=r"tokens holds 3 token lists for a batch of 2 examples"):
+        attention_table(probs, [TOKENS, PADDED, TOKENS], batch=1)
+
+
+def test_padded_keys_are_the_keys_nobody_attends_to():
+    probs, mask = fake_probs()
+    np.testing.assert_array_equal(padded_keys(probs[:, 1]), mask[1] == 0)
+    assert not padded_keys(probs[:, 0]).any()
+    assert not padded_keys(np.zeros((1, 1, 3, 3))).any()  # all zero (every head ablated): none
+
+
 def test_example_attention_strips_padding():
     probs, mask = fake_probs()
-    kept, tokens = example_attention(probs, TOKENS, batch=1, attention_mask=mask)
-    assert kept.shape == (2, 3, 4, 4) and tokens == TOKENS[:4]
+    kept, tokens = example_attention(probs, PADDED, batch=1, attention_mask=mask)
+    assert kept.shape == (2, 3, 4, 4) and tokens == PADDED[:4]
     assert check_index("head", -1, 3) == 2
 
 
@@ -111,9 +140,11 @@ def embed_acts():
 
 def test_embedding_table(embed_acts):
     acts, mask = embed_acts
-    table = embedding_table(acts, TOKENS, batch=1, attention_mask=mask)
+    table = embedding_table(acts, PADDED, batch=1, attention_mask=mask)
     assert list(table.columns) == ["word", "position", "token_type", "sum", "normalized", "sum_error"]
-    assert list(table.index) == TOKENS[:4]
+    assert list(table.index) == PADDED[:4]
+    with pytest.raises(ValueError, match="the tokens do not fit example 1"):
+        embedding_table(acts, TOKENS, batch=1, attention_mask=mask)
     np.testing.assert_allclose(table["word"], np.linalg.norm(np.asarray(acts["embed.word"])[1, :4], axis=-1),
                                rtol=1e-6)
     assert (table["sum_error"] < 1e-6).all()

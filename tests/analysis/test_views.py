@@ -27,7 +27,7 @@ L = TINY["num_hidden_layers"]
 
 def test_head_view_inputs_numpy():
     probs, mask = fake_probs()
-    inputs = head_view_inputs(probs, TOKENS, batch=1, attention_mask=mask)
+    inputs = head_view_inputs(probs, TOKENS[:4], batch=1, attention_mask=mask)
     assert len(inputs["attention"]) == 2 and inputs["tokens"] == TOKENS[:4]
     assert all(isinstance(a, np.ndarray) and a.shape == (1, 3, 4, 4) for a in inputs["attention"])
     np.testing.assert_array_equal(inputs["attention"][1][0], probs[1, 1, :, :4, :4])
@@ -67,7 +67,7 @@ def qk_acts():
 
 def test_neuron_view_data_single(qk_acts):
     acts, mask = qk_acts
-    data = neuron_view_data(acts, TOKENS, batch=1, attention_mask=mask)
+    data = neuron_view_data(acts, TOKENS[:4], batch=1, attention_mask=mask)
     assert set(data) == {"all"}
     view = data["all"]
     assert view["left_text"] == view["right_text"] == TOKENS[:4]
@@ -108,7 +108,7 @@ def _embedded(page: str) -> dict:
 
 def test_save_head_view_is_one_standalone_file(tmp_path):
     probs, mask = fake_probs()
-    tokens = TOKENS[:3] + ["</script>"] + TOKENS[4:]
+    tokens = TOKENS[:3] + ["</script>"]  # the real tokens of example 1
     path = save_head_view(str(tmp_path / "view.html"), probs, tokens, batch=1,
                           attention_mask=mask, title="a <test>")
     assert sorted(os.listdir(tmp_path)) == ["view.html"]  # one file, no temp left
