@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import re
+import warnings
 from typing import NamedTuple
 
 import ml_dtypes
@@ -121,8 +122,9 @@ class Stacked(NamedTuple):
 
 
 class ActivationStore:
-    """Reads an extract folder: `len(store)`, `store[i]` -> {name: array}, `store.tokens(i)`,
-    `store.stacked(name)`. Examples are numbered 0.. in input order over the committed chunks.
+    """Reads an extract folder: `len(store)`, `store[i]` -> {name: array}, `store.token_ids(i)`,
+    `store.stacked(name)` -> `Stacked(values, example_ids)`. Examples are numbered 0.. in input
+    order over the committed chunks.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -192,9 +194,16 @@ class ActivationStore:
             out[name] = a if layout["seq_axis"] is None else np.moveaxis(a, 0, layout["seq_axis"])
         return out
 
-    def tokens(self, i: int) -> np.ndarray:
-        """int32 [S_i]: example i's token ids, [CLS] ... [SEP] (truncated to max_length)."""
+    def token_ids(self, i: int) -> np.ndarray:
+        """int32 [S_i]: example i's token ids, [CLS] ... [SEP] (truncated to max_length); the
+        tokenizer's `convert_ids_to_tokens` gives the token strings."""
         return np.asarray(self.examples[self._index(i)]["tokens"], np.int32)
+
+    def tokens(self, i: int) -> np.ndarray:
+        """Deprecated name of `token_ids` (it returns ids, not token strings)."""
+        warnings.warn("ActivationStore.tokens(i) returns token ids and is renamed token_ids(i)",
+                      DeprecationWarning, stacklevel=2)
+        return self.token_ids(i)
 
     def line(self, i: int) -> int:
         """The 1-based input line example i came from."""

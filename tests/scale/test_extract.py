@@ -181,7 +181,7 @@ def test_extract_equals_pytorch_per_example(tiny_bert, torch_bert, tmp_path):
     for i in range(len(store)):
         r = records[store.line(i) - 1]
         enc = tokenizer(r["text"], r.get("text_pair"), truncation=True, max_length=MAX_POS)
-        np.testing.assert_array_equal(store.tokens(i), enc["input_ids"])
+        np.testing.assert_array_equal(store.token_ids(i), enc["input_ids"])
         want, got = torch_example(torch_bert, enc["input_ids"], enc["token_type_ids"]), store[i]
         assert got["layer.out"].shape == (2, len(enc["input_ids"]), 15)
         assert_close(f"embed.out {i}", got["embed.out"], want["embed.out"])
@@ -203,7 +203,7 @@ def test_reduce_pools_real_tokens(tiny_bert, torch_bert, tmp_path, reduce):
     store = ActivationStore(tmp_path / "out")
     pool = (lambda a, axis: a.mean(axis)) if reduce == "mean" else (lambda a, axis: a.take(0, axis))
     for i in range(len(store)):
-        tokens = store.tokens(i)
+        tokens = store.token_ids(i)
         want = torch_example(torch_bert, tokens, np.zeros_like(tokens))
         assert_close(f"layer.out {i}", store[i]["layer.out"], pool(want["layer.out"], 1))
         assert_close(f"attn.q {i}", store[i]["attn.q"], pool(want["attn.q"], 2))

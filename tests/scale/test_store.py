@@ -97,7 +97,9 @@ def test_examples_read_back_in_the_contract_order(tmp_path):
             assert got[name].dtype == np.float32
             np.testing.assert_array_equal(got[name], a, err_msg=f"{name} {i}")
     assert store[-1]["attn.probs"].shape == (2, 3, 2, 2)
-    np.testing.assert_array_equal(store.tokens(4), np.arange(5, 10))  # example 4: seed 5
+    np.testing.assert_array_equal(store.token_ids(4), np.arange(5, 10))  # example 4: seed 5
+    with pytest.warns(DeprecationWarning, match=r"returns token ids and is renamed token_ids\(i\)"):
+        np.testing.assert_array_equal(store.tokens(4), store.token_ids(4))
     assert [store.line(i) for i in range(6)] == [1, 2, 3, 101, 201, 202]
     assert not store.complete
 
@@ -164,7 +166,7 @@ def test_errors(tmp_path):
     with pytest.raises(IndexError, match=r"example 2 out of range for a store of 2"):
         store[2]
     with pytest.raises(IndexError, match=r"example -3 out of range for a store of 2"):
-        store.tokens(-3)
+        store.token_ids(-3)
     with pytest.raises(ValueError, match=r"'mlp.post' was not extracted; this store has "
                                          r"attn.probs, layer.out"):
         store.stacked("mlp.post")
