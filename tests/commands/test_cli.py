@@ -87,3 +87,39 @@ def test_refusals_come_before_jax_is_imported(checkpoint_factory, tmp_path):
             proc.stderr.count("\n") == 1, proc.stderr
         assert "=True" not in proc.stderr and "config=" not in proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+def _make_tiny_checkpoint():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "conversion", "make_tiny_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_tiny_checkpoint_path(tmp_path, capsys):
+    """make_tiny_checkpoint.py my-bert, then `convert ./my-bert bert-jax`, `inspect --model
+    bert-jax` and `fill-mask --model bert-jax`: the tokenizer comes with the tiny checkpoint."""
+    import bertjax
+
+    make = _make_tiny_checkpoint()
+    src, out = tmp_path / "my-bert", tmp_path / "bert-jax"
+    assert make.main([str(src), "--head", "mlm"]) == 0
+    assert (src / "vocab.txt").read_text().split() == make.vocabulary()
+    assert main(["convert", str(src), str(out)]) == 0
+    tok = bertjax.tokenizer_for(out)
+    ids = tok("The cat sat on the mat because it was tired.")["input_ids"]
+    assert len(ids) == 13 and tok.unk_token_id not in ids  # every word of it in the vocabulary
+    assert tok.convert_ids_to_tokens(tok("Zebra!")["input_ids"]) == [
+        "[CLS]", "z", "##e", "##b", "##r", "##a", "!", "[SEP]"]  # any word: its letters
+    capsys.readouterr()
+    assert main(["inspect", "Paris is lovely.", "--capture", "attn.probs,layer.out",
+                 "--model", str(out)]) == 0
+    assert "tokens (6): [CLS] paris is lovely . [SEP]" in capsys.readouterr().out
+    assert main(["fill-mask", "Paris is the [MASK] of France.", "--model", str(out), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "[MASK] 1 of 1 (token position 4):" and len(lines) == 4
+    assert make.main([str(tmp_path / "bare"), "--no-tokenizer"]) == 0
+    assert not os.path.exists(tmp_path / "bare" / "vocab.txt")
