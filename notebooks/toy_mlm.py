@@ -8,6 +8,10 @@ of every sentence is masked in turn, so the model learns the templates and the c
 pairs by heart. It is a toy: it knows nothing else, and its heads are whatever 100 Adam steps made
 of them. The folder it writes (config.json, flax_model.msgpack, vocab.txt and the tokenizer files)
 loads like any checkpoint with `bertjax.pretrained.load_pretrained(folder)`.
+
+From the command line (an MLM for `bertjax fill-mask` with no hub at hand):
+  python notebooks/toy_mlm.py toy-mlm
+  bertjax fill-mask "The capital of France is [MASK]." --model toy-mlm
 """
 
 from __future__ import annotations
@@ -80,3 +84,11 @@ def toy_mlm(folder: str, steps: int = 100, seed: int = 0) -> str:
     print(f"toy MLM: {len(batch['labels'])} masked examples, {steps} steps, "
           f"final loss {float(metrics['loss']):.3f}")
     return folder
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python notebooks/toy_mlm.py FOLDER  (writes the toy MLM there)")
+    print(f"wrote {toy_mlm(sys.argv[1])}")

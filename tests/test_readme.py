@@ -29,3 +29,18 @@ def test_the_api_example_runs(minilm_dir, tmp_path):
                                             config.num_attention_heads, S, S)
     assert set(out.acts) == {"attn.probs", "layer.out", "embed.word", "embed.position",
                              "embed.token_type", "embed.sum", "embed.out"}
+
+
+def test_the_analysis_example_runs(minilm_dir, tmp_path):
+    """The attention_stats / attention_table block, after the API example (whose names it uses)."""
+    api, analysis = python_blocks()[0], next(b for b in python_blocks() if "attention_stats(" in b)
+    folder = str(tmp_path / "minilm-jax")
+    bertjax.convert_checkpoint(minilm_dir, folder)
+    scope: dict = {}
+    for block in (api, analysis):
+        exec(compile(block.replace('"minilm-jax"', repr(folder)), "README.md", "exec"), scope)
+    stats, mask = scope["stats"], scope["batch"]["attention_mask"]
+    assert stats.entropy.shape == (6, 2, 12)
+    table = scope["attention_table"](scope["out"].acts["attn.probs"], scope["tokens"], layer=3,
+                                     head=5, batch=1, attention_mask=mask)
+    assert list(table.index)[:3] == ["[CLS]", "paris", "is"] and len(table) == mask[1].sum()

@@ -27,20 +27,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Version(argparse.Action):
-    """--version: reads the installed version only when asked (importlib.metadata is not free)."""
+    """--version: `bertjax.__version__` (the package is imported already: no cost)."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
                  help="print the bertjax version and exit"):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from importlib import metadata
+        from bertjax import __version__
 
-        try:
-            version = metadata.version("bertjax")
-        except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-            version = "unknown (not installed)"
-        print(f"bertjax {version}")
+        print(f"bertjax {__version__}")
         parser.exit()
 
 

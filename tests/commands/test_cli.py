@@ -11,6 +11,7 @@ from importlib import metadata
 
 import pytest
 
+import bertjax
 from bertjax.commands.cli import HelpFormatter, build_parser, main
 
 
@@ -23,7 +24,8 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["--version"])
     assert exit.value.code == 0
-    assert capsys.readouterr().out == f"bertjax {metadata.version('bertjax')}\n"
+    assert capsys.readouterr().out == f"bertjax {bertjax.__version__}\n"
+    assert metadata.version("bertjax") == bertjax.__version__  # pyproject.toml and __init__ agree
 
 
 @pytest.mark.parametrize("command", ["convert", "inspect", "fill-mask", "extract", "finetune"])
