@@ -44,3 +44,23 @@ def test_the_analysis_example_runs(minilm_dir, tmp_path):
     table = scope["attention_table"](scope["out"].acts["attn.probs"], scope["tokens"], layer=3,
                                      head=5, batch=1, attention_mask=mask)
     assert list(table.index)[:3] == ["[CLS]", "paris", "is"] and len(table) == mask[1].sum()
+
+
+def test_the_quickstart_outputs_are_git_ignored():
+    """What the quickstart commands write (the convert OUT, the --html page) is in .gitignore."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    with open(README) as f:
+        quickstart = f.read().split("## Quickstart")[1].split("\n## ")[0]
+    outputs = [re.search(r"bertjax convert \S+ (\S+)", quickstart)[1] + "/",
+               re.search(r"--html (\S+)", quickstart)[1]]
+    assert outputs == ["minilm-jax/", "head_view.html"]
+    root = os.path.join(os.path.dirname(__file__), "..")
+    if shutil.which("git") is None or not os.path.exists(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=root,
+                             capture_output=True, text=True, check=False).stdout.split()
+    assert ignored == outputs
