@@ -21,14 +21,24 @@ import re
 import struct
 from collections.abc import Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
 
+# BF16 is ml_dtypes.bfloat16, imported only when a file has one (`_safetensors_dtype`): importing
+# ml_dtypes costs seconds, which a command that refuses its input before JAX should not pay.
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
     "BOOL": np.bool_,
 }
+
+
+def _safetensors_dtype(code: str) -> np.dtype:
+    """The NumPy dtype of a safetensors dtype code (KeyError for an unknown one)."""
+    if _SAFETENSORS_DTYPES[code] is None:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_SAFETENSORS_DTYPES[code])
 
 
 class CheckpointError(ValueError):
@@ -58,7 +68,7 @@ class SafetensorsFile(Mapping):
         self._entries = {}
         for name, info in header.items():
             try:
-                dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+                dtype = _safetensors_dtype(info["dtype"])
                 shape = tuple(int(s) for s in info["shape"])
                 begin, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
@@ -116,6 +126,8 @@ def _torch_to_numpy(t) -> np.ndarray:
     import torch
 
     if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
         return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 

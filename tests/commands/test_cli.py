@@ -58,7 +58,7 @@ BEFORE_JAX = """
 import sys
 from bertjax.commands.cli import main
 rc = main(sys.argv[1:])
-print("RESULT", rc, sorted({"jax", "torch", "transformers", "flax"} & set(sys.modules)))
+print("RESULT", rc, sorted({"jax", "torch", "transformers", "flax", "ml_dtypes"} & set(sys.modules)))
 """
 
 
