@@ -32,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from bertjax.checkpoints.pretrained import load_pretrained
 
     model = load_pretrained(args.model)
+    if not 1 <= args.top_k <= model.config.vocab_size:
+        raise ValueError(f"--top-k must be in [1, {model.config.vocab_size}] (the vocabulary "
+                         f"size), got {args.top_k}")
+    if model.tokenizer is None:
+        raise ValueError(f"{model.folder or name} has no tokenizer files (tokenizer.json or "
+                         f"vocab.txt)")
     results = fill_mask(model.params, model.config, model.tokenizer, args.text, args.top_k)
     print(f"model: {model.folder or name}")
     for m, predictions in enumerate(results):

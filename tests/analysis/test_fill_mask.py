@@ -136,12 +136,14 @@ def test_cli(model, mlm_folder, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["the cat sat"], r"the text has no \[MASK\] token to fill"),
-    (["[MASK] sat", "--top-k", "0"], r"top_k must be in \[1, vocab_size=101\], got 0"),
+    (["[MASK] sat", "--top-k", "0"], r"--top-k must be in \[1, 101\] \(the vocabulary size\), got 0"),
+    (["[MASK] sat", "-k", "102"], r"--top-k must be in \[1, 101\] \(the vocabulary size\), got 102"),
 ])
 def test_cli_errors_are_one_line(mlm_folder, capsys, argv, message):
     assert main(["fill-mask", "--model", mlm_folder] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("bertjax: error: ") and re.search(message, err) and err.count("\n") == 1
+    assert "top_k" not in err and "=" not in err  # CLI wording, not the Python API's
 
 
 def test_cli_default_model_has_no_mlm_head(tmp_path, monkeypatch, capsys):
@@ -162,6 +164,7 @@ def test_cli_refuses_a_model_without_mlm_head_before_converting(checkpoint_facto
     bare = checkpoint_factory("BertModel")
     converted = str(tmp_path / "bare-jax")
     checkpoint.convert_checkpoint(bare, converted)
+    capsys.readouterr()  # what building the checkpoint printed
 
     def refuse(*args, **kwargs):
         raise AssertionError("read or converted a model that fill-mask must refuse")
