@@ -101,16 +101,27 @@ def markdown(result: dict) -> str:
              f"end {result['load_end']}; {result['machine']['affinity']} cores.", ""]
     for label, tree in result["trees"].items():
         lines.append(f"- {label}: {tree['code']}")
-    lines += ["", "| command | exit | " + " | ".join(f"{c} s" for c in codes) + " |",
-              "|---|---:|" + "---:|" * len(codes)]
+    lines += ["", "Seconds, and the exit status (0: ran; 2: refused with one line, as meant, or "
+              "argparse's usage error, e.g. for `--version` before it existed).", "",
+              "| command | " + " | ".join(f"{c} s | exit" for c in codes) + " |",
+              "|---|" + "---:|---:|" * len(codes)]
     for name in result["commands"]:
         cells = []
         for c in codes:
             r = result["trees"][c]["results"][name]
-            cells.append(f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
-        rc = result["trees"][codes[0]]["results"][name]["exit"]
-        lines.append(f"| {name} | {rc} | " + " | ".join(cells) + " |")
+            cells.append(f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | {r['exit']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def label(code: str) -> str:
+    """A tree's column name: its folder and commit."""
+    try:
+        commit = subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "no git"
+    return f"{os.path.basename(os.path.abspath(code))} @ {commit}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", action="append", help="a bertjax source tree (default: this one)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "startup"),
                         help="path of the results, without .json / .md")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite OUT.md from OUT.json (no runs)")
     args = parser.parse_args(argv)
+    if args.render:  # the markdown again from the json (e.g. after changing its layout)
+        with open(args.out + ".json") as f:
+            result = json.load(f)
+        with open(args.out + ".md", "w") as f:
+            f.write(markdown(result))
+        return 0
     codes = args.code or [ROOT]
-    labels = ["this tree"] + [f"tree {i + 1}" for i in range(len(codes) - 1)]
+    labels = [label(code) for code in codes]
     work = tempfile.mkdtemp(prefix="bench_startup-")
     load_start = [round(x, 2) for x in os.getloadavg()]
     try:
