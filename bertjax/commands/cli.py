@@ -34,9 +34,9 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from bertjax import __version__
+        import bertjax
 
-        print(f"bertjax {__version__}")
+        print(f"bertjax {bertjax.__version__}")
         parser.exit()
 
 
