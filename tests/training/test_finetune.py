@@ -90,6 +90,10 @@ def test_saved_model_loads_and_predicts(reference, data):
     folder = reference["summary"]["model"]
     assert {"config.json", "flax_model.msgpack", "vocab.txt", "tokenizer.json"} <= set(
         os.listdir(folder))
+    from bertjax.checkpoints.files import umask
+
+    for path in (reference["opts"].out, folder):  # the umask's mode (0755 under 022), not 0700
+        assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask(), path
     config, params = bertjax.load(folder)
     assert config.num_labels == 2 and config.id2label == ("negative", "positive")
     assert params["classifier"]["kernel"].shape == (config.hidden_size, 2)
