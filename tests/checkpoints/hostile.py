@@ -73,3 +73,19 @@ def mutations(data: bytes, n: int, seed: int = 0):
         for _ in range(int(rng.integers(1, 4))):
             damaged[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
         yield f"flip{i}", bytes(damaged)
+
+
+def with_nonfinite(src_folder, dst_folder, values: dict) -> str:
+    """A copy of a transformers checkpoint folder whose model.safetensors has `values`
+    (key -> (flat index, value)) written into its tensors."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src_folder, dst_folder)
+    path = os.path.join(dst_folder, "model.safetensors")
+    state = load_file(path)
+    for key, (index, value) in values.items():
+        state[key].reshape(-1)[index] = value
+    save_file(state, path)
+    return str(dst_folder)

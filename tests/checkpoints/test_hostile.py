@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -13,12 +14,17 @@ from hostile import (
     entry,
     malicious_bin,
     safetensors_bytes,
+    with_nonfinite,
     write,
     write_index,
 )
 from safetensors.numpy import save_file
 
+import bertjax
+from bertjax.checkpoints.checkpoint import convert_checkpoint
+from bertjax.checkpoints.convert import NonFiniteWeightsWarning
 from bertjax.checkpoints.readers import CheckpointError, _unpickling_error, read_weights
+from bertjax.commands.cli import main
 
 DATA = np.arange(6, dtype=np.float32).tobytes()  # 24 bytes: room for two float32 tensors of 3
 
@@ -231,3 +237,47 @@ def test_unpickler_corruption_never_quotes_the_weights_only_advice():
             "compatible with your use case: WeightsUnpickler error: \n\nUnsupported operand 255")
     message = str(_unpickling_error("m.bin", pickle.UnpicklingError(text)))
     assert message == "cannot read m.bin: corrupted or not a PyTorch checkpoint (Unsupported operand 255)"
+
+
+@pytest.fixture(scope="module")
+def nan_dir(checkpoint_factory, tmp_path_factory) -> str:
+    """A tiny BertModel checkpoint with a NaN in a query kernel and an Inf in the pooler bias."""
+    return with_nonfinite(checkpoint_factory("BertModel"), tmp_path_factory.mktemp("nan") / "m",
+                          {"encoder.layer.1.attention.self.query.weight": (4, np.nan),
+                           "pooler.dense.bias": (0, -np.inf)})
+
+
+NAN_MESSAGE = (r"2 weight tensor\(s\) hold NaN or Inf \(as float32\): "
+               r"encoder/layer/1/attention/self/query/kernel \(1 NaN\), pooler/dense/bias \(1 Inf\)")
+
+
+def test_nonfinite_weights_warn_and_load(nan_dir):
+    with pytest.warns(NonFiniteWeightsWarning, match=r"model\.safetensors: " + NAN_MESSAGE):
+        _, params = bertjax.load(nan_dir)
+    assert np.isnan(params["encoder"]["layer"]["1"]["attention"]["self"]["query"]["kernel"]).sum() == 1
+
+
+def test_nonfinite_weights_refused_with_strict(nan_dir):
+    with pytest.raises(CheckpointError, match=NAN_MESSAGE + r"; refused \(strict\)"):
+        bertjax.load(nan_dir, strict=True)
+
+
+def test_nonfinite_weights_in_a_converted_folder(nan_dir, tmp_path):
+    with pytest.warns(NonFiniteWeightsWarning):
+        convert_checkpoint(nan_dir, tmp_path / "out")
+    with pytest.warns(NonFiniteWeightsWarning, match=r"flax_model\.msgpack: " + NAN_MESSAGE):
+        bertjax.load(tmp_path / "out")
+    with pytest.raises(CheckpointError, match=r"flax_model\.msgpack: " + NAN_MESSAGE):
+        bertjax.load(tmp_path / "out", strict=True)
+
+
+def test_cli_convert_warns_on_nonfinite_weights_and_strict_refuses(nan_dir, tmp_path, capsys):
+    assert main(["convert", nan_dir, str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^bertjax: warning: .*model\.safetensors: " + NAN_MESSAGE
+                     + r" \(--strict refuses such weights\)$", err, re.M)
+    assert main(["convert", nan_dir, str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"bertjax: error: .*model\.safetensors: " + NAN_MESSAGE
+                        + r"; refused \(strict\)\n", err)
+    assert not os.path.exists(tmp_path / "strict")
