@@ -62,8 +62,12 @@ def malicious_bin(path, marker, legacy: bool = False) -> str:
     return str(path)
 
 
-def mutations(data: bytes, n: int, seed: int = 0):
-    """`n` seeded damaged copies of `data`: one to three byte flips, or a truncation."""
+def mutations(data: bytes, n: int, seed: int = 0, structure=None):
+    """`n` seeded damaged copies of `data`: one to three byte flips, or (one in four) a truncation.
+
+    `structure`: positions of the bytes that are not tensor payload (headers, keys, shapes); half
+    the flips land there, so that a file mostly made of payload still gets its structure damaged.
+    """
     rng = np.random.default_rng(seed)
     for i in range(n):
         if i % 4 == 3:
@@ -71,7 +75,11 @@ def mutations(data: bytes, n: int, seed: int = 0):
             continue
         damaged = bytearray(data)
         for _ in range(int(rng.integers(1, 4))):
-            damaged[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+            if structure is not None and rng.integers(0, 2):
+                at = int(structure[rng.integers(0, len(structure))])
+            else:
+                at = int(rng.integers(0, len(data)))
+            damaged[at] ^= int(rng.integers(1, 256))
         yield f"flip{i}", bytes(damaged)
 
 
