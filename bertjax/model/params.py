@@ -218,8 +218,8 @@ def check_tree(params: dict, config: BertConfig, part: str = "", where: str = "p
     if not isinstance(params, dict):
         raise ValueError(f"{where} must be a dict (the parameter tree), got {type(params).__name__}")
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    key = (treedef, tuple((np.shape(x), getattr(x, "dtype", None)) for x in leaves), config, part,
-           uses)
+    key = (treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else (np.shape(x), None)
+                          for x in leaves), config, part, uses)
     if key in _CHECKED:
         return Heads.of(params) if not part else Heads()
     heads = _check_tree(params, config, part, where, uses)
