@@ -83,8 +83,10 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
 
     Raises:
       ValueError: out-of-range ids, token types or positions, a sequence longer than
-        max_position_embeddings, shapes that disagree, float ids, unknown capture names. Value
-        checks need concrete inputs; under an outer jit use `checked_forward`.
+        max_position_embeddings, shapes that disagree, float ids, unknown capture names, an
+        empty batch or sequence, a params tree that disagrees with the config (`check_tree` in
+        bertjax/model/params.py). Value checks need concrete inputs; under an outer jit use
+        `checked_forward`.
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                              position_ids, capture)
