@@ -1,11 +1,17 @@
 """Reading PyTorch BERT weights into NumPy without executing untrusted code.
 
 * `.safetensors` is parsed here (header + memory map), without torch, bf16 included (as
-  `ml_dtypes.bfloat16`); every tensor's byte range is checked against the file, so a truncated or
-  corrupted file is reported by name instead of read short.
+  `ml_dtypes.bfloat16`). The header must be a JSON object (no key twice, `__metadata__` string to
+  string) and the tensors' byte ranges must tile the data section exactly (no overlap, no gap,
+  nothing past the end), as the format requires, so a truncated or corrupted file is reported by
+  name instead of read short or read wrong.
 * `.bin` is read only with `torch.load(..., weights_only=True)`; a pickle that needs more than
-  plain tensors is refused. torch is imported only here and only for `.bin` files.
-* A sharded checkpoint is read through its `*.index.json` weight map.
+  plain tensors is refused for safety, naming what it wanted and how to convert it safely (never
+  with torch's advice to retry with weights_only=False). torch is imported only here and only for
+  `.bin` files.
+* A sharded checkpoint is read through its `*.index.json` weight map, whose shard names must be
+  plain weights-file names inside the index's folder (no `..`, absolute path, directory, the index
+  itself or a symlink leading out), checked before any shard is opened.
 
 Tensors are read lazily: `read_weights` returns a mapping whose values are read from disk on access,
 each into a fresh array (plain reads, not a memory map: the touched pages of a map would stay resident
