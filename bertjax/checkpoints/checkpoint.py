@@ -24,12 +24,12 @@ import msgpack
 import numpy as np
 from flax import serialization
 
-from bertjax.checkpoints.convert import state_dict_to_params
+from bertjax.checkpoints.convert import check_finite, state_dict_to_params
 from bertjax.checkpoints.files import make_public
 from bertjax.checkpoints.readers import CheckpointError, read_weights
 from bertjax.checkpoints.sources import TOKENIZER_FILES, Source, locate
 from bertjax.model.config import BertConfig
-from bertjax.model.params import Heads, check_params, count_params
+from bertjax.model.params import Heads, check_params, count_params, flatten
 
 PARAMS_FILE = "flax_model.msgpack"
 CONFIG_FILE = "config.json"
@@ -145,37 +145,44 @@ def _config_for(source: Source, config: BertConfig | None) -> BertConfig:
     return BertConfig.from_json(source.config)
 
 
-def _params_from_msgpack(path: str, config: BertConfig, dtype) -> tuple[dict, Heads, list[str]]:
+def _params_from_msgpack(path: str, config: BertConfig, dtype,
+                         strict: bool = False) -> tuple[dict, Heads, list[str]]:
     params, notes = read_msgpack(path)
     try:
         heads = check_params(params, config, where=path)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype, copy=False), params)
+    check_finite(flatten(params), path, strict)
     return params, heads, notes
 
 
-def read_checkpoint(src, config: BertConfig | str | None = None, dtype=jnp.float32) -> Loaded:
+def read_checkpoint(src, config: BertConfig | str | None = None, dtype=jnp.float32,
+                    strict: bool = False) -> Loaded:
     """Locates, reads, checks and converts a checkpoint into a tree of NumPy arrays.
 
     Args:
       src: a folder, a weights file or a hub id (see `bertjax.checkpoints.sources.locate`), or a Source.
       config: a BertConfig, or the path of a config.json; None reads the source's config.json.
       dtype: the parameters' dtype (a name of DTYPES or a jnp dtype).
+      strict: refuse weights holding NaN or Inf (CheckpointError) instead of warning
+        (`bertjax.checkpoints.convert.NonFiniteWeightsWarning`).
     """
     source = src if isinstance(src, Source) else locate(src, config if isinstance(config, str) else None)
     config = _config_for(source, config)
     np_dtype = np.dtype(_dtype(dtype))
     if source.weights.endswith(".msgpack"):
-        params, heads, notes = _params_from_msgpack(source.weights, config, np_dtype)
+        params, heads, notes = _params_from_msgpack(source.weights, config, np_dtype, strict)
     else:
-        params, heads, notes = state_dict_to_params(read_weights(source.weights), config, np_dtype)
+        params, heads, notes = state_dict_to_params(read_weights(source.weights), config, np_dtype,
+                                                    strict, source.weights)
     if heads.untied_decoder and config.tie_word_embeddings:  # the file's decoder differs: untied
         config = dataclasses.replace(config, tie_word_embeddings=False)
     return Loaded(config, params, heads, source, notes)
 
 
-def load(path, dtype=jnp.float32, config: BertConfig | None = None) -> tuple[BertConfig, dict]:
+def load(path, dtype=jnp.float32, config: BertConfig | None = None,
+         strict: bool = False) -> tuple[BertConfig, dict]:
     """Reads a model: a converted folder, a Hugging Face folder / .bin / .safetensors / hub id
     (converted in memory), or a transformers 4.x `flax_model.msgpack` folder.
 
@@ -183,11 +190,12 @@ def load(path, dtype=jnp.float32, config: BertConfig | None = None) -> tuple[Ber
       path: folder, weights file or hub id.
       dtype: parameter dtype (jnp.float32, jnp.bfloat16, jnp.float16 or their names).
       config: the BertConfig, needed for a single weights file without config.json beside it.
+      strict: refuse weights holding NaN or Inf (by default a warning names them).
 
     Returns:
       (config, params) with params a nested dict of jax arrays.
     """
-    loaded = read_checkpoint(path, config, dtype)
+    loaded = read_checkpoint(path, config, dtype, strict)
     return loaded.config, jax.tree_util.tree_map(jnp.asarray, loaded.params)
 
 
@@ -258,12 +266,13 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
 
 
 def convert_checkpoint(src, out, dtype="float32", force: bool = False,
-                       config: str | BertConfig | None = None) -> dict:
+                       config: str | BertConfig | None = None, strict: bool = False) -> dict:
     """Reads `src` (a path, a hub id or a located Source), checks it whole, and writes the bertjax
     folder at `out`.
 
     `config` (a config.json path or a BertConfig) is needed for a weights file with no config.json
-    beside it. Refuses an existing `out` without `force`, and an `out` that is or holds the source.
+    beside it. Refuses an existing `out` without `force`, and an `out` that is or holds the source;
+    with `strict`, also weights holding NaN or Inf (by default a warning names them).
 
     Returns a summary: source, out, dtype, parameter count, layers, attention heads, hidden size,
     the heads kept and notes on what was dropped.
@@ -272,7 +281,8 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
     _refuse_existing(out, force)
     source = src if isinstance(src, Source) else locate(src, config if isinstance(config, str) else None)
     _refuse_source_inside(source, out)
-    loaded = read_checkpoint(source, config if isinstance(config, BertConfig) else None, dtype)
+    loaded = read_checkpoint(source, config if isinstance(config, BertConfig) else None, dtype,
+                             strict)
     save(out, loaded.config, loaded.params, loaded.source.folder, force=force)
     c = loaded.config
     return {

@@ -17,12 +17,15 @@ Checkpoint dialects accepted, normalised before the mapping:
   `cls.predictions.bias` unless the decoder is untied), else `cls.predictions.bias`.
 
 Everything is checked before any array is converted: missing and unexpected keys are listed by name,
-every shape is compared with the config and every dtype must be floating point.
+every shape is compared with the config and every dtype must be floating point. NaN or Inf in the
+converted weights gives a `NonFiniteWeightsWarning` naming the tensors (conversion goes on), or,
+with `strict=True`, a CheckpointError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -190,14 +193,41 @@ def convert_tensors(state: Mapping, keys: Mapping[str, str], table, dtype) -> di
     return flat
 
 
+class NonFiniteWeightsWarning(UserWarning):
+    """Weights holding NaN or Inf: a model that will compute NaN (or a damaged checkpoint)."""
+
+
+def check_finite(flat: Mapping[str, np.ndarray], where: str, strict: bool = False) -> list[str]:
+    """Warns (NonFiniteWeightsWarning), or raises CheckpointError when `strict`, naming each tensor
+    of `flat` (tree path -> array) that holds NaN or Inf; returns those paths."""
+    bad = []
+    for path, array in flat.items():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        if nan or inf:
+            counts = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+            bad.append(f"{path} ({counts})")
+    if bad:
+        dtype = np.dtype(next(iter(flat.values())).dtype).name
+        more = " ..." if len(bad) > 6 else ""
+        message = (f"{where}: {len(bad)} weight tensor(s) hold NaN or Inf (as {dtype}): "
+                   f"{', '.join(bad[:6])}{more}")
+        if strict:
+            raise CheckpointError(f"{message}; refused (strict)")
+        warnings.warn(message, NonFiniteWeightsWarning, stacklevel=3)
+    return [b.split(" ")[0] for b in bad]
+
+
 def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
-                         dtype=np.float32) -> tuple[dict, Heads, list[str]]:
+                         dtype=np.float32, strict: bool = False,
+                         where: str = "checkpoint") -> tuple[dict, Heads, list[str]]:
     """Converts a PyTorch BERT state dict (NumPy arrays) into the parameter tree.
 
     Args:
       state: source key -> array (or a lazy mapping from `bertjax.checkpoints.readers.read_weights`).
       config: the model's config; every shape is checked against it.
       dtype: dtype of the converted arrays (float32, bfloat16 or float16).
+      strict: refuse weights holding NaN or Inf (by default a NonFiniteWeightsWarning names them).
+      where: the source, for messages.
 
     Returns:
       (params, heads, notes): the nested tree of NumPy arrays, the heads found, and what was
@@ -211,4 +241,6 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
     check_keys(keys, table)
     check_tensors(state, keys, table, config, heads)
     notes = norm.notes + decoder_notes
-    return unflatten(convert_tensors(state, keys, table, dtype)), heads, notes
+    flat = convert_tensors(state, keys, table, dtype)
+    check_finite(flat, where, strict)
+    return unflatten(flat), heads, notes

@@ -5,11 +5,19 @@ the target and fsyncs the folder, so that after a crash (even `kill -9` or a pow
 holds either its old content or the whole new one. `is_leftover` recognises the temporary files an
 interrupted write left behind, so that a resumed run can delete them. `make_public` gives a folder
 built privately (`tempfile.mkdtemp` makes it 0700) the mode any other tool would give it.
+
+`out_lock` keeps two runs off one output folder: an OS-level lock (`fcntl.flock`) on a file
+`.lock-<tag>` in it, which holds the pid and host of the run. The kernel drops the lock when the
+process dies, however it dies (even `kill -9`), so a lock is never stale: a lock file left behind by
+a killed run is just taken over by the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
 
 
 def temp_name(path: str, tag: str) -> str:
@@ -54,3 +62,70 @@ def make_public(folder: str) -> None:
     """Gives a folder made by `tempfile.mkdtemp` (0700) the mode `os.makedirs` would have given it:
     0777 less the umask (0755 under the usual 022), before it is renamed into place."""
     os.chmod(folder, 0o777 & ~umask())
+
+
+class FolderInUseError(OSError):
+    """Another process holds the lock of an output folder."""
+
+
+def is_lock(name: str) -> bool:
+    """Whether a file name is the lock file of `out_lock`."""
+    return name.startswith(".lock-")
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    return text or "a process that has not written its pid yet"
+
+
+def _acquire(path: str, folder: str, what: str) -> int:
+    """A descriptor of `path` holding its exclusive flock (the file still at `path`)."""
+    while True:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # the folder, created by a run ending now, was just removed
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderInUseError(f"{folder} is in use by another bertjax {what} run ({holder}); "
+                                   f"wait for it to end, or choose another --out") from None
+        try:  # the previous holder may have removed the file between our open and our flock
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def out_lock(folder: str, tag: str, what: str):
+    """Holds the lock `.lock-<tag>` of `folder` (created if needed) for the `with` block.
+
+    Args:
+      folder: the output folder.
+      tag: names the lock (one per process of a multi-process run, e.g. "extract-p0").
+      what: the command, for the message ("extract", "finetune").
+
+    A folder created here and left empty (a run refused before writing anything) is removed.
+
+    Raises:
+      FolderInUseError (an OSError) naming the process that holds the lock.
+    """
+    created = not os.path.isdir(folder)
+    path = os.path.join(folder, f".lock-{tag}")
+    fd = _acquire(path, folder, what)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # still holding the lock: nobody else can hold this file now
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 
 def register(subparsers) -> None:
@@ -21,6 +23,8 @@ def register(subparsers) -> None:
                    help="dtype of the saved parameters (bfloat16 and float16 halve the file)")
     p.add_argument("--config", help="config.json for a single weights file")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse weights holding NaN or Inf (by default a warning names them)")
     p.add_argument("--verify", action="store_true",
                    help="after converting, compare with the PyTorch model (needs torch)")
     p.set_defaults(func=run)
@@ -43,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
 
         require_reference()
     from bertjax.checkpoints.checkpoint import convert_checkpoint
+    from bertjax.checkpoints.convert import NonFiniteWeightsWarning
 
-    summary = convert_checkpoint(source, args.out, args.dtype, args.force)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWeightsWarning)
+        summary = convert_checkpoint(source, args.out, args.dtype, args.force, strict=args.strict)
+    for w in caught:
+        if issubclass(w.category, NonFiniteWeightsWarning):
+            print(f"bertjax: warning: {w.message} (--strict refuses such weights)", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     heads = [name for name, present in summary["heads"].items() if present]
     print(f"converted {summary['source']}")
     print(f"  {summary['parameters']:,} parameters, {summary['dtype']}, "

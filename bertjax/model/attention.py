@@ -26,8 +26,10 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
+from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import dense, dropout, last_axis
+from bertjax.model.params import check_tree
 
 # Added to the scores of padded keys. transformers uses the dtype's most negative finite value;
 # we do the same (in float32, where the scores live) so that captured scores match it exactly and a
@@ -88,6 +90,8 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
       attn.out, float [B, S, D], and the captured activations (one layer's shapes).
     """
     taps = C.taps_for(capture, patch)
+    check_tree(params, config, "encoder/layer/0/attention", uses=("self", "output/dense"))
+    check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
     q = taps(C.ATTN_Q, _project(params["self"]["query"], hidden, config))  # [B, N, S, H]
     k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]

@@ -13,6 +13,8 @@ which carries the same value checks through `jax.experimental.checkify`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,12 @@ from bertjax.model.config import BertConfig
 
 
 def _is_concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
+    return x is not None and not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
+
+
+def _shapes_only(*arrays):
+    """The arrays as ShapeDtypeStructs (None stays None): what the value checks skip."""
+    return [None if x is None else jax.ShapeDtypeStruct(tuple(x.shape), x.dtype) for x in arrays]
 
 
 def _check_int(name: str, x) -> None:
@@ -40,19 +47,28 @@ def _check_range(name: str, x, limit: int, what: str) -> None:
 
 
 def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_mask=None,
-                 position_ids=None) -> None:
+                 position_ids=None, values: bool = True) -> None:
     """Raises ValueError naming the argument for any input that would give a wrong answer.
 
     Args:
-      input_ids: int [B, S].
+      input_ids: int [B, S], B >= 1 and S >= 1.
       token_type_ids: int [B, S] or None.
       attention_mask: [B, S] of 0/1 (any dtype) or None.
       position_ids: int [B, S], [1, S] or [S], or None.
+      values: also check the values of concrete inputs (False: shapes and dtypes only, for
+        `checked_forward`, whose value checks go through checkify).
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [B, S], got shape {tuple(input_ids.shape)}")
     _check_int("input_ids", input_ids)
     B, S = input_ids.shape
+    if B == 0 or S == 0:
+        raise ValueError(f"input_ids has shape {(B, S)}: an empty "
+                         f"{'batch' if B == 0 else 'sequence'}; need at least one sequence of at "
+                         f"least one token")
+    if not values:
+        input_ids, token_type_ids, attention_mask, position_ids = _shapes_only(
+            input_ids, token_type_ids, attention_mask, position_ids)
     _check_range("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
     if token_type_ids is not None:
         if tuple(token_type_ids.shape) != (B, S):
@@ -80,14 +96,44 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
                      f"max_position_embeddings={config.max_position_embeddings}")
 
 
-def checkify_inputs(config: BertConfig, input_ids, token_type_ids=None, position_ids=None) -> None:
-    """The value checks of `check_inputs` as `checkify.check`s, for use under an outer jit."""
+def _first_bad(x, ok):
+    """The first value of `x` where `ok` is False (any value when all are fine)."""
+    return jnp.ravel(x)[jnp.argmin(jnp.ravel(ok))]
+
+
+def _check_values(name: str, x, ok, expected: str) -> None:
+    checkify.check(jnp.all(ok), f"{name} must be {expected}, got {{}}", _first_bad(x, ok))
+
+
+def check_capture(capture) -> None:
+    """Raises ValueError unless `capture` is None, a string or a collection (not bytes)."""
+    if capture is not None and not isinstance(capture, str) and (
+            not isinstance(capture, Iterable) or isinstance(capture, (bytes, bytearray))):
+        raise ValueError(f"capture must be an activation name, a glob, 'all' or a collection of "
+                         f"them, got {type(capture).__name__} {capture!r}")
+
+
+def check_hidden(hidden, config: BertConfig, name: str = "hidden") -> None:
+    """Raises ValueError unless `hidden` is a float [B, S, D] array with D = hidden_size."""
+    shape = tuple(getattr(hidden, "shape", np.shape(hidden)))
+    if len(shape) != 3 or shape[-1] != config.hidden_size:
+        raise ValueError(f"{name} must have shape [B, S, D] with D = hidden_size = "
+                         f"{config.hidden_size}, got shape {shape}")
+
+
+def checkify_inputs(config: BertConfig, input_ids, token_type_ids=None, position_ids=None,
+                    attention_mask=None) -> None:
+    """The value checks of `check_inputs` as `checkify.check`s, for use under an outer jit; each
+    message names the argument, what is allowed and the first offending value."""
     V, Y, P = config.vocab_size, config.type_vocab_size, config.max_position_embeddings
-    checkify.check(jnp.all((input_ids >= 0) & (input_ids < V)),
-                   f"input_ids must be in [0, {V}) (vocab_size={V})")
+    _check_values("input_ids", input_ids, (input_ids >= 0) & (input_ids < V),
+                  f"in [0, {V}) (vocab_size={V})")
     if token_type_ids is not None:
-        checkify.check(jnp.all((token_type_ids >= 0) & (token_type_ids < Y)),
-                       f"token_type_ids must be in [0, {Y}) (type_vocab_size={Y})")
+        _check_values("token_type_ids", token_type_ids, (token_type_ids >= 0) & (token_type_ids < Y),
+                      f"in [0, {Y}) (type_vocab_size={Y})")
     if position_ids is not None:
-        checkify.check(jnp.all((position_ids >= 0) & (position_ids < P)),
-                       f"position_ids must be in [0, {P}) (max_position_embeddings={P})")
+        _check_values("position_ids", position_ids, (position_ids >= 0) & (position_ids < P),
+                      f"in [0, {P}) (max_position_embeddings={P})")
+    if attention_mask is not None:
+        _check_values("attention_mask", attention_mask, (attention_mask == 0) | (attention_mask == 1),
+                      "0 (padding) or 1 (token)")

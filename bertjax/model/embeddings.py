@@ -11,6 +11,7 @@ from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import dropout, layer_norm, subtree
+from bertjax.model.params import check_tree
 
 
 def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
@@ -33,6 +34,7 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     taps = C.taps_for(capture, patch)
     params = subtree(params, "embeddings")
+    check_tree(params, config, "embeddings")
     check_inputs(config, input_ids, token_type_ids, None, position_ids)
     input_ids = jnp.asarray(input_ids)
     token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)

@@ -25,9 +25,11 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
+from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.layer import encoder_layer
 from bertjax.model.nn import subtree
+from bertjax.model.params import check_tree
 
 
 def is_stacked(layers: dict) -> bool:
@@ -106,6 +108,8 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         capture, patch = capture.capture, capture.patch
     capture = C.as_frozenset(capture) & frozenset(C.LAYER_NAMES)
     patch = {k: v for k, v in C.check_patch(patch).items() if k in C.LAYER_NAMES}
+    check_tree(subtree(params, "encoder"), config, "encoder")
+    check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
     layers = stack_layers(subtree(params, "encoder")["layer"])
     L = config.num_hidden_layers

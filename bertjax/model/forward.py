@@ -12,12 +12,12 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from bertjax.model import capture as C
-from bertjax.model.checks import check_inputs, checkify_inputs
+from bertjax.model.checks import check_capture, check_inputs, checkify_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.embeddings import embeddings
 from bertjax.model.encoder import encoder, is_stacked, stacked_once
 from bertjax.model.heads import mlm_logits, pooler
-from bertjax.model.params import Heads
+from bertjax.model.params import check_params
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["last_hidden_state",
@@ -42,13 +42,15 @@ def _as_array(x):
     return None if x is None else jnp.asarray(x) if not hasattr(x, "shape") else x
 
 
-def _prepare(params, input_ids, config, token_type_ids, attention_mask, position_ids, capture):
+def _prepare(params, input_ids, config, token_type_ids, attention_mask, position_ids, capture,
+             values=True):
     if not isinstance(config, BertConfig):
         raise ValueError(f"config must be a bertjax.BertConfig, got {type(config).__name__}")
-    heads = Heads.of(params)
+    heads = check_params(params, config)  # shapes only, remembered: free on the next call
+    check_capture(capture)
     names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
     arrays = [_as_array(x) for x in (input_ids, token_type_ids, attention_mask, position_ids)]
-    check_inputs(config, *arrays)
+    check_inputs(config, *arrays, values=values)
     return names, arrays
 
 
@@ -81,8 +83,10 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
 
     Raises:
       ValueError: out-of-range ids, token types or positions, a sequence longer than
-        max_position_embeddings, shapes that disagree, float ids, unknown capture names. Value
-        checks need concrete inputs; under an outer jit use `checked_forward`.
+        max_position_embeddings, shapes that disagree, float ids, unknown capture names, an
+        empty batch or sequence, a params tree that disagrees with the config (`check_tree` in
+        bertjax/model/params.py). Value checks need concrete inputs; under an outer jit use
+        `checked_forward`.
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                              position_ids, capture)
@@ -122,11 +126,13 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
                     rng=None, head_mask=None, patch=None) -> tuple[checkify.Error, BertOutput]:
     """`forward` with its value checks carried through jit by `jax.experimental.checkify`.
 
-    Use it where the inputs are traced (inside your own `jax.jit`): it returns `(err, out)`;
-    `err.throw()` raises the first failed check (an out-of-range id, token type or position).
+    Use it where the inputs are traced (inside your own `jax.jit`); outside jit too it returns
+    `(err, out)` without raising: `err.throw()` raises the first failed value check (an
+    out-of-range id, token type or position, a mask value other than 0/1), naming the offending
+    value. Shapes, dtypes and the params tree are still checked at once (ValueError).
     """
     names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
-                             position_ids, capture)
+                             position_ids, capture, values=False)
     return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch),
                     config=config, capture=names)
 
@@ -135,6 +141,6 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
 @functools.partial(checkify.checkify, errors=checkify.user_checks)
 def _checked(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
              patch, *, config, capture):
-    checkify_inputs(config, input_ids, token_type_ids, position_ids)
+    checkify_inputs(config, input_ids, token_type_ids, position_ids, attention_mask)
     return _forward(params, input_ids, token_type_ids, attention_mask, position_ids, rng,
                     head_mask, patch, config=config, capture=capture)

@@ -8,8 +8,10 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
+from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import activation, dense, dropout, last_axis, layer_norm, subtree
+from bertjax.model.params import check_tree
 
 
 def pooler(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
@@ -23,6 +25,8 @@ def pooler(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
     Returns:
       pooler.out, float [B, D], and the captured activations.
     """
+    check_tree(subtree(params, "pooler"), config, "pooler")
+    check_hidden(hidden, config)
     out = jnp.tanh(dense(subtree(params, "pooler")["dense"], jnp.asarray(hidden)[:, 0]))  # [B, D]
     taps = C.taps_for(capture, has_pooler=True)
     return taps(C.POOLER_OUT, out), taps.acts
@@ -42,6 +46,8 @@ def mlm_logits(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConf
     """
     if "cls" not in params:
         raise ValueError("this model has no MLM head (no cls/predictions in the parameter tree)")
+    check_tree(params, config)
+    check_hidden(hidden, config)
     predictions = params["cls"]["predictions"]
     x = dense(predictions["transform"]["dense"], hidden)
     x = activation(config, x)

@@ -9,8 +9,10 @@ from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
 from bertjax.model.attention import attention
+from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import activation, dense, dropout, layer_norm, split
+from bertjax.model.params import check_tree
 
 
 def feed_forward(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig, capture=(),
@@ -52,6 +54,8 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
       layer.out, float [B, S, D], and the captured activations.
     """
     taps = C.taps_for(capture, patch)
+    check_tree(params, config, "encoder/layer/0")
+    check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
     r_attn, r_hidden, r_mlp = split(rng, 3)
     # attn.out is tapped inside attention, before this dropout: identical at inference.

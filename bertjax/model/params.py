@@ -150,33 +150,125 @@ def unflatten(flat: dict[str, object]) -> dict:
     return tree
 
 
-def check_params(params: dict, config: BertConfig, where: str = "params") -> Heads:
-    """Checks a tree against `param_shapes`: same keys, same shapes, floating dtypes.
+# The config fields that size the tree (num_attention_heads sizes no leaf: the config itself
+# checks that it divides hidden_size).
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size", "num_labels")
+# (tree structure, leaf shapes and dtypes, config, part) of the trees that passed `check_tree`.
+_CHECKED: set = set()
 
-    Returns the heads found. Raises ValueError listing missing and unexpected paths, or the first
-    path whose shape disagrees with the config.
+
+def _expected(config: BertConfig, heads: Heads, stacked: bool) -> dict[str, tuple]:
+    """Tree path -> shape of the whole tree; encoder layers stacked to [L, ...] when `stacked`."""
+    tree = param_shapes(config, heads)
+    if stacked:
+        one = layer_shapes(config)
+        L = config.num_hidden_layers
+        tree["encoder"]["layer"] = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct((L, *s.shape), s.dtype), one)
+    return {path: spec.shape for path, spec in flatten(tree).items()}
+
+
+def _fields(path: str, shape: tuple, config: BertConfig, heads: Heads, stacked: bool) -> str:
+    """The config fields that size the axes where `shape` differs from what the leaf at `path`
+    needs, with their values."""
+    need = _expected(config, heads, stacked)[path]
+    axes = ([i for i, (a, b) in enumerate(zip(shape, need)) if a != b]
+            if len(shape) == len(need) else list(range(len(need))))
+    found = []
+    for name in _SIZE_FIELDS:
+        other = dataclasses.replace(config, num_attention_heads=1, id2label=(),
+                                    **{name: getattr(config, name) + 1})
+        changed = _expected(other, heads, stacked).get(path)
+        if changed is not None and any(changed[i] != need[i] for i in axes):
+            found.append(f"{name}={getattr(config, name)}")
+    return ", ".join(found)
+
+
+def _listed(kind: str, names: list[str], most: int = 8) -> str:
+    return f"{kind} {len(names)}: {', '.join(names[:most])}" + (" ..." if len(names) > most else "")
+
+
+def _layer_count(params: dict, config: BertConfig) -> str:
+    """'; the tree has n layers ...' when a per-layer tree's layer keys disagree with the config."""
+    layers = params.get("encoder", {}).get("layer") if isinstance(params.get("encoder"), dict) else None
+    if not isinstance(layers, dict) or "0" not in layers:
+        return ""
+    if set(layers) == {str(i) for i in range(config.num_hidden_layers)}:
+        return ""
+    return (f"; the tree has {len(layers)} layers ({', '.join(sorted(layers, key=str))}), the "
+            f"config says num_hidden_layers={config.num_hidden_layers}")
+
+
+def check_tree(params: dict, config: BertConfig, part: str = "", where: str = "params",
+               uses: tuple[str, ...] = ()) -> Heads:
+    """Checks a tree (or the subtree at `part`, e.g. "embeddings", "encoder", "encoder/layer/0",
+    "pooler", "cls") against the shapes `config` implies: the same leaves (no layer more or less),
+    each with the shape the config needs and a float dtype. `uses`: the only subtrees of `part`
+    that must be there (e.g. attention needs no LayerNorm); others may be left out.
+
+    Shapes and dtypes only, so it works on tracers (under jit, vmap and grad); encoder layers may be
+    per-layer or stacked (`stack_layers`). A (structure, shapes, dtypes, config, part) that passed
+    is remembered, so checking the same kind of tree again costs one flatten.
+
+    Raises:
+      ValueError naming the leaf path, its shape and the config field, a missing or unexpected
+      leaf, or a non-float leaf.
     """
-    heads = Heads.of(params)
-    want = flatten(param_shapes(config, heads))
-    got = flatten(params)
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:8])}"
-                         + (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}"
-                         + (" ..." if len(unexpected) > 8 else ""))
-        raise ValueError(f"{where} do not match the BERT parameter tree ({'; '.join(parts)})")
-    for key, spec in want.items():
-        shape = tuple(np.shape(got[key]))
-        if shape != spec.shape:
-            raise ValueError(f"{where}: {key} has shape {shape}, the config needs {spec.shape}")
-        if not jnp.issubdtype(got[key].dtype, jnp.floating):
-            raise ValueError(f"{where}: {key} has dtype {got[key].dtype}, expected a float dtype")
+    if not isinstance(params, dict):
+        raise ValueError(f"{where} must be a dict (the parameter tree), got {type(params).__name__}")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    key = (treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else (np.shape(x), None)
+                          for x in leaves), config, part, uses)
+    if key in _CHECKED:
+        return Heads.of(params) if not part else Heads()
+    heads = _check_tree(params, config, part, where, uses)
+    _CHECKED.add(key)
     return heads
+
+
+def _check_tree(params: dict, config: BertConfig, part: str, where: str, uses: tuple) -> Heads:
+    full = params if not part else {}
+    if part:  # the subtree sits at `part` of a whole tree
+        node = full
+        *parents, last = part.split("/")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = params
+    try:
+        heads = Heads.of(full)
+    except AttributeError:
+        raise ValueError(f"{where}: cls/predictions must be dicts of arrays") from None
+    if part == "cls":
+        heads = dataclasses.replace(heads, mlm=True)
+    layers = full.get("encoder", {}).get("layer") if isinstance(full.get("encoder"), dict) else None
+    stacked = isinstance(layers, dict) and "0" not in layers
+    want = {p: s for p, s in _expected(config, heads, stacked).items()
+            if not part or p == part or p.startswith(part + "/")}
+    got = flatten(full)
+    unexpected = sorted(set(got) - set(want))
+    if uses:
+        want = {p: s for p, s in want.items() if p.startswith(tuple(f"{part}/{u}/" for u in uses))}
+    missing = sorted(set(want) - set(got))
+    if missing or unexpected:
+        parts = ([_listed("missing", missing)] if missing else []) + (
+            [_listed("unexpected", unexpected)] if unexpected else [])
+        raise ValueError(f"{where} do not match the BERT parameter tree ({'; '.join(parts)})"
+                         f"{_layer_count(full, config)}")
+    for path, need in want.items():  # of what there is, each shape and dtype
+        shape = tuple(np.shape(got[path]))
+        if shape != need:
+            raise ValueError(f"{where}: {path} has shape {shape}, the config needs {need} "
+                             f"({_fields(path, shape, config, heads, stacked)})")
+        dtype = getattr(got[path], "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"{where}: {path} has dtype {dtype}, expected a float dtype")
+    return heads
+
+
+def check_params(params: dict, config: BertConfig, where: str = "params") -> Heads:
+    """Checks a whole tree against `param_shapes` (see `check_tree`); returns the heads found."""
+    return check_tree(params, config, where=where)
 
 
 def count_params(params: dict) -> int:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
-from bertjax.checkpoints.files import atomic_write, is_leftover
+from bertjax.checkpoints.files import atomic_write, is_leftover, is_lock, out_lock
 from bertjax.model import capture as C
 from bertjax.model.encoder import stack_layers
 from bertjax.model.params import Heads
@@ -307,7 +307,7 @@ def check_request(opts: Options) -> None:
     if not os.path.isfile(opts.input):
         raise ValueError(f"input file {opts.input} does not exist")
     if os.path.isdir(opts.out) and not os.path.isfile(os.path.join(opts.out, META_FILE)) and \
-            any(not is_leftover(name) for name in os.listdir(opts.out)):
+            any(not is_leftover(name) and not is_lock(name) for name in os.listdir(opts.out)):
         raise ValueError(f"{opts.out} exists and is not a bertjax extract folder (no {META_FILE}); "
                          f"choose another --out")
 
@@ -394,16 +394,26 @@ def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,
       process: (index, count); this process does the chunks k with k % count == index
         (default: jax.process_index(), jax.process_count()).
       pretrained: `load_pretrained(opts.model, opts.dtype)` already loaded, to skip loading it.
+
+    Raises:
+      FolderInUseError (an OSError) when another run holds OUT's lock for this process index
+      (`bertjax.checkpoints.files.out_lock`): each process of a multi-host run takes its own.
     """
+    start = time.perf_counter()
+    check_request(opts)
+    index, count = process or (jax.process_index(), jax.process_count())
+    with out_lock(opts.out, f"extract-p{index}", "extract"):  # one lock per process of a run
+        return _extract(opts, devices, index, count, progress, pretrained, start)
+
+
+def _extract(opts: Options, devices, index: int, count: int, progress: bool, pretrained,
+             start: float) -> dict:
     from tqdm import tqdm
 
     from bertjax.checkpoints.pretrained import load_pretrained
 
-    start = time.perf_counter()
-    check_request(opts)
     pre = pretrained or load_pretrained(opts.model, jnp.dtype(opts.dtype))
     names, layers, max_length = resolve_request(opts, pre.config, Heads.of(pre.params))
-    index, count = process or (jax.process_index(), jax.process_count())
     tag = f"p{index}"
     model = build_model(opts, pre, names, layers, max_length, devices)  # may still refuse
     prepare_out(opts.out, describe(opts, pre.config, names, layers, max_length), tag)

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from bertjax.checkpoints.files import atomic_write, is_leftover
+from bertjax.checkpoints.files import atomic_write, is_leftover, is_lock, out_lock
 from bertjax.scale.buckets import bucket_lengths
 from bertjax.training import datasets as D
 from bertjax.training.train import (
@@ -106,7 +106,7 @@ def check_options(opts: Options) -> None:
     for flag, path in (("--train", opts.train), ("--eval", opts.eval)):
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"{flag} file {path} does not exist")
-    if os.path.isdir(opts.out) and os.listdir(opts.out) and \
+    if os.path.isdir(opts.out) and any(not is_lock(n) for n in os.listdir(opts.out)) and \
             not os.path.isfile(os.path.join(opts.out, META_FILE)):
         raise ValueError(f"{opts.out} exists and is not a bertjax finetune folder (no {META_FILE}); "
                          f"choose another --out")
@@ -341,11 +341,19 @@ def finetune(opts: Options, progress: bool = True, devices=None, log=None) -> di
       devices: the devices to split each batch over (default: all).
       log: called with the metrics line before training and after each epoch when there is no
         progress bar (e.g. `print`); None: those lines are not shown (they are in the history).
-    """
-    from tqdm import tqdm
 
+    Raises:
+      FolderInUseError (an OSError) when another run holds OUT's lock.
+    """
     start = time.perf_counter()
     check_options(opts)
+    with out_lock(opts.out, "finetune", "finetune"):  # a second run on OUT is refused
+        return _finetune(opts, progress, devices, log, start)
+
+
+def _finetune(opts: Options, progress: bool, devices, log, start: float) -> dict:
+    from tqdm import tqdm
+
     mesh = batch_mesh(devices)
     run = prepare(opts, mesh.size)
     total = opts.epochs * run.steps_per_epoch

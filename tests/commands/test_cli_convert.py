@@ -170,9 +170,8 @@ BAD = {
                       (r"checkpoint does not match a BERT with this config \(missing 16: "
                        r"encoder\.layer\.4\.attention\.output\.LayerNorm\.bias, ")),
     "full-unpickling": (_unpicklable,
-                        (r"refusing to read .*pytorch_model\.bin: it holds argparse\.Namespace, "
-                         r"which only full unpickling \(arbitrary code\) could build, and bertjax "
-                         r"reads \.bin files with weights_only=True")),
+                        (r"pytorch_model\.bin: a pickle wanting argparse\.Namespace was refused "
+                         r"for safety .*save its state dict as safetensors")),
     "unknown-hub-id": (lambda t, m: ["nobody/no-such-bert"],
                        (r"cannot get 'nobody/no-such-bert': offline mode is on \(HF_HUB_OFFLINE=1\), "
                         r"and no copy of it is cached or installed")),

@@ -143,7 +143,8 @@ def test_killed_then_rerun_ends_bit_for_bit_as_uninterrupted(reference, tmp_path
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_FIRST_CHECKPOINT, *_argv(opts)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert sorted(os.listdir(opts.out)) == [".tmp-finetune-checkpoint.msgpack",
+    # the killed run's lock file stays (its lock died with it) and the resumed run takes it over
+    assert sorted(os.listdir(opts.out)) == [".lock-finetune", ".tmp-finetune-checkpoint.msgpack",
                                             F.CHECKPOINT_FILE, F.META_FILE]
     assert main(_argv(opts)) == 0  # the same command resumes
     assert "finetune: 120 steps (115 this run" in capsys.readouterr().out

@@ -1,0 +1,283 @@
+"""Hostile checkpoint files: each is refused with a message naming the file and what is wrong
+(the builders are in hostile.py)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+from hostile import (
+    Evalling,
+    entry,
+    malicious_bin,
+    safetensors_bytes,
+    with_nonfinite,
+    write,
+    write_index,
+)
+from safetensors.numpy import save_file
+
+import bertjax
+from bertjax.checkpoints.checkpoint import convert_checkpoint
+from bertjax.checkpoints.convert import NonFiniteWeightsWarning
+from bertjax.checkpoints.readers import CheckpointError, _unpickling_error, read_weights
+from bertjax.commands.cli import main
+
+DATA = np.arange(6, dtype=np.float32).tobytes()  # 24 bytes: room for two float32 tensors of 3
+
+
+@pytest.mark.parametrize("header", [None, [1, 2], "text", 3], ids=["null", "list", "string", "number"])
+def test_safetensors_header_that_is_not_an_object(tmp_path, header):
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors has a corrupted safetensors header: "
+                                              r"a JSON \w+ where a JSON object is expected"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize("metadata", [[1], "x", {"format": 1}, {"a": None}],
+                         ids=["list", "string", "int-value", "null-value"])
+def test_safetensors_bad_metadata(tmp_path, metadata):
+    header = {"__metadata__": metadata, "a": entry(0, 24)}
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors has a corrupted safetensors header: "
+                                              r"__metadata__ must be an object of string to string"):
+        read_weights(path)
+
+
+def test_safetensors_string_metadata_is_fine(tmp_path):
+    header = {"__metadata__": {"format": "pt"}, "a": entry(0, 24)}
+    state = read_weights(write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA)))
+    np.testing.assert_array_equal(state["a"], np.arange(6, dtype=np.float32))
+
+
+def test_safetensors_duplicate_key(tmp_path):
+    raw = b'{"a": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}, "a": {"dtype": "F32", ' \
+          b'"shape": [6], "data_offsets": [0, 24]}}'
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(raw, DATA))
+    with pytest.raises(CheckpointError, match=r"corrupted safetensors header: the key 'a' appears twice"):
+        read_weights(path)
+
+
+def test_safetensors_overlapping_tensors(tmp_path):
+    header = {"a": entry(0, 16), "b": entry(8, 24)}
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: tensors 'a' and 'b' overlap \(bytes "
+                                              r"8\.\.16 of the data section\): corrupted file"):
+        read_weights(path)
+
+
+def test_safetensors_gap_between_tensors(tmp_path):
+    header = {"a": entry(0, 8), "b": entry(16, 24)}
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: 8 bytes before tensor 'b' belong to "
+                                              r"no tensor \(a gap at byte 8"):
+        read_weights(path)
+
+
+def test_safetensors_bytes_after_the_last_tensor(tmp_path):
+    path = write(tmp_path / "w.safetensors", safetensors_bytes({"a": entry(0, 16)}, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: 8 bytes after the last tensor belong "
+                                              r"to no tensor"):
+        read_weights(path)
+
+
+def test_safetensors_tensor_outside_the_data_section(tmp_path):
+    header = {"a": entry(0, 24), "b": entry(24, 40)}
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors is truncated: tensor 'b' ends at byte "
+                                              r"\d+ but the file has \d+ bytes"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize("bad", [
+    {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [2], "data_offsets": [0, 8.0]},
+    {"dtype": "F32", "shape": [2], "data_offsets": [True, 8]},
+    {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]},
+    "not an entry",
+], ids=["float-shape", "negative-shape", "float-offset", "bool-offset", "three-offsets", "string"])
+def test_safetensors_malformed_entry(tmp_path, bad):
+    path = write(tmp_path / "w.safetensors", safetensors_bytes({"w": bad}, bytes(8)))
+    with pytest.raises(CheckpointError, match=r"tensor 'w' has an unsupported or corrupted header entry"):
+        read_weights(path)
+
+
+def test_safetensors_reversed_range(tmp_path):
+    path = write(tmp_path / "w.safetensors",
+                 safetensors_bytes({"w": entry(8, 0, shape=[0])}, bytes(8)))
+    with pytest.raises(CheckpointError, match=r"tensor 'w' has a corrupted byte range \[8, 0\)"):
+        read_weights(path)
+
+
+def _shards(folder) -> None:
+    save_file({"a": np.ones(3, np.float32)}, os.path.join(folder, "a.safetensors"))
+    save_file({"b": np.zeros(2, np.float32)}, os.path.join(folder, "b.safetensors"))
+
+
+@pytest.mark.parametrize("weight_map, what", [
+    ([["a", "a.safetensors"]], r"expected a JSON object with a \"weight_map\" object"),
+    ("a.safetensors", r"expected a JSON object with a \"weight_map\" object"),
+    ({"a": 1}, r"weight_map\['a'\] must be a shard file name \(a string\), got 1"),
+    ({"a": ["a.safetensors"]}, r"weight_map\['a'\] must be a shard file name"),
+], ids=["list", "string", "int-value", "list-value"])
+def test_index_weight_map_not_str_to_str(tmp_path, weight_map, what):
+    _shards(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json.*" + what):
+        read_weights(write_index(tmp_path, weight_map))
+
+
+def test_index_naming_itself(tmp_path):
+    _shards(tmp_path)
+    index = write_index(tmp_path, {"a": "a.safetensors", "b": "model.safetensors.index.json"})
+    with pytest.raises(CheckpointError, match=r"weight_map\['b'\] = 'model\.safetensors\.index\.json' "
+                                              r"names the index file itself"):
+        read_weights(index)
+
+
+def test_index_naming_another_index(tmp_path):
+    _shards(tmp_path)
+    write_index(tmp_path, {"a": "one.index.json"}, "two.index.json")
+    with pytest.raises(CheckpointError, match=r"one\.index\.json: weight_map\['a'\] = 'two\.index\.json' "
+                                              r"is not a weights shard"):
+        read_weights(write_index(tmp_path, {"a": "two.index.json"}, "one.index.json"))
+
+
+def test_index_naming_a_directory(tmp_path):
+    _shards(tmp_path)
+    os.makedirs(tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match=r"weight_map\['b'\] = 'c\.safetensors' is not a regular file"):
+        read_weights(write_index(tmp_path, {"a": "a.safetensors", "b": "c.safetensors"}))
+
+
+@pytest.mark.parametrize("shard", ["../a.safetensors", "sub/a.safetensors", "/etc/passwd", "..", ""],
+                         ids=["dotdot", "subfolder", "absolute", "parent", "empty"])
+def test_index_paths_outside_the_folder(tmp_path, shard):
+    os.makedirs(tmp_path / "ckpt" / "sub")
+    _shards(tmp_path)
+    _shards(tmp_path / "ckpt" / "sub")
+    index = write_index(tmp_path / "ckpt", {"a": shard})
+    with pytest.raises(CheckpointError, match=rf"weight_map\['a'\] = '{shard}' is not a plain file "
+                                              r"name in the checkpoint folder"):
+        read_weights(index)
+
+
+def test_index_symlink_leading_out(tmp_path):
+    os.makedirs(tmp_path / "ckpt")
+    _shards(tmp_path)
+    os.symlink(tmp_path / "a.safetensors", tmp_path / "ckpt" / "a.safetensors")
+    with pytest.raises(CheckpointError, match=r"weight_map\['a'\] = 'a\.safetensors' is a symlink "
+                                              r"leading out of the checkpoint folder"):
+        read_weights(write_index(tmp_path / "ckpt", {"a": "a.safetensors"}))
+
+
+def test_index_symlink_inside_the_folder_is_fine(tmp_path):
+    _shards(tmp_path)
+    os.symlink("a.safetensors", tmp_path / "link.safetensors")
+    state = read_weights(write_index(tmp_path, {"a": "link.safetensors"}))
+    np.testing.assert_array_equal(state["a"], np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_bin_running_os_system_is_refused_and_never_runs(tmp_path, legacy):
+    marker = tmp_path / "pwned"
+    path = malicious_bin(tmp_path / "evil.bin", marker, legacy)
+    with pytest.raises(CheckpointError) as info:
+        read_weights(path)
+    message = str(info.value)
+    assert not marker.exists()
+    assert "evil.bin: a pickle wanting posix.system was refused for safety" in message
+    assert "save its state dict as safetensors" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert "corrupted" not in message
+
+
+def test_raw_pickle_calling_eval_is_refused(tmp_path):
+    path = tmp_path / "eval.bin"
+    path.write_bytes(pickle.dumps({"x": Evalling()}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"eval\.bin: a pickle wanting eval was refused for "
+                                              r"safety.*save its state dict as safetensors"):
+        read_weights(str(path))
+
+
+# torch's wordings of a refused global, from the weights_only unpickler of each version: the
+# message bertjax gives names the global and never passes on torch's weights_only=False advice.
+UNSAFE = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "
+          "will likely succeed, but it can result in arbitrary code execution. ")
+WORDINGS = {
+    "2.4+": (UNSAFE + "WeightsUnpickler error: Unsupported global: GLOBAL evil.Thing was not an "
+             "allowed global by default. Please use `torch.serialization.add_safe_globals([Thing])`",
+             "evil.Thing"),
+    "2.5+ blocked": (UNSAFE + "\n\nTrying to load unsupported GLOBAL posix.system whose module posix "
+                     "is blocked.", "posix.system"),
+    "1.13-2.3": (UNSAFE + "WeightsUnpickler error: Unsupported class evil.Thing", "evil.Thing"),
+    "reduce": (UNSAFE + "WeightsUnpickler error: Trying to call reduce for unrecognized function "
+               "<built-in function system>", "<built-in function system>"),
+    "newobj": (UNSAFE + "WeightsUnpickler error: Can only create new object for nn.Parameter or "
+               "classes allowlisted via `add_safe_globals` but got <class 'evil.Thing'>",
+               "<class"),
+    "build": (UNSAFE + "WeightsUnpickler error: Can only build Tensor, Parameter, OrderedDict or "
+              "types allowlisted via `add_safe_globals`, but got <class 'evil.Thing'>", "<class"),
+}
+
+
+@pytest.mark.parametrize("version", list(WORDINGS))
+def test_every_torch_wording_of_a_refused_global(version):
+    text, wanted = WORDINGS[version]
+    message = str(_unpickling_error("m.bin", pickle.UnpicklingError(text)))
+    assert message.startswith(f"m.bin: a pickle wanting {wanted}")
+    assert "refused for safety" in message and "weights_only" not in message
+
+
+def test_unpickler_corruption_never_quotes_the_weights_only_advice():
+    text = (UNSAFE + "Please file an issue with the following so that we can make `weights_only=True` "
+            "compatible with your use case: WeightsUnpickler error: \n\nUnsupported operand 255")
+    message = str(_unpickling_error("m.bin", pickle.UnpicklingError(text)))
+    assert message == "cannot read m.bin: corrupted or not a PyTorch checkpoint (Unsupported operand 255)"
+
+
+@pytest.fixture(scope="module")
+def nan_dir(checkpoint_factory, tmp_path_factory) -> str:
+    """A tiny BertModel checkpoint with a NaN in a query kernel and an Inf in the pooler bias."""
+    return with_nonfinite(checkpoint_factory("BertModel"), tmp_path_factory.mktemp("nan") / "m",
+                          {"encoder.layer.1.attention.self.query.weight": (4, np.nan),
+                           "pooler.dense.bias": (0, -np.inf)})
+
+
+NAN_MESSAGE = (r"2 weight tensor\(s\) hold NaN or Inf \(as float32\): "
+               r"encoder/layer/1/attention/self/query/kernel \(1 NaN\), pooler/dense/bias \(1 Inf\)")
+
+
+def test_nonfinite_weights_warn_and_load(nan_dir):
+    with pytest.warns(NonFiniteWeightsWarning, match=r"model\.safetensors: " + NAN_MESSAGE):
+        _, params = bertjax.load(nan_dir)
+    assert np.isnan(params["encoder"]["layer"]["1"]["attention"]["self"]["query"]["kernel"]).sum() == 1
+
+
+def test_nonfinite_weights_refused_with_strict(nan_dir):
+    with pytest.raises(CheckpointError, match=NAN_MESSAGE + r"; refused \(strict\)"):
+        bertjax.load(nan_dir, strict=True)
+
+
+def test_nonfinite_weights_in_a_converted_folder(nan_dir, tmp_path):
+    with pytest.warns(NonFiniteWeightsWarning):
+        convert_checkpoint(nan_dir, tmp_path / "out")
+    with pytest.warns(NonFiniteWeightsWarning, match=r"flax_model\.msgpack: " + NAN_MESSAGE):
+        bertjax.load(tmp_path / "out")
+    with pytest.raises(CheckpointError, match=r"flax_model\.msgpack: " + NAN_MESSAGE):
+        bertjax.load(tmp_path / "out", strict=True)
+
+
+def test_cli_convert_warns_on_nonfinite_weights_and_strict_refuses(nan_dir, tmp_path, capsys):
+    assert main(["convert", nan_dir, str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^bertjax: warning: .*model\.safetensors: " + NAN_MESSAGE
+                     + r" \(--strict refuses such weights\)$", err, re.M)
+    assert main(["convert", nan_dir, str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"bertjax: error: .*model\.safetensors: " + NAN_MESSAGE
+                        + r"; refused \(strict\)\n", err)
+    assert not os.path.exists(tmp_path / "strict")
