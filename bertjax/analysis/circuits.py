@@ -1,0 +1,227 @@
+"""Weight-based circuits of the attention heads (Elhage et al. 2021, "A Mathematical Framework for
+Transformer Circuits"): QK and OV circuits, their spectra, composition scores and the full OV circuit.
+
+Conventions. bertjax multiplies row vectors by kernels (`x @ kernel`, kernel [in, out]), so per head:
+
+* the **QK circuit** is W_QK = W_Q,h W_K,h^T, [D, D]: the score of query token x (a row) on key
+  token y is x W_QK y^T (before the 1/sqrt(H) scale, which the circuit leaves out);
+* the **OV circuit** is W_OV = W_V,h W_O,h, [D, D]: the head writes p @ (Y W_OV) into the residual
+  stream, p its attention probabilities and Y the key tokens' rows;
+
+with W_Q,h = query kernel[:, h*H:(h+1)*H] ([D, H]), likewise W_K,h and W_V,h, and W_O,h the
+output dense kernel's rows h*H:(h+1)*H ([H, D]). Each circuit is a `FactoredMatrix` (left [.., M, H],
+right [.., H, N]): the dense [D, D] (or [V, V]) product is only formed when `.dense()` is asked for.
+Singular values and Frobenius norms come from the factors: QR of each factor, then the small [H, H]
+product (A B = Q_A (R_A R_B^T) Q_B^T with Q_A, Q_B orthonormal).
+
+**Composition scores** between a head h1 of layer l1 (the writer) and a head h2 of a later layer l2
+(the reader), each the Frobenius norm of the composed circuit over the product of the two norms
+(1 when the two read and write the same subspace, about sqrt(H / D) for random heads):
+
+* Q-composition: ||W_OV^h1 W_QK^h2||_F: h1's output read by h2's queries;
+* K-composition: ||W_QK^h2 W_OV^h1^T||_F: h1's output read by h2's keys;
+* V-composition: ||W_OV^h1 W_OV^h2||_F: h1's output read by h2's values.
+
+(In Elhage et al.'s column-vector notation: ||W_QK^T W_OV||, ||W_QK W_OV|| and ||W_OV W_OV||.)
+
+**What the circuits ignore.** They are the linear, bias-free part of each head, and BERT is post-LN:
+
+* biases. The query bias adds b_Q W_K^T y^T to every score, a per-key term that does change the
+  attention; the key bias adds x W_Q b_K^T, the same for every key of a query, which the softmax
+  removes. The value and output biases add a constant vector per layer (probabilities sum to 1).
+* LayerNorm. Between a writer and a reader lie the add & norm LayerNorms of every layer in between
+  (per-token centring, division by the token's std, then scale and bias), and the MLPs, which also
+  read and write the residual stream. The scores treat the residual stream as the sum of the
+  heads' writes, which BERT's post-LN only approximates (centring and the per-token 1/std are
+  shared by every write to a token; the LayerNorm scales are not folded into the weights here).
+* the **full OV circuit** W_E W_OV W_U ([V, V], token in to logit out) skips the embeddings'
+  LayerNorm, the position and token type embeddings, every other layer and the MLM head's transform
+  (dense, activation, LayerNorm): W_U is the decoder ([D, V], the transposed word embeddings when
+  tied), or any [D, V] matrix you pass.
+
+Everything is jitted with the config static and vmapped over layers and heads. Axis letters:
+L layers, N heads, D hidden, H head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from bertjax.model.config import BertConfig
+from bertjax.model.encoder import stack_layers
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["left", "right"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class FactoredMatrix:
+    """A matrix kept as the product of two factors, left [..., M, K] @ right [..., K, N].
+
+    Leading axes (e.g. [L, N] for one circuit per head) are batch axes. A pytree: it passes through
+    `jax.jit` and `jax.vmap`.
+    """
+
+    left: Array
+    right: Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.left.shape[:-1], self.right.shape[-1])
+
+    def dense(self) -> Array:
+        """The product [..., M, N] (M x N floats per matrix: ask only when that is small)."""
+        return self.left @ self.right
+
+    def singular_values(self) -> Array:
+        """The min(M, K, N) largest singular values [..., K], in decreasing order, from the factors."""
+        return jnp.linalg.svd(_core(self.left, self.right), compute_uv=False)
+
+    def norm(self) -> Array:
+        """The Frobenius norm [...] of the product, from the factors."""
+        return jnp.linalg.norm(_core(self.left, self.right), axis=(-2, -1))
+
+    def rows(self, index) -> Array:
+        """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices."""
+        return jnp.take(self.left, jnp.asarray(index), axis=-2) @ self.right
+
+    def __getitem__(self, index) -> FactoredMatrix:
+        """Selects along the batch axes, e.g. `circuit[layer, head]`."""
+        return FactoredMatrix(self.left[index], self.right[index])
+
+
+def _r(x: Array) -> Array:
+    """The R of a reduced QR of x [..., M, K]: [..., min(M, K), K], with x^T x = R^T R."""
+    return jnp.linalg.qr(x, mode="r")
+
+
+def _core(left: Array, right: Array) -> Array:
+    """R_A R_B^T [..., K', K'']: the same singular values and Frobenius norm as left @ right."""
+    return _r(left) @ jnp.swapaxes(_r(jnp.swapaxes(right, -1, -2)), -1, -2)
+
+
+def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N ..."]]:
+    """Each head's slices of the attention kernels, stacked over layers and heads.
+
+    Args:
+      params: the full tree (per-layer or stacked), or its `encoder` subtree.
+
+    Returns:
+      {"q", "k", "v": float [L, N, D, H] (W_Q,h, W_K,h, W_V,h), "o": float [L, N, H, D] (W_O,h)}.
+    """
+    layers = stack_layers(params)
+    layers = (layers["encoder"] if "encoder" in layers else layers)["layer"]
+    N, H = config.num_attention_heads, config.head_size
+    attn = layers["attention"]
+    out = {}
+    for name, key in (("q", "query"), ("k", "key"), ("v", "value")):
+        kernel = jnp.asarray(attn["self"][key]["kernel"])  # [L, D, N*H]
+        out[name] = kernel.reshape(*kernel.shape[:2], N, H).transpose(0, 2, 1, 3)  # [L, N, D, H]
+    kernel = jnp.asarray(attn["output"]["dense"]["kernel"])  # [L, N*H, D]
+    out["o"] = kernel.reshape(kernel.shape[0], N, H, kernel.shape[-1])  # [L, N, H, D]
+    return out
+
+
+def qk_circuit(params: dict, config: BertConfig) -> FactoredMatrix:
+    """Every head's QK circuit W_Q,h W_K,h^T as factors [L, N, D, H] @ [L, N, H, D]."""
+    w = head_weights(params, config)
+    return FactoredMatrix(w["q"], jnp.swapaxes(w["k"], -1, -2))
+
+
+def ov_circuit(params: dict, config: BertConfig) -> FactoredMatrix:
+    """Every head's OV circuit W_V,h W_O,h as factors [L, N, D, H] @ [L, N, H, D]."""
+    w = head_weights(params, config)
+    return FactoredMatrix(w["v"], w["o"])
+
+
+def unembedding(params: dict) -> Float[Array, "D V"]:
+    """The MLM decoder [D, V]: its own kernel when untied, else the transposed word embeddings."""
+    predictions = params.get("cls", {}).get("predictions")
+    if predictions is None:
+        raise ValueError("this model has no MLM head (no cls/predictions in the parameter tree): "
+                         "pass unembed=, a [D, V] matrix (e.g. the word embeddings transposed)")
+    if "decoder" in predictions:
+        return jnp.asarray(predictions["decoder"]["kernel"])
+    return jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"]).T
+
+
+def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
+                    unembed: Float[Array, "D V"] | None = None) -> FactoredMatrix:
+    """One head's token-to-logit OV circuit W_E W_V,h W_O,h W_U, [V, V], as [V, H] @ [H, V].
+
+    Args:
+      layer, head: the head (negative indices count from the end).
+      unembed: the [D, V] unembedding; None takes the MLM head's decoder (`unembedding`).
+
+    Returns:
+      the factored circuit: `.rows(token_ids)` gives the logits each token, attended to, adds.
+    """
+    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    if W_U.shape != (config.hidden_size, W_E.shape[0]):
+        raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
+                         f"got {tuple(W_U.shape)}")
+    ov = ov_circuit(params, config)[layer, head]
+    return FactoredMatrix(W_E @ ov.left, ov.right @ W_U)
+
+
+def full_ov_singular_values(params: dict, config: BertConfig,
+                            unembed: Float[Array, "D V"] | None = None) -> Float[Array, "L N H"]:
+    """The singular values of every head's full OV circuit, [L, N, H], from the factors."""
+    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    return _full_ov_spectrum(ov_circuit(params, config), W_E, W_U)
+
+
+@jax.jit
+def _full_ov_spectrum(ov: FactoredMatrix, W_E: Array, W_U: Array) -> Array:
+    # R of W_E W_V,h from R_E R_V' where W_E = Q_E R_E: [D, D] work per head, never [V, H].
+    r_e, r_u = _r(W_E), _r(W_U.T)  # [D, D] each
+
+    def one(left, right):  # [D, H], [H, D]
+        return FactoredMatrix(r_e @ left, right @ r_u.T).singular_values()
+
+    return jax.vmap(jax.vmap(one))(ov.left, ov.right)  # [L, N, H]
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def circuit_spectra(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N H"]]:
+    """Singular values of every head's QK and OV circuits: {"qk", "ov": float [L, N, H]}."""
+    qk, ov = qk_circuit(params, config), ov_circuit(params, config)
+    spectrum = jax.vmap(jax.vmap(lambda a, b: FactoredMatrix(a, b).singular_values()))
+    return {"qk": spectrum(qk.left, qk.right), "ov": spectrum(ov.left, ov.right)}
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def composition_scores(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N L N"]]:
+    """Q-, K- and V-composition scores between every pair of heads (see the module docstring).
+
+    Returns:
+      {"q", "k", "v": float [L, N, L, N]}, indexed [writer layer, writer head, reader layer, reader
+      head]; 0 where the reader's layer is not after the writer's (no composition possible).
+    """
+    w = head_weights(params, config)
+    # R factors [L, N, H, H]: W_Q, W_K (= (W_K^T)^T), W_V and W_O^T.
+    rq, rk, rv, ro = _r(w["q"]), _r(w["k"]), _r(w["v"]), _r(jnp.swapaxes(w["o"], -1, -2))
+    ov_norm = jnp.linalg.norm(rv @ jnp.swapaxes(ro, -1, -2), axis=(-2, -1))  # [L, N]
+    qk_norm = jnp.linalg.norm(rq @ jnp.swapaxes(rk, -1, -2), axis=(-2, -1))  # [L, N]
+
+    def pair(wv1, wo1, rv1, ro1, wq2, wk2, wv2, rq2, rk2, ro2):  # one writer, one reader
+        q = jnp.linalg.norm(rv1 @ (wo1 @ wq2) @ rk2.T)  # W_V1 (W_O1 W_Q2) W_K2^T
+        k = jnp.linalg.norm(rq2 @ (wk2.T @ wo1.T) @ rv1.T)  # W_Q2 (W_K2^T W_O1^T) W_V1^T
+        v = jnp.linalg.norm(rv1 @ (wo1 @ wv2) @ ro2.T)  # W_V1 (W_O1 W_V2) W_O2
+        return jnp.stack([q, k, v])
+
+    readers = jax.vmap(jax.vmap(pair, (None,) * 4 + (0,) * 6), (None,) * 4 + (0,) * 6)
+    writers = jax.vmap(jax.vmap(readers, (0,) * 4 + (None,) * 6), (0,) * 4 + (None,) * 6)
+    raw = writers(w["v"], w["o"], rv, ro, w["q"], w["k"], w["v"], rq, rk, ro)  # [L, N, L, N, 3]
+    L = config.num_hidden_layers
+    later = (jnp.arange(L)[:, None] < jnp.arange(L)[None, :])[:, None, :, None]  # [L, 1, L, 1]
+    norms = {"q": ov_norm[:, :, None, None] * qk_norm[None, None],
+             "k": ov_norm[:, :, None, None] * qk_norm[None, None],
+             "v": ov_norm[:, :, None, None] * ov_norm[None, None]}
+    return {name: jnp.where(later, raw[..., i] / norms[name], 0.0)
+            for i, name in enumerate(("q", "k", "v"))}
