@@ -187,6 +187,37 @@ def _full_ov_spectrum(ov: FactoredMatrix, W_E: Array, W_U: Array) -> Array:
     return jax.vmap(jax.vmap(one))(ov.left, ov.right)  # [L, N, H]
 
 
+def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
+                   unembed: Float[Array, "D V"] | None = None) -> Float[Array, "L N"]:
+    """How much each head copies: the share of `token_ids` whose own logit is among the top `k` of
+    their row of the head's full OV circuit (attending to token t raises the logit of t itself).
+
+    A top-k reading of Elhage et al.'s copying heads (they use the OV circuit's eigenvalues); with
+    the caveats of the full OV circuit (module docstring). token_ids: int [n]; returns [L, N].
+    """
+    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    token_ids = jnp.asarray(token_ids)
+    if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
+        raise ValueError(f"token_ids must be int [n], got {token_ids.dtype} {tuple(token_ids.shape)}")
+    return _copying(ov_circuit(params, config), W_E, W_U, token_ids, k)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _copying(ov: FactoredMatrix, W_E: Array, W_U: Array, token_ids: Array, k: int) -> Array:
+    L, N = ov.left.shape[:2]
+    sources = W_E[token_ids]  # [n, D]
+
+    def one(factors):  # one head's [D, H], [H, D]
+        left, right = factors
+        logits = (sources @ left) @ (right @ W_U)  # [n, V]
+        own = jnp.take_along_axis(logits, token_ids[:, None], axis=1)  # [n, 1]
+        return jnp.mean(jnp.sum(logits > own, axis=1) < k)  # own logit's rank below k
+
+    flat = (ov.left.reshape(L * N, *ov.left.shape[2:]), ov.right.reshape(L * N, *ov.right.shape[2:]))
+    return jax.lax.map(one, flat).reshape(L, N)
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def circuit_spectra(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N H"]]:
     """Singular values of every head's QK and OV circuits: {"qk", "ov": float [L, N, H]}."""

@@ -109,6 +109,25 @@ def test_full_ov_circuit_matches_numpy(untied):
                  np.linalg.svd(want, compute_uv=False)[:H], atol=1e-4)
 
 
+def test_copying_scores_match_numpy():
+    params = _params()
+    W_E = np.asarray(params["embeddings"]["word_embeddings"]["embedding"], np.float64)
+    ov = _dense(params)["ov"]
+    tokens = np.array([3, 17, 42, 99, 5, 60], np.int32)
+    scores = K.copying_scores(params, CONFIG, tokens, k=10)
+    assert scores.shape == (L, N)
+    want = np.zeros((L, N))
+    for layer in range(L):
+        for head in range(N):
+            logits = W_E[tokens] @ ov[layer, head] @ W_E.T  # [n, V]
+            ranks = (logits > logits[np.arange(len(tokens)), tokens][:, None]).sum(1)
+            want[layer, head] = (ranks < 10).mean()
+    np.testing.assert_allclose(scores, want, atol=1e-6)
+    assert 0 < want.mean() < 1  # neither all nor none: the comparison can fail
+    with pytest.raises(ValueError, match=r"token_ids must be int \[n\]"):
+        K.copying_scores(params, CONFIG, np.array([[1, 2]]))
+
+
 def test_full_ov_circuit_needs_an_unembedding():
     params = bertjax.init_params(jax.random.key(0), CONFIG, bertjax.Heads())
     with pytest.raises(ValueError, match=r"no MLM head .* pass unembed="):
