@@ -11,12 +11,13 @@ Conventions. bertjax multiplies row vectors by kernels (`x @ kernel`, kernel [in
 with W_Q,h = query kernel[:, h*H:(h+1)*H] ([D, H]), likewise W_K,h and W_V,h, and W_O,h the
 output dense kernel's rows h*H:(h+1)*H ([H, D]). Each circuit is a `FactoredMatrix` (left [.., M, H],
 right [.., H, N]): the dense [D, D] (or [V, V]) product is only formed when `.dense()` is asked for.
-Singular values and Frobenius norms come from the factors: QR of each factor, then the small [H, H]
-product (A B = Q_A (R_A R_B^T) Q_B^T with Q_A, Q_B orthonormal).
+Singular values and Frobenius norms come from the factors: the R of each factor's QR (from the
+Cholesky factor of its [H, H] Gram matrix), then the small [H, H] product (A B = Q_A (R_A R_B^T) Q_B^T
+with Q_A, Q_B orthonormal).
 
 **Composition scores** between a head h1 of layer l1 (the writer) and a head h2 of a later layer l2
 (the reader), each the Frobenius norm of the composed circuit over the product of the two norms
-(1 when the two read and write the same subspace, about sqrt(H / D) for random heads):
+(1 when the two read and write the same subspace, about 1/sqrt(D) for random heads):
 
 * Q-composition: ||W_OV^h1 W_QK^h2||_F: h1's output read by h2's queries;
 * K-composition: ||W_QK^h2 W_OV^h1^T||_F: h1's output read by h2's keys;
@@ -82,7 +83,7 @@ class FactoredMatrix:
 
     def norm(self) -> Array:
         """The Frobenius norm [...] of the product, from the factors."""
-        return jnp.linalg.norm(_core(self.left, self.right), axis=(-2, -1))
+        return _frobenius(_core(self.left, self.right))
 
     def rows(self, index) -> Array:
         """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices."""
@@ -93,14 +94,44 @@ class FactoredMatrix:
         return FactoredMatrix(self.left[index], self.right[index])
 
 
+def _frobenius(x: Array) -> Array:
+    """Frobenius norms over the last two axes. (jnp.linalg.norm(x, axis=(-2, -1)) of a 6-axis array
+    hangs on its second jitted call on CPU in jax 0.10.2; this is the same sum.)"""
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1)))
+
+
 def _r(x: Array) -> Array:
-    """The R of a reduced QR of x [..., M, K]: [..., min(M, K), K], with x^T x = R^T R."""
-    return jnp.linalg.qr(x, mode="r")
+    """An upper-triangular R [..., K, K] with x^T x = R^T R (the R of x's QR, up to row signs).
+
+    From the Cholesky factor of the [K, K] Gram matrix: XLA's batched QR on CPU is slow (seconds
+    for MiniLM's 72 heads, and for the [V, D] word embeddings), the Gram matrix is one matmul. Its
+    cost: singular values carry relative errors of about eps * cond(x)^2, harmless for these
+    well-conditioned weights.
+    """
+    return _r_of_gram(jnp.swapaxes(x, -1, -2) @ x)
+
+
+def _r_of_gram(gram: Array) -> Array:
+    """R [..., K, K] with gram = R^T R; a tiny relative jitter keeps an all-zero (ablated) factor
+    finite."""
+    K = gram.shape[-1]
+    scale = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None] / K  # [..., 1, 1]
+    jitter = (1e-6 * scale + 1e-30) * jnp.broadcast_to(jnp.eye(K, dtype=gram.dtype), gram.shape)
+    return jnp.swapaxes(jnp.linalg.cholesky(gram + jitter), -1, -2)
+
+
+def _rs(*xs: Array) -> list[Array]:
+    """`_r` of each x, in one Cholesky call when the shapes agree: in jax 0.10.2 on CPU a jitted
+    program with several Cholesky calls can hang on its second run."""
+    if len({x.shape for x in xs}) == 1:
+        return list(_r(jnp.stack(xs)))
+    return [_r(x) for x in xs]
 
 
 def _core(left: Array, right: Array) -> Array:
     """R_A R_B^T [..., K', K'']: the same singular values and Frobenius norm as left @ right."""
-    return _r(left) @ jnp.swapaxes(_r(jnp.swapaxes(right, -1, -2)), -1, -2)
+    r_left, r_right = _rs(left, jnp.swapaxes(right, -1, -2))
+    return r_left @ jnp.swapaxes(r_right, -1, -2)
 
 
 def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N ..."]]:
@@ -178,13 +209,13 @@ def full_ov_singular_values(params: dict, config: BertConfig,
 
 @jax.jit
 def _full_ov_spectrum(ov: FactoredMatrix, W_E: Array, W_U: Array) -> Array:
-    # R of W_E W_V,h from R_E R_V' where W_E = Q_E R_E: [D, D] work per head, never [V, H].
-    r_e, r_u = _r(W_E), _r(W_U.T)  # [D, D] each
-
-    def one(left, right):  # [D, H], [H, D]
-        return FactoredMatrix(r_e @ left, right @ r_u.T).singular_values()
-
-    return jax.vmap(jax.vmap(one))(ov.left, ov.right)  # [L, N, H]
+    # The singular values of (W_E W_V,h)(W_O,h W_U) are those of R_l R_r^T, with R_l^T R_l =
+    # W_V^T (W_E^T W_E) W_V and R_r^T R_r = W_O (W_U W_U^T) W_O^T: [D, D] work, never [V, H].
+    # One Cholesky call for both (see `_rs`).
+    left = jnp.swapaxes(ov.left, -1, -2) @ (W_E.T @ W_E) @ ov.left  # [L, N, H, H]
+    right = ov.right @ (W_U @ W_U.T) @ jnp.swapaxes(ov.right, -1, -2)  # [L, N, H, H]
+    r_left, r_right = _r_of_gram(jnp.stack([left, right]))
+    return jnp.linalg.svd(r_left @ jnp.swapaxes(r_right, -1, -2), compute_uv=False)  # [L, N, H]
 
 
 def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
@@ -222,8 +253,10 @@ def _copying(ov: FactoredMatrix, W_E: Array, W_U: Array, token_ids: Array, k: in
 def circuit_spectra(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N H"]]:
     """Singular values of every head's QK and OV circuits: {"qk", "ov": float [L, N, H]}."""
     qk, ov = qk_circuit(params, config), ov_circuit(params, config)
-    spectrum = jax.vmap(jax.vmap(lambda a, b: FactoredMatrix(a, b).singular_values()))
-    return {"qk": spectrum(qk.left, qk.right), "ov": spectrum(ov.left, ov.right)}
+    # both circuits in one batch: one Cholesky and one SVD call (see `_rs`)
+    both = FactoredMatrix(jnp.stack([qk.left, ov.left]), jnp.stack([qk.right, ov.right]))
+    spectra = both.singular_values()  # [2, L, N, H]
+    return {"qk": spectra[0], "ov": spectra[1]}
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -236,19 +269,28 @@ def composition_scores(params: dict, config: BertConfig) -> dict[str, Float[Arra
     """
     w = head_weights(params, config)
     # R factors [L, N, H, H]: W_Q, W_K (= (W_K^T)^T), W_V and W_O^T.
-    rq, rk, rv, ro = _r(w["q"]), _r(w["k"]), _r(w["v"]), _r(jnp.swapaxes(w["o"], -1, -2))
-    ov_norm = jnp.linalg.norm(rv @ jnp.swapaxes(ro, -1, -2), axis=(-2, -1))  # [L, N]
-    qk_norm = jnp.linalg.norm(rq @ jnp.swapaxes(rk, -1, -2), axis=(-2, -1))  # [L, N]
+    rq, rk, rv, ro = _rs(w["q"], w["k"], w["v"], jnp.swapaxes(w["o"], -1, -2))
+    ov_norm = _frobenius(rv @ jnp.swapaxes(ro, -1, -2))  # [L, N]
+    qk_norm = _frobenius(rq @ jnp.swapaxes(rk, -1, -2))  # [L, N]
 
-    def pair(wv1, wo1, rv1, ro1, wq2, wk2, wv2, rq2, rk2, ro2):  # one writer, one reader
-        q = jnp.linalg.norm(rv1 @ (wo1 @ wq2) @ rk2.T)  # W_V1 (W_O1 W_Q2) W_K2^T
-        k = jnp.linalg.norm(rq2 @ (wk2.T @ wo1.T) @ rv1.T)  # W_Q2 (W_K2^T W_O1^T) W_V1^T
-        v = jnp.linalg.norm(rv1 @ (wo1 @ wv2) @ ro2.T)  # W_V1 (W_O1 W_V2) W_O2
-        return jnp.stack([q, k, v])
+    def composed(reader_in, r_reader):
+        """||R_V1 (W_O1 reader_in_2) R_2^T||_F for every writer head 1 and reader head 2: per
+        writer layer one [N*H, D] @ [D, L*N*H] product, then [H, H] work per pair (never a [D, D]
+        per pair)."""
 
-    readers = jax.vmap(jax.vmap(pair, (None,) * 4 + (0,) * 6), (None,) * 4 + (0,) * 6)
-    writers = jax.vmap(jax.vmap(readers, (0,) * 4 + (None,) * 6), (0,) * 4 + (None,) * 6)
-    raw = writers(w["v"], w["o"], rv, ro, w["q"], w["k"], w["v"], rq, rk, ro)  # [L, N, L, N, 3]
+        def writer_layer(factors):  # W_O, R_V of one layer: [N, H, D], [N, H, H]
+            w_o, r_v = factors
+            middle = jnp.einsum("nhd,bmde->nbmhe", w_o, reader_in)  # [N, L, N, H, H]
+            core = jnp.einsum("nih,nbmhe,bmje->nbmij", r_v, middle, r_reader)
+            return _frobenius(core)  # [N, L, N]
+
+        # lax.map, not vmap, over the writer layers: in jax 0.10.2 on CPU the batched program
+        # hangs on its second call.
+        return jax.lax.map(writer_layer, (w["o"], rv))  # [L, N, L, N]
+
+    # Q: W_V1 W_O1 W_Q2 W_K2^T; K: the transpose of W_Q2 W_K2^T W_O1^T W_V1^T, i.e.
+    # W_V1 W_O1 W_K2 W_Q2^T (same norm); V: W_V1 W_O1 W_V2 W_O2.
+    raw = jnp.stack([composed(w["q"], rk), composed(w["k"], rq), composed(w["v"], ro)], -1)
     L = config.num_hidden_layers
     later = (jnp.arange(L)[:, None] < jnp.arange(L)[None, :])[:, None, :, None]  # [L, 1, L, 1]
     norms = {"q": ov_norm[:, :, None, None] * qk_norm[None, None],
