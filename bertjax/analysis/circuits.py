@@ -40,8 +40,12 @@ with Q_A, Q_B orthonormal).
   (dense, activation, LayerNorm): W_U is the decoder ([D, V], the transposed word embeddings when
   tied), or any [D, V] matrix you pass.
 
-Everything is jitted with the config static and vmapped over layers and heads. Axis letters:
-L layers, N heads, D hidden, H head size, V vocabulary.
+Everything is jitted with the config static and computes all layers and heads at once: batched
+linear algebra over the [L, N] axes (one Cholesky and one SVD call per program: with several, a
+program can hang on its second run on CPU in jax 0.10.2), `lax.map` over the writer layers of the
+composition scores and over the heads of `copying_scores` (bounded memory; the fully batched
+composition program hangs the same way). Axis letters: L layers, N heads, D hidden, H head size,
+V vocabulary.
 """
 
 from __future__ import annotations
