@@ -1,4 +1,5 @@
-"""The module paths of bertjax's flat layout, before the wings, mapped to their new homes.
+"""Short module paths mapped to their wings: every module path of the flat layout before the wings,
+plus `bertjax.circuits` and `bertjax.pruning` (the names the analysis docs use).
 
 `import bertjax.train` and `from bertjax.interventions import ...` keep working: a finder on
 `sys.meta_path` answers each old name with the module of its wing (the same object, not a copy).
@@ -18,6 +19,7 @@ ALIASES = {
     "capture": "bertjax.model.capture",
     "checkpoint": "bertjax.checkpoints.checkpoint",
     "checks": "bertjax.model.checks",
+    "circuits": "bertjax.analysis.circuits",
     "cli": "bertjax.commands.cli",
     "compile_cache": "bertjax.scale.compile_cache",
     "config": "bertjax.model.config",
@@ -34,6 +36,7 @@ ALIASES = {
     "params": "bertjax.model.params",
     "plots": "bertjax.analysis.plots",
     "pretrained": "bertjax.checkpoints.pretrained",
+    "pruning": "bertjax.analysis.pruning",
     "readers": "bertjax.checkpoints.readers",
     "reductions": "bertjax.analysis.reductions",
     "sharding": "bertjax.scale.sharding",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertjax.analysis.tables import example_attention, pick_head, token_labels
+from bertjax.analysis.tables import check_index, example_attention, pick_head, token_labels
 
 
 def _figure(width: float, height: float):
@@ -25,29 +25,35 @@ def _figure(width: float, height: float):
 
 
 def plot_head(probs, tokens: Sequence[str], layer: int = -1, head: int | None = None,
-              batch: int = 0, attention_mask=None, cmap: str = "viridis"):
+              batch: int = 0, attention_mask=None, cmap: str = "viridis",
+              vmax: float | None = 1.0):
     """Heatmap of one head's attention (or the mean over a layer's heads), tokens on both axes.
 
     Args:
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T]).
       tokens: the example's tokens (padding stripped with `attention_mask`).
-      layer, head: which map; head None is the mean over the layer's heads.
+      layer, head: which map (negative from the end); head None is the mean over the layer's heads.
+      vmax: the probability at the top of the colour scale (0 at the bottom): 1.0 compares maps on
+        one scale; None scales to this map's largest weight, which shows the structure of a
+        diffuse head (e.g. one whose weights stay below 0.3).
 
     Returns:
-      the Figure (rows: queries, columns: keys, colour: probability in [0, 1]).
+      the Figure (rows: queries, columns: keys, colour: probability), titled with the layer's
+      non-negative index.
     """
     probs, tokens = example_attention(probs, tokens, batch, attention_mask)
     matrix = pick_head(probs, layer, head)  # [S', T']
+    layer = check_index("layer", layer, probs.shape[0])
     size = 1.5 + 0.3 * len(tokens)
     fig = _figure(size + 1.0, size)
     ax = fig.add_subplot()
-    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=1.0)
+    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=float(matrix.max()) if vmax is None else vmax)
     labels = token_labels(tokens)
     ax.set_xticks(range(len(labels)), labels, rotation=90)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
-    which = "mean over heads" if head is None else f"head {head}"
+    which = "mean over heads" if head is None else f"head {check_index('head', head, probs.shape[1])}"
     ax.set_title(f"layer {layer}, {which}")
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig

@@ -7,9 +7,12 @@
 * `neuron_view_data` gives the per-layer `attn` / `queries` / `keys` dict that bertviz's
   `neuron_view.js` reads (what `bertviz.neuron_view.get_attention(..., include_queries_and_keys=True)`
   returns), for one sentence or pair; `bertviz_neuron_view` renders it with bertviz's own script.
-* `head_view_html` / `save_head_view`: our own head view, one self-contained HTML file with the data
-  as JSON and a small vanilla-JS/SVG renderer (`head_view.html` beside this module). No server and no
-  network: bertviz's pages load require.js, d3 and jQuery from a CDN, which fails offline.
+* `head_view_html` / `save_head_view`, `model_view_html` / `save_model_view` and
+  `neuron_view_html` / `save_neuron_view`: our own head view, model view (layers x heads grid) and
+  neuron view (queries, keys, q x k, q.k and softmax of a hovered token), each one self-contained
+  HTML file with the data as JSON and a small vanilla-JS/SVG renderer (`head_view.html`,
+  `model_view.html`, `neuron_view.html` beside this module). No server and no network: bertviz's
+  pages load require.js, d3 and jQuery from a CDN, which fails offline.
 
 Axis letters: L layers, B batch, N heads, S query positions, T key positions, H head size.
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib.util
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +33,10 @@ from bertjax.analysis.tables import check_index, example_attention, real_positio
 from bertjax.checkpoints.files import atomic_write
 from bertjax.model import capture as C
 
-_TEMPLATE = os.path.join(os.path.dirname(__file__), "head_view.html")
+_HERE = os.path.dirname(__file__)
+# bertviz's names for the sentence filters of a pair
+FILTERS = {"all": "All", "aa": "Sentence A -> Sentence A", "bb": "Sentence B -> Sentence B",
+           "ab": "Sentence A -> Sentence B", "ba": "Sentence B -> Sentence A"}
 
 
 def sentence_b_start(token_type_ids, batch: int = 0) -> int | None:
@@ -40,14 +48,15 @@ def sentence_b_start(token_type_ids, batch: int = 0) -> int | None:
 
 
 def head_view_inputs(probs, tokens: Sequence[str], batch: int = 0, attention_mask=None,
-                     sentence_b_start: int | None = None, as_torch: bool = False) -> dict:
+                     sentence_b_start: int | None = None, as_torch: bool | None = None) -> dict:
     """Keyword arguments for `bertviz.head_view(**inputs)` and `bertviz.model_view(**inputs)`.
 
     Args:
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T]).
       tokens: the example's tokens; padding is stripped when `attention_mask` is given.
       sentence_b_start: index of the first token of sentence B (see `sentence_b_start`).
-      as_torch: torch tensors instead of NumPy arrays (bertviz needs them).
+      as_torch: torch tensors (what bertviz needs) or NumPy arrays; None (the default) gives
+        torch tensors when torch is installed, so `bertviz.head_view(**inputs)` works as it is.
 
     Returns:
       {"attention": tuple over layers of float32 [1, N, S', S'], "tokens": S' tokens,
@@ -55,6 +64,8 @@ def head_view_inputs(probs, tokens: Sequence[str], batch: int = 0, attention_mas
     """
     probs, tokens = example_attention(probs, tokens, batch, attention_mask)
     layers = tuple(layer[None] for layer in probs)  # L x [1, N, S', S']
+    if as_torch is None:
+        as_torch = importlib.util.find_spec("torch") is not None
     if as_torch:
         import torch
 
@@ -103,15 +114,26 @@ def neuron_view_data(acts: dict, tokens: Sequence[str], batch: int = 0, attentio
     return data
 
 
+def _layer_and_head(data: dict, layer: int | None, head: int | None) -> tuple[int, int]:
+    """Non-negative (layer, head) of neuron view data (None: 0); negative indices from the end."""
+    attn = data["all"]["attn"]  # [L][N][S][T]
+    return (check_index("layer", 0 if layer is None else layer, len(attn)),
+            check_index("head", 0 if head is None else head, len(attn[0])))
+
+
+def _filter_options(data: dict) -> str:
+    return "".join(f'<option value="{v}">{html.escape(FILTERS.get(v, v))}</option>' for v in data)
+
+
 def bertviz_neuron_view(data: dict, layer: int | None = None, head: int | None = None,
                         display_mode: str = "dark"):
     """Renders `neuron_view_data` with bertviz's neuron_view.js (needs bertviz installed).
 
-    Returns an `IPython.display.HTML`, as `bertviz.neuron_view.show(..., html_action="return")`;
-    like bertviz's own pages it loads require.js, d3 and jQuery from a CDN when displayed.
+    Returns an `IPython.display.HTML`, as `bertviz.neuron_view.show(..., html_action="return")`,
+    with its labels (coloured for `display_mode` by the script), sans-serif font and filter names;
+    `layer` / `head` may be negative (from the end). Like bertviz's own pages it loads require.js,
+    d3 and jQuery from a CDN when displayed; `neuron_view_html` is the offline alternative.
     """
-    import importlib.util
-
     from IPython.display import HTML
 
     spec = importlib.util.find_spec("bertviz")
@@ -119,16 +141,20 @@ def bertviz_neuron_view(data: dict, layer: int | None = None, head: int | None =
         raise ImportError("bertviz_neuron_view needs bertviz: pip install bertviz")
     with open(os.path.join(os.path.dirname(spec.origin), "neuron_view.js")) as f:
         script = f.read()
+    layer, head = _layer_and_head(data, layer, head)
     root = f"bertviz-{_digest(data)}"
     params = {"attention": data, "default_filter": "all", "root_div_id": root,
               "bidirectional": True, "display_mode": display_mode, "layer": layer, "head": head}
-    filters = "".join(f'<option value="{v}">{v}</option>' for v in data)
+    filters = ('<span class="dropdown-label">Attention: </span>'
+               f'<select id="filter">{_filter_options(data)}</select>') if len(data) > 1 else ""
     page = (
         '<script src="https://cdnjs.cloudflare.com/ajax/libs/require.js/2.3.6/require.min.js">'
-        f'</script><div id="{root}" style="padding:8px">Layer: <select id="layer"></select> '
-        f'Head: <select id="att_head"></select> Attention: <select id="filter">{filters}</select>'
-        f"<div id='vis'></div></div><script>window.bertviz_params = {json.dumps(params)}</script>"
-        f"<script>{script}</script>")
+        f'</script><div id="{root}" style="padding:8px;font-family:\'Helvetica Neue\', Helvetica, '
+        'Arial, sans-serif;"><span style="user-select:none">'
+        '<span class="dropdown-label">Layer: </span><select id="layer"></select> '
+        '<span class="dropdown-label">Head: </span><select id="att_head"></select> '
+        f"{filters}</span><div id='vis'></div></div>"
+        f"<script>window.bertviz_params = {json.dumps(params)}</script><script>{script}</script>")
     return HTML(page)
 
 
@@ -136,8 +162,29 @@ def _digest(data) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replaces each __NAME__ of the template in one pass, so no value is ever substituted into."""
+    with open(os.path.join(_HERE, template), encoding="utf-8") as f:
+        text = f.read()
+    return re.sub(r"__([A-Z]+)__", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def _render(template: str, data: dict, title: str, kind: str) -> str:
+    """The template with its root id, escaped title and the data as JSON (safe inside <script>)."""
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    return _fill(template, {"ROOT": f"bertjax-{kind}-{_digest(data)}", "TITLE": html.escape(title),
+                            "DATA": payload})
+
+
+def _save_page(path: str, body: str, title: str, kind: str) -> str:
+    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title></head>\n<body>\n{body}\n</body>\n</html>\n")
+    atomic_write(os.path.abspath(path), page.encode("utf-8"), kind)
+    return path
+
+
 def head_view_html(probs, tokens: Sequence[str], batch: int = 0, attention_mask=None,
-                   sentence_b_start: int | None = None, layer: int = -1,
+                   sentence_b_start: int | None = None, layer: int = -1, head: int | None = None,
                    title: str = "bertjax head view", decimals: int = 4) -> str:
     """Our head view as an HTML fragment (a div and its scripts) for `IPython.display.HTML`.
 
@@ -145,6 +192,7 @@ def head_view_html(probs, tokens: Sequence[str], batch: int = 0, attention_mask=
       probs: `attn.probs`, float [L, B, N, S, T] (or [L, N, S, T]).
       tokens: the example's tokens (padding stripped with `attention_mask`).
       layer: the layer shown first (the page has a layer selector and head toggles).
+      head: the only head shown first (the others one click away on their toggles); None shows all.
       decimals: rounding of the embedded probabilities (keeps the page small).
 
     Returns:
@@ -153,13 +201,9 @@ def head_view_html(probs, tokens: Sequence[str], batch: int = 0, attention_mask=
     probs, tokens = example_attention(probs, tokens, batch, attention_mask)
     data = {"tokens": tokens, "attn": _as_lists(probs, decimals),
             "layer": check_index("layer", layer, probs.shape[0]),
+            "head": None if head is None else check_index("head", head, probs.shape[1]),
             "sentence_b_start": sentence_b_start}
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    with open(_TEMPLATE, encoding="utf-8") as f:
-        template = f.read()
-    root = f"bertjax-head-view-{_digest(data)}"
-    return (template.replace("__ROOT__", root).replace("__TITLE__", html.escape(title))
-            .replace("__DATA__", payload))
+    return _render("head_view.html", data, title, "head-view")
 
 
 def save_head_view(path: str, probs, tokens: Sequence[str], **kwargs) -> str:
@@ -168,8 +212,50 @@ def save_head_view(path: str, probs, tokens: Sequence[str], **kwargs) -> str:
     Takes the arguments of `head_view_html`. The file opens offline in any browser.
     """
     body = head_view_html(probs, tokens, **kwargs)
-    title = html.escape(kwargs.get("title", "bertjax head view"))
-    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
-            f"</head>\n<body>\n{body}\n</body>\n</html>\n")
-    atomic_write(os.path.abspath(path), page.encode("utf-8"), "head_view")
-    return path
+    return _save_page(path, body, kwargs.get("title", "bertjax head view"), "head_view")
+
+
+def model_view_html(probs, tokens: Sequence[str], batch: int = 0, attention_mask=None,
+                    sentence_b_start: int | None = None, layer: int = 0, head: int = 0,
+                    title: str = "bertjax model view", decimals: int = 4) -> str:
+    """Our model view: every head of every layer as a small attention diagram (layers x heads),
+    and the clicked one (first `layer`, `head`) drawn large with its tokens. Arguments as
+    `head_view_html`; the fragment needs no library and no network."""
+    probs, tokens = example_attention(probs, tokens, batch, attention_mask)
+    data = {"tokens": tokens, "attn": _as_lists(probs, decimals),
+            "layer": check_index("layer", layer, probs.shape[0]),
+            "head": check_index("head", head, probs.shape[1]), "sentence_b_start": sentence_b_start}
+    return _render("model_view.html", data, title, "model-view")
+
+
+def save_model_view(path: str, probs, tokens: Sequence[str], **kwargs) -> str:
+    """Writes the model view as one standalone HTML page (atomically); returns the path.
+    Takes the arguments of `model_view_html`."""
+    body = model_view_html(probs, tokens, **kwargs)
+    return _save_page(path, body, kwargs.get("title", "bertjax model view"), "model_view")
+
+
+def neuron_view_html(data: dict, layer: int | None = None, head: int | None = None,
+                     title: str = "bertjax neuron view") -> str:
+    """Our neuron view of `neuron_view_data`: for the hovered (or clicked) query token, its query
+    vector, every key vector, their elementwise product q x k, the dot product q.k and the softmax
+    (the attention probabilities), with layer, head and (for a pair) sentence selectors.
+
+    Args:
+      data: `neuron_view_data(...)`.
+      layer, head: shown first (None: 0; negative from the end).
+
+    Returns:
+      the HTML fragment; it needs no library and no network.
+    """
+    layer, head = _layer_and_head(data, layer, head)
+    page = {"views": data, "labels": {k: FILTERS.get(k, k) for k in data}, "layer": layer,
+            "head": head}
+    return _render("neuron_view.html", page, title, "neuron-view")
+
+
+def save_neuron_view(path: str, data: dict, **kwargs) -> str:
+    """Writes the neuron view as one standalone HTML page (atomically); returns the path.
+    Takes the arguments of `neuron_view_html`."""
+    body = neuron_view_html(data, **kwargs)
+    return _save_page(path, body, kwargs.get("title", "bertjax neuron view"), "neuron_view")

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--capture", default=DEFAULT_CAPTURE,
                    help="comma-separated activation names or globs, or 'all' "
                         f"(default: {DEFAULT_CAPTURE})")
-    p.add_argument("--html", metavar="FILE", help="write the standalone head view page to FILE")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the standalone head view page to FILE (showing --head alone when given)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<18}{str(tuple(acts[name].shape)):<24}{acts[name].dtype}")
     _print_table(acts[ATTN_PROBS], tokens, layer, args.head)
     if args.html:
-        _write_html(args.html, acts[ATTN_PROBS], tokens, types, layer)
+        _write_html(args.html, acts[ATTN_PROBS], tokens, types, layer, args.head)
     return 0
 
 
@@ -90,9 +91,9 @@ def _print_table(probs, tokens, layer: int, head: int | None) -> None:
     print(table.to_string(float_format=lambda x: f"{x:.2f}", line_width=None))
 
 
-def _write_html(path: str, probs, tokens, types, layer: int) -> None:
+def _write_html(path: str, probs, tokens, types, layer: int, head: int | None) -> None:
     from bertjax.analysis.views import save_head_view, sentence_b_start
 
-    save_head_view(path, probs, tokens, layer=layer, sentence_b_start=sentence_b_start(types),
-                   title="bertjax inspect: " + " ".join(tokens))
+    save_head_view(path, probs, tokens, layer=layer, head=head,
+                   sentence_b_start=sentence_b_start(types), title="bertjax inspect: " + " ".join(tokens))
     print(f"wrote head view to {path}")

@@ -33,6 +33,16 @@ def test_plot_head_mean_and_unique_labels():
     assert ax.get_title() == "layer 0, mean over heads"
 
 
+def test_plot_head_default_layer_title_and_colour_scale():
+    probs, _ = fake_probs()
+    ax = plot_head(probs, TOKENS, head=-1).axes[0]
+    assert ax.get_title() == "layer 1, head 2"  # not "layer -1"
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    ax = plot_head(probs, TOKENS, head=0, vmax=None).axes[0]
+    assert ax.images[0].get_clim() == (0.0, pytest.approx(float(probs[1, 0, 0].max())))
+    assert plot_head(probs, TOKENS, vmax=0.5).axes[0].images[0].get_clim() == (0.0, 0.5)
+
+
 def test_plot_heads_grid():
     probs, mask = fake_probs()
     fig = plot_heads_grid(probs, batch=1, attention_mask=mask)

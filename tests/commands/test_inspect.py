@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -35,6 +36,9 @@ def test_inspect_tiny(tiny_model, tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith("cat ")]
     assert len(rows) == 1 and abs(sum(float(x) for x in rows[0][1:]) - 1.0) < 0.03
     assert page.exists() and "[CLS]" in page.read_text()
+    data = re.search(r'<script type="application/json" id="[\w-]+-data">(.*?)</script>',
+                     page.read_text(), re.S)
+    assert json.loads(data.group(1))["head"] == 2  # the page opens with --head selected
 
 
 def test_inspect_pair_defaults(tiny_model, capsys):
