@@ -24,7 +24,12 @@ Paths (rows), fp32, CPU, all positions real tokens, TL under torch.no_grad():
             with a note where bertjax's capture takes no dict
   numpy     the NumPy probe: the time to write as many bytes as bertjax's capture="all" returns
             into fresh memory (np.empty + fill: page faults) and into memory already mapped
-            (the same buffer filled again), one thread
+            (the same buffer filled again), one thread; at most --probe-cap-mib (1 GiB) is
+            written and the time scaled to the full size
+
+Memory: at (8, 512) capture="all" returns about 7 GiB; with `reuse` the bertjax worker holds the
+previous output (7 GiB) while its own and TL's calls run (~7 GiB each, one at a time): plan for
+~20 GiB free at that shape (--shapes to leave it out).
 
 Per row: median and p25-p75 ms, time over the same system's `forward`, TL's median / bertjax's
 median ("x TL", > 1: bertjax faster), bytes captured (distinct storages for TL, whose cache shares
@@ -192,7 +197,8 @@ class BertjaxSystem:
         out = self._forward(path)
         jax.block_until_ready(out)
         elapsed = time.perf_counter() - t0
-        self.previous = out if path == "all_reuse" else None
+        if path == "all_reuse":  # kept (only) for the next all_reuse call, across other entries
+            self.previous = out
         del out
         return elapsed
 
@@ -201,7 +207,8 @@ class BertjaxSystem:
 
         out = self._forward(path)
         jax.block_until_ready(out)
-        self.previous = out if path == "all_reuse" else None
+        if path == "all_reuse":
+            self.previous = out
         if isinstance(CAPTURE[path], dict):  # an older capture reads a dict as a list of names
             for name, layers in CAPTURE[path].items():
                 if layers is not None and out.acts[name].shape[0] != len(layers):
@@ -312,10 +319,12 @@ class TLSystem:
 
 class NumpyProbe:
     """Writes n bytes into fresh memory (np.empty, then fill: every page faulted in) or into a
-    buffer already mapped (written once before): the floor of what returning captures costs."""
+    buffer already mapped (written once before): the floor of what returning captures costs.
+    At most `cap` bytes are written, the time scaled by n / cap (writing is linear in the bytes
+    at these sizes), so that the probe does not hold gigabytes beside the systems."""
 
     def __init__(self):
-        self.nbytes = 0
+        self.nbytes = self.probe_bytes = 0
         self.buffer = None
 
     def info(self) -> dict:
@@ -323,25 +332,27 @@ class NumpyProbe:
 
         return {"numpy": np.__version__}
 
-    def set_shape(self, nbytes: int) -> None:
+    def set_shape(self, nbytes: int, cap: int) -> None:
         import numpy as np
 
-        self.nbytes = nbytes
-        self.buffer = np.empty(nbytes // 4, np.float32)
+        self.buffer = None
+        self.nbytes, self.probe_bytes = nbytes, max(4, min(nbytes, cap))
+        self.buffer = np.empty(self.probe_bytes // 4, np.float32)
         self.buffer.fill(1.0)  # mapped from now on
 
     def call(self, path: str) -> float:
         import numpy as np
 
+        scale = self.nbytes / self.probe_bytes
         t0 = time.perf_counter()
         if path == "fresh":
-            fresh = np.empty(self.nbytes // 4, np.float32)
+            fresh = np.empty(self.probe_bytes // 4, np.float32)
             fresh.fill(2.0)
             elapsed = time.perf_counter() - t0
             del fresh
-            return elapsed
+            return elapsed * scale
         self.buffer.fill(2.0)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0) * scale
 
 
 def serve_system(kind: str, args: list[str]) -> None:
@@ -404,7 +415,7 @@ def compare(a: dict, b: dict) -> dict:
 
 
 def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: str,
-              threads: int, memory: bool) -> tuple[dict, dict, dict]:
+              threads: int, memory: bool, probe_cap: int) -> tuple[dict, dict, dict]:
     """Agreement, bytes, memory (fresh processes), warm-up, then every entry once per round.
     Returns (results per entry, agreement, notes per entry)."""
     for kind in ("bertjax", "tl"):
@@ -427,18 +438,18 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
         agreement = compare(workers["bertjax"].request("sample"), workers["tl"].request("sample"))
         print(f"  ({B}, {S}) bertjax vs TL, max abs diff: "
               + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()), flush=True)
+    if memory:  # one fresh process at a time, the workers holding no captures meanwhile
+        workers["bertjax"].request("shape", B=B, S=S)  # drops the output kept for reuse
+        for system, path in entries:
+            python = TL_PYTHON if system == "tl" else sys.executable
+            info[system, path].update(fresh_memory(python, system, hf_dir, model, threads,
+                                                   path, B, S))
     nbytes = info.get(("bertjax", "all"), {}).get("captured_bytes")
     if nbytes:
-        workers["numpy"].request("shape", nbytes=nbytes)
+        workers["numpy"].request("shape", nbytes=nbytes, cap=probe_cap)
         for path in ("fresh", "mapped"):
             entries.append(("numpy", path))
             info["numpy", path] = {"captured_bytes": nbytes}
-    if memory:
-        for system, path in entries:
-            if system != "numpy":
-                python = TL_PYTHON if system == "tl" else sys.executable
-                info[system, path].update(fresh_memory(python, system, hf_dir, model, threads,
-                                                       path, B, S))
     call = lambda e: workers[e[0]].request("call", path=e[1])["seconds"]
     for e in entries:
         call(e), call(e)
@@ -538,7 +549,8 @@ def markdown(result: dict) -> str:
         "hook_normalized_resid_post around encoder_output; layer0 = capture={'attn.head_out': "
         "(0,), 'mlp.post': (0,)} | TL caching hooks on blocks.0 hook_result + hook_post; numpy = "
         "writing as many bytes as capture='all' returns into fresh / already-mapped memory "
-        "(one thread)",
+        f"(one thread; at most {result['probe_cap_mib']} MiB written, the time scaled to the "
+        "full size)",
         "- x TL = TL's median / bertjax's (> 1: bertjax faster); / fwd = time over the same "
         "system's forward; peak RSS = VmHWM of a fresh process after two calls (weights, "
         "libraries and compile included); call adds = what one more warm call adds to the RSS", "",
@@ -593,6 +605,8 @@ def main() -> None:
                         help="cores for every worker (affinity mask) and torch threads")
     parser.add_argument("--no-tl", action="store_true", help="bertjax alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS")
+    parser.add_argument("--probe-cap-mib", type=int, default=1024,
+                        help="most MiB the NumPy probe writes (its time scaled to the full size)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="capture", help="output file stem (default capture)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -645,7 +659,8 @@ def run(args) -> None:
         infos = {kind: w.request("info") for kind, w in workers.items()}
         for B, S in shapes:
             results, agree, skip = run_shape(workers, B, S, args.rounds, hf_dir, args.model,
-                                             args.threads, not args.no_memory)
+                                             args.threads, not args.no_memory,
+                                             args.probe_cap_mib * 2**20)
             skipped.update(skip)
             if agree:
                 agreement.append({"B": B, "S": S, **agree})
@@ -668,7 +683,7 @@ def run(args) -> None:
         "command": " ".join(["benchmarks/bench_capture.py"] + sys.argv[1:]),
         "machine": {"cpu_info": cpu_info(), "threads": args.threads},
         "versions": versions, "model": args.model, "config": MODELS[args.model],
-        "rounds": args.rounds, "load_start": load_start,
+        "rounds": args.rounds, "probe_cap_mib": args.probe_cap_mib, "load_start": load_start,
         "load_end": [round(x, 2) for x in os.getloadavg()], "agreement": agreement,
         "notes": notes, "rows": rows, "wall_s": time.perf_counter() - start,
     }
