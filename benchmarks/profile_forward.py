@@ -29,7 +29,8 @@ the sum can differ from the wall time, which is reported beside it). Also report
 - two measured proposals: one fused QKV matmul [B*S, D] x [D, 3D] against three [D, D] ones, and
   the time of the per-layer weight slices (dynamic-slice thunks in the scan body) per forward.
 
---isa avx2 caps XLA at AVX2 (XLA_FLAGS=--xla_cpu_max_isa=AVX2, see benchmarks/machine.py).
+--isa avx2 caps XLA at AVX2 (XLA_FLAGS=--xla_cpu_max_isa=AVX2, see benchmarks/machine.py);
+--xla-flags "..." adds XLA options to try (recorded in the result; --name to keep the runs apart).
 
 Usage: .venv/bin/python benchmarks/profile_forward.py                 # bert-base, (32, 128)
        .venv/bin/python benchmarks/profile_forward.py --model tiny --shape 2x16 --calls 2  # smoke
@@ -367,6 +368,8 @@ def main() -> None:
     parser.add_argument("--shape", default="32x128", help="B x S, e.g. 32x128")
     parser.add_argument("--calls", type=int, default=5, help="forwards timed and traced")
     parser.add_argument("--isa", choices=ISAS, default="native")
+    parser.add_argument("--xla-flags", default="",
+                        help="extra XLA_FLAGS to try (e.g. an XLA CPU option), recorded in the result")
     parser.add_argument("--threads", type=int, help="cores (affinity mask) for XLA's pool")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", help="output stem (default profile, profile_avx2 with --isa)")
@@ -381,7 +384,7 @@ def main() -> None:
     dump = os.path.join(work, "dump")
     # Before jax is imported: the instruction-set cap, and XLA's dump of the forward's HLO.
     os.environ.update(isa_env(args.isa))
-    xla_flags = os.environ.get("XLA_FLAGS", "")
+    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     os.environ["XLA_FLAGS"] = (f"{xla_flags} --xla_dump_to={dump} "
                                "--xla_dump_hlo_module_re=.*forward.*").strip()
     try:
