@@ -85,7 +85,7 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
     comps, instrs, current = {}, {}, None
     for line in text.splitlines():
         m = _COMP.match(line)
-        if m and "=" not in line.split("{")[0]:
+        if m and not line[:1].isspace():  # headers start the line, instructions are indented
             current = m.group(1)
             comps[current] = []
             continue
