@@ -293,13 +293,31 @@ def breakdown(events: list, text: str, module: str, c: dict, B: int, S: int,
                     "ops": kinds[:12], "in_loop": ins["computation"] != _entry_name(text)})
     total = sum(cats.values())
     top.sort(key=lambda r: -r["ms"])
-    slices = [r for r in top if r["category"] == "copies" and "dynamic-slice" in r["ops"]]
     return {"per_category_ms": {k: cats.get(k, 0.0) / 1e6 for k in CATEGORIES},
             "per_category_pct": {k: 100 * cats.get(k, 0.0) / total if total else 0.0
                                  for k in CATEGORIES},
-            "thunk_sum_ms": total / 1e6, "unmatched_ms": unknown / 1e6, "top_ops": top[:25],
-            "weight_slice_ms": sum(r["ms"] for r in slices),
-            "weight_slice_bytes_per_layer": sum(r["out_bytes"] for r in slices)}
+            "thunk_sum_ms": total / 1e6, "unmatched_ms": unknown / 1e6, "ops": top,
+            "top_ops": top[:25], **derived(top, c)}
+
+
+def derived(ops: list[dict], c: dict) -> dict:
+    """From the per-thunk rows: the per-layer weight slices (dynamic-slice thunks in the loop
+    whose output is the size of one layer's kernel or bias: the scan's slice of the stacked
+    weights) and the matmul time split by what XLA fused into the matmul (LayerNorm: rsqrt;
+    softmax: exp)."""
+    D, I = c["hidden_size"], c["intermediate_size"]
+    sizes = {4 * D * D, 4 * D * I, 4 * D, 4 * I}
+    slices = [r for r in ops if r["in_loop"] and "dynamic-slice" in r["ops"]
+              and r["category"] == "copies" and r["out_bytes"] in sizes]
+    split = collections.defaultdict(float)
+    for r in ops:
+        if r["category"] == "matmul":
+            key = ("matmul + LayerNorm" if "rsqrt" in r["ops"] else
+                   "matmul + softmax" if "exponential" in r["ops"] else "matmul")
+            split[key] += r["ms"]
+    return {"weight_slice_ms": sum(r["ms"] for r in slices),
+            "weight_slice_bytes_per_layer": sum(r["out_bytes"] for r in slices),
+            "matmul_split_ms": dict(split)}
 
 
 def _entry_name(text: str) -> str:
@@ -325,10 +343,18 @@ def markdown(r: dict) -> str:
         f"- versions: jax {r['versions']['jax']}",
         f"- forward wall time: median {r['wall_ms_median']:.1f} ms over {r['calls']} calls "
         f"(outside the profiler); thunk time summed from the trace: {b['thunk_sum_ms']:.1f} ms "
-        f"per forward", "",
+        f"per forward (XLA's thunk executor runs independent thunks at the same time, e.g. the "
+        f"Q, K and V matmuls, so the sum can exceed the wall time and a thunk's time includes "
+        f"sharing the cores)", "",
         "| category | ms per forward | % of thunk time |", "|---|---:|---:|"]
     lines += [f"| {k} | {b['per_category_ms'][k]:.1f} | {b['per_category_pct'][k]:.1f} |"
               for k in CATEGORIES]
+    total = b["thunk_sum_ms"] or 1.0
+    lines += ["", "The matmul thunks by what XLA fused into them (LayerNorm and softmax mostly run "
+              "inside matmul fusions, so their own rows above stay small):", "",
+              "| matmul thunks | ms per forward | % of thunk time |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.1f} | {100 * v / total:.1f} |"
+              for k, v in sorted(b["matmul_split_ms"].items())]
     lines += [
         "", "Matmul efficiency:", "",
         f"- the run's XLA matmul peak (plain jitted matmuls of the model's shapes, FLOP-weighted): "
