@@ -377,8 +377,12 @@ def markdown(r: dict) -> str:
         f"({q['speedup']:.2f}x) per layer",
         f"- per-layer weight slices (dynamic-slice thunks in the scan body): "
         f"{b['weight_slice_ms']:.2f} ms per forward, {b['weight_slice_bytes_per_layer'] / 2**20:.1f}"
-        f" MiB written per layer", "",
-        "Slowest thunks (ms per forward, all layers summed; `in_loop` = inside the scan body):", "",
+        f" MiB written per layer", ""]
+    if b.get("derived_from"):
+        lines += [f"(matmul split and weight slices derived from {b['derived_from']})", ""]
+    lines += [
+        "Slowest thunks (ms per forward, all layers summed; `in_loop` = inside the scan body):",
+        "",
         "| op | category | ms | out MiB | in loop | ops |", "|---|---|---:|---:|---|---|"]
     lines += [f"| {t['op']} | {t['category']} | {t['ms']:.2f} | {t['out_bytes'] / 2**20:.1f} | "
               f"{t['in_loop']} | {', '.join(t['ops'])} |" for t in b["top_ops"]]
