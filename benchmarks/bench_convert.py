@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_info
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BERTJAX = os.path.join(os.path.dirname(sys.executable), "bertjax")
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
@@ -79,7 +81,8 @@ def machine() -> dict:
     import safetensors
     import transformers
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_info": cpu_info(),
+            "python": platform.python_version(),
             "jax": jax.__version__, "flax": flax.__version__, "numpy": numpy.__version__,
             "safetensors": safetensors.__version__, "transformers": transformers.__version__}
 

@@ -40,6 +40,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_info
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 COUNTS = (1, 2, 4)
 SETTINGS = {"capture": ("layer.out",), "reduce": "mean", "batch_size": 32, "max_length": 128,
@@ -235,7 +237,7 @@ def main() -> None:
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"jax {jax.__version__}, {platform.python_version()}")
     result = {"model": "all-MiniLM-L6-v2", "corpus": corpus, "settings": SETTINGS,
-              "rounds": args.rounds, "machine": machine,
+              "rounds": args.rounds, "machine": machine, "cpu_info": cpu_info(),
               "load_average": os.getloadavg(), "by_devices": by_devices}
     print(write_results(result))
 

@@ -27,11 +27,19 @@ first call adds in a fresh process (VmHWM reset through /proc/self/clear_refs, a
 in-process RSS deltas are useless here, the allocators keep freed memory for the next call).
 Compile time against the number of layers (2, 6, 12, 24) is measured each in a fresh process.
 
+--isa avx2 caps both sides' instruction set as on a CPU without AVX-512 (XLA_FLAGS=
+--xla_cpu_max_isa=AVX2 for the XLA workers, ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2
+for PyTorch; see benchmarks/machine.py) and checks in fresh processes that each library took it
+(the run stops when one did not). Every result file records the CPU model, family and its
+AVX-512 / AMX / BF16 flags, and the instruction-set check.
+
 Usage:
   bash benchmarks/flax4_env.sh                        # once, for the FlaxBertModel column
   .venv/bin/python benchmarks/bench_forward.py        # 5 shapes x 9 rounds
   .venv/bin/python benchmarks/bench_forward.py --quick   # (1,128), (8,128) x 3 rounds
-Writes benchmarks/results/forward.json and forward.md (--out DIR to change).
+  .venv/bin/python benchmarks/bench_forward.py --isa avx2 --shapes 8x128,32x128,8x512
+Writes benchmarks/results/forward.json and forward.md (--out DIR to change; forward_avx2.* with
+--isa avx2).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import sys
 import tempfile
 import time
 
+from machine import ISAS, cpu_info, cpu_line, isa_env, probe
 from workers import Worker, marked, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -504,9 +513,10 @@ def markdown(result: dict) -> str:
         f"bert-base shapes (hidden 768, 12 layers x 12 heads, intermediate 3072, vocab 30522), "
         f"random weights, all positions real tokens. Run of {result['date']} "
         f"({result['wall_s'] / 60:.1f} min, `{result['command']}`).", "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores; threads: {m['threads']} "
+        f"- CPU: {cpu_line(m['cpu_info'])}; threads: {m['threads']} "
         f"(torch.set_num_threads; XLA's pool = the cores of the affinity mask); GLIBC_TUNABLES="
         f"{m.get('glibc_tunables') or '(unset)'}",
+        f"- instruction set: {m['isa']}; checked in fresh processes: " + isa_summary(m["isa_check"]),
         "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
         f"- fp32 matmul peak ({result['peak']['n']}^3, best of 10, start of run): "
         f"jnp.dot {result['peak']['gflops']['jax_dot']} GFLOP/s, torch.mm "
@@ -539,6 +549,30 @@ def markdown(result: dict) -> str:
     lines += [f"- {'PASS' if c['ok'] else 'MISS'}: {c['target']} (measured {c['value']:.2f})"
               for c in result["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def isa_summary(check: dict) -> str:
+    """The instruction-set check of the run in words."""
+    t, j = check.get("torch", {}), check.get("jax", {})
+    return (f"torch.backends.cpu.get_cpu_capability() = {t.get('torch_cpu_capability')} "
+            f"(ONEDNN_MAX_CPU_ISA={t.get('ONEDNN_MAX_CPU_ISA') or '(unset)'}); XLA "
+            f"xla_cpu_max_isa = {j.get('xla_cpu_max_isa')}, AVX-512 (zmm) instructions in the "
+            f"compiled kernels of a test program: {j.get('zmm_instructions')}")
+
+
+def check_isa(isa: str) -> dict:
+    """Probes torch and jax in fresh processes with this environment (the cap already set in
+    os.environ); stops the run when a capped library did not take the cap."""
+    check = {"torch": probe(sys.executable, "torch", {}), "jax": probe(sys.executable, "jax", {})}
+    if isa == "avx2":
+        bad = []
+        if check["torch"].get("torch_cpu_capability") not in ("AVX2", "DEFAULT"):
+            bad.append(f"torch reports {check['torch']}")
+        if check["jax"].get("xla_cpu_max_isa") != "AVX2" or check["jax"].get("zmm_instructions"):
+            bad.append(f"XLA reports {check['jax']}")
+        if bad:
+            raise SystemExit("--isa avx2 did not take effect: " + "; ".join(bad))
+    return check
 
 
 def parse_shapes(text: str) -> tuple:
@@ -580,8 +614,12 @@ def main() -> None:
     parser.add_argument("--hugepages", action="store_true",
                         help="run every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
                              "(transparent huge pages for large allocations: fewer page faults)")
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="avx2: cap XLA's and PyTorch's instruction set at AVX2 (as on a CPU "
+                             "without AVX-512) in every worker, and check that each took it")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default="forward", help="output file stem (default forward)")
+    parser.add_argument("--name", help="output file stem (default forward, forward_avx2 with "
+                                       "--isa avx2)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--compile-one", nargs=3, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--torch-memory", nargs=4, help=argparse.SUPPRESS)
@@ -603,6 +641,10 @@ def run(args) -> None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     if args.hugepages:  # read by glibc at the start of each worker
         os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+    os.environ.update(isa_env(args.isa))  # read by XLA / ATen / oneDNN at the start of each worker
+    isa_checked = check_isa(args.isa)
+    print(f"instruction set {args.isa}: {isa_summary(isa_checked)}", flush=True)
+    name = args.name or ("forward" if args.isa == "native" else f"forward_{args.isa}")
     load_start = [round(x, 2) for x in os.getloadavg()]
     sweep = [] if args.no_sweep else compile_sweep()
     work = tempfile.mkdtemp(prefix="bench_forward-")
@@ -630,17 +672,18 @@ def run(args) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
-                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cpu_info": cpu_info(),
+                    "isa": args.isa, "isa_env": isa_env(args.isa), "isa_check": isa_checked},
         "versions": versions(infos), "bert": BERT_BASE, "dtype": args.dtype, "rounds": rounds,
         "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows, sweep)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(markdown(result))
     print(markdown(result))
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import tempfile
 
 import jax.numpy as jnp
 import numpy as np
 
 import bertjax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_info  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SENTENCES = ["The cat sat on the mat because it was tired.", "Paris is the capital of France.",
@@ -76,7 +80,7 @@ def minilm(dtype) -> dict:
 def main() -> None:
     result = {"tiny": {name: tiny(dtype) for name, dtype in (("bfloat16", jnp.bfloat16),
                                                              ("float16", jnp.float16))},
-              "minilm_bfloat16": minilm(jnp.bfloat16)}
+              "minilm_bfloat16": minilm(jnp.bfloat16), "cpu_info": cpu_info()}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "precision.json"), "w") as f:
         json.dump(result, f, indent=1)

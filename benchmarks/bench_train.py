@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_info
 from workers import Worker, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -352,7 +353,7 @@ def run(args, names: list[str]) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["benchmarks/bench_train.py"] + sys.argv[1:]),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": first["threads"],
-                    "devices": first["devices"]},
+                    "devices": first["devices"], "cpu_info": cpu_info()},
         "versions": {"python": platform.python_version(), **first["versions"]},
         "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
         "load_start": load_start,

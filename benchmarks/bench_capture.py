@@ -1,0 +1,701 @@
+"""Capturing activations: bertjax against TransformerLens's HookedEncoder, on the same weights.
+
+The same random weights (transformers' `BertForPreTraining`, torch.manual_seed(0), bert-base shapes
+by default) go into TransformerLens 3.9.0's `HookedEncoder` through TL's own `convert_bert_weights`
+(the converter `HookedEncoder.from_pretrained` uses; it reads the MLM head, the pooler and the NSP
+head, so the model is the `BertForPreTraining` TL itself loads for BERT) and into bertjax
+(`bertjax.load` of the same folder: the NSP head dropped). Each system runs in its own worker
+process (benchmarks/workers.py), TL from benchmarks/.venv-tl (made by benchmarks/tl_env.sh); every
+round calls every entry once, in an order rotated from round to round; medians over rounds.
+
+Paths (rows), fp32, CPU, all positions real tokens, TL under torch.no_grad():
+  forward   bertjax capture=()            | TL `encoder_output` (no hooks): the final residual
+  all       bertjax capture="all"         | TL `run_with_cache` with use_attn_result=True (every
+                                            hook; TL's forward always computes the MLM logits, and
+                                            capture="all" includes mlm.logits, so both do that work)
+  all_reuse bertjax capture="all", reuse=the previous call's output (CONTRACT.md, "Capture by
+            layer, edits, gradients at sites, buffer reuse"); skipped, with a note, where
+            `bertjax.forward` has no `reuse` parameter
+  patterns  bertjax capture=("attn.probs", "layer.out") | TL's caching hooks (`get_caching_hooks`
+            with a names_filter of hook_pattern and hook_normalized_resid_post, the layer output
+            of TL's post-LN BERT block) around `encoder_output`, so neither computes MLM logits
+  layer0    bertjax capture={"attn.head_out": (0,), "mlp.post": (0,)} | TL's caching hooks on
+            blocks.0.attn.hook_result and blocks.0.mlp.hook_post (use_attn_result=True); skipped
+            with a note where bertjax's capture takes no dict
+  numpy     the NumPy probe: the time to write as many bytes as bertjax's capture="all" returns
+            into fresh memory (np.empty + fill: page faults) and into memory already mapped
+            (the same buffer filled again), one thread; at most --probe-cap-mib (1 GiB) is
+            written and the time scaled to the full size
+
+Memory: at (8, 512) capture="all" returns about 7 GiB; with `reuse` the bertjax worker holds the
+previous output (7 GiB) while its own and TL's calls run (~7 GiB each, one at a time): plan for
+~20 GiB free at that shape (--shapes to leave it out).
+
+Per row: median and p25-p75 ms, time over the same system's `forward`, TL's median / bertjax's
+median ("x TL", > 1: bertjax faster), bytes captured (distinct storages for TL, whose cache shares
+tensors between hooks), and peak RSS measured in a fresh process per (path, shape): the process's
+VmHWM after two calls (weights, libraries and compile included) and the resident memory one more
+warm call adds (VmHWM reset through /proc/self/clear_refs after malloc_trim).
+Before the rounds, the two systems' outputs are compared on a few values (final hidden state,
+layer-0 attention probabilities, MLM logits) so the comparison is of the same model.
+
+Usage:
+  bash benchmarks/tl_env.sh                               # once, for the TransformerLens column
+  .venv/bin/python benchmarks/bench_capture.py            # bert-base, (8,128) (32,128) (8,512)
+  .venv/bin/python benchmarks/bench_capture.py --model tiny --shapes 2x16 --rounds 2   # smoke
+Writes benchmarks/results/capture.json and capture.md (--out DIR, --name STEM to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import inspect
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from machine import cpu_info, cpu_line
+from workers import Worker, marked, reply, serve
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
+MODELS = {
+    "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
+    # small enough for a smoke test on two shared cores; every axis its own size
+    "tiny": dict(vocab_size=1000, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                 intermediate_size=80, max_position_embeddings=64, type_vocab_size=2),
+}
+SHAPES = ((8, 128), (32, 128), (8, 512))
+CAPTURE = {"forward": (), "all": "all", "all_reuse": "all",
+           "patterns": ("attn.probs", "layer.out"),
+           "layer0": {"attn.head_out": (0,), "mlp.post": (0,)}}
+TL_FILTER = {"patterns": ("hook_pattern", "hook_normalized_resid_post"),
+             "layer0": ("blocks.0.attn.hook_result", "blocks.0.mlp.hook_post")}
+ENTRIES = (("bertjax", "forward"), ("bertjax", "all"), ("bertjax", "all_reuse"),
+           ("bertjax", "patterns"), ("bertjax", "layer0"),
+           ("tl", "forward"), ("tl", "all"), ("tl", "patterns"), ("tl", "layer0"),
+           ("numpy", "fresh"), ("numpy", "mapped"))
+TL_PATH = {"all_reuse": "all"}  # the TL row a bertjax row is compared with
+
+
+# ---------------------------------------------------------------- helpers (any worker)
+
+
+def _vm(field: str) -> int:
+    """A Vm* line of /proc/self/status in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> int | None:
+    """Returns free heap to the OS and resets VmHWM to the current RSS; returns that RSS
+    (None where /proc/self/clear_refs cannot be written)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _vm("VmRSS")
+    except (OSError, KeyError):
+        return None
+
+
+def make_inputs(B: int, S: int, vocab: int, seed: int = 0):
+    """The same random ids (all positions real tokens) in every worker."""
+    import numpy as np
+
+    ids = np.random.default_rng(seed).integers(0, vocab, (B, S)).astype(np.int32)
+    return ids, np.ones((B, S), np.int32)
+
+
+def stats(times: list[float]) -> dict:
+    import numpy as np
+
+    t = np.asarray(times)
+    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
+            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
+            "max_s": float(t.max()), "n": len(times)}
+
+
+def write_weights(folder: str, model: str) -> None:
+    """Random BertForPreTraining weights (torch.manual_seed(0)) in a transformers folder."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**MODELS[model], hidden_act="gelu")
+    transformers.BertForPreTraining(config).eval().save_pretrained(folder)
+
+
+def sample(last, probs0, logits) -> dict:
+    """A few values of the final hidden state, the layer-0 attention probabilities [B, H, S, S]
+    and the MLM logits, plus float64 sums over the whole final hidden state (numpy arrays)."""
+    import numpy as np
+
+    last, probs0, logits = (np.asarray(a, np.float64) for a in (last, probs0, logits))
+    return {"last_first": last[0, :3, :4].ravel().tolist(),
+            "last_last": last[-1, -1, -4:].tolist(),
+            "probs0": probs0[0, 0, 1, :6].tolist(),
+            "logits": logits[-1, 0, :4].tolist(),
+            "last_sum": float(last.sum()), "last_abs_sum": float(np.abs(last).sum())}
+
+
+# ---------------------------------------------------------------- the systems (in workers)
+
+
+class BertjaxSystem:
+    """bertjax.forward as users call it (params as loaded; stacked once by forward itself)."""
+
+    def __init__(self, hf_dir: str, model: str):
+        import bertjax
+
+        self.config, self.params = bertjax.load(hf_dir)
+        self.vocab = MODELS[model]["vocab_size"]
+        self.inputs = None
+        self.previous = None  # the output `all_reuse` hands to the next call
+
+    def info(self) -> dict:
+        import jax
+
+        import bertjax
+
+        return {"jax": jax.__version__, "bertjax": getattr(bertjax, "__version__", "")}
+
+    def set_shape(self, B: int, S: int) -> None:
+        self.inputs = make_inputs(B, S, self.vocab)
+        self.previous = None
+
+    def _forward(self, path: str):
+        import bertjax
+
+        ids, mask = self.inputs
+        kwargs = {}
+        if path == "all_reuse":
+            if "reuse" not in inspect.signature(bertjax.forward).parameters:
+                raise NotImplementedError(
+                    "bertjax.forward has no `reuse` parameter yet (CONTRACT.md, 'Capture by "
+                    "layer, edits, gradients at sites, buffer reuse'): all_reuse not measured")
+            if self.previous is not None:
+                kwargs["reuse"] = self.previous
+        return bertjax.forward(self.params, ids, self.config, attention_mask=mask,
+                               capture=CAPTURE[path], **kwargs)
+
+    def call(self, path: str) -> float:
+        import jax
+
+        t0 = time.perf_counter()
+        out = self._forward(path)
+        jax.block_until_ready(out)
+        elapsed = time.perf_counter() - t0
+        if path == "all_reuse":  # kept (only) for the next all_reuse call, across other entries
+            self.previous = out
+        del out
+        return elapsed
+
+    def captured_bytes(self, path: str) -> int:
+        import jax
+
+        out = self._forward(path)
+        jax.block_until_ready(out)
+        if path == "all_reuse":
+            self.previous = out
+        if isinstance(CAPTURE[path], dict):  # an older capture reads a dict as a list of names
+            for name, layers in CAPTURE[path].items():
+                if layers is not None and out.acts[name].shape[0] != len(layers):
+                    raise NotImplementedError(
+                        f"bertjax's capture returned {name} with {out.acts[name].shape[0]} "
+                        f"layers for the selection {layers}: capture by layer (CONTRACT.md) is "
+                        f"not in this bertjax yet, {path} not measured")
+        return int(sum(a.nbytes for a in jax.tree.leaves(out.acts)))
+
+    def sample(self) -> dict:
+        import bertjax
+
+        ids, mask = self.inputs
+        out = bertjax.forward(self.params, ids, self.config, attention_mask=mask,
+                              capture=("attn.probs", "mlm.logits"))
+        return sample(out.last_hidden_state, out.acts["attn.probs"][0], out.acts["mlm.logits"])
+
+
+class TLSystem:
+    """TransformerLens 3.9.0's HookedEncoder (run with benchmarks/.venv-tl's python)."""
+
+    def __init__(self, hf_dir: str, model: str, threads: int):
+        import torch
+        import transformers
+        from transformer_lens import HookedEncoder, HookedTransformerConfig
+        from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights
+
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(False)  # interpretability inference: no autograd graph kept
+        hf = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
+        c = hf.config
+        # the config TL's loading_from_pretrained builds for BERT (convert_hf_model_config)
+        self.cfg = HookedTransformerConfig(
+            d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads,
+            n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+            n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.layer_norm_eps,
+            d_vocab=c.vocab_size, act_fn="gelu", attention_dir="bidirectional",
+            original_architecture="BertForMaskedLM", device="cpu", dtype=torch.float32)
+        state = {k: v.detach().clone() for k, v in convert_bert_weights(hf, self.cfg).items()}
+        del hf
+        self.model = HookedEncoder(self.cfg, move_to_device=False)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "IGNORE" not in k and not k.endswith(".mask")]
+        if missing or unexpected:
+            raise RuntimeError(f"TL state dict: missing {missing}, unexpected {unexpected}")
+        self.model.eval()
+        del state
+        gc.collect()
+        self.inputs = None
+
+    def info(self) -> dict:
+        from importlib.metadata import version
+
+        import torch
+
+        return {"transformer-lens": version("transformer-lens"), "tl torch": torch.__version__,
+                "tl transformers": version("transformers")}
+
+    def set_shape(self, B: int, S: int) -> None:
+        import torch
+
+        ids, mask = make_inputs(B, S, self.cfg.d_vocab)
+        self.inputs = (torch.from_numpy(ids).long(), torch.from_numpy(mask).long())
+
+    def _run(self, path: str):
+        """(output, cache dict) of one path."""
+        ids, mask = self.inputs
+        model = self.model
+        model.cfg.use_attn_result = path in ("all", "layer0")
+        if path == "forward":
+            return model.encoder_output(ids, None, mask), {}
+        if path == "all":
+            return model.run_with_cache(ids, one_zero_attention_mask=mask,
+                                        return_cache_object=False)
+        suffixes = TL_FILTER[path]
+        cache, fwd, _ = model.get_caching_hooks(lambda name: name.endswith(suffixes))
+        with model.hooks(fwd_hooks=fwd):
+            out = model.encoder_output(ids, None, mask)
+        return out, cache
+
+    def call(self, path: str) -> float:
+        t0 = time.perf_counter()
+        out = self._run(path)
+        elapsed = time.perf_counter() - t0
+        del out
+        return elapsed
+
+    def captured_bytes(self, path: str) -> int:
+        _, cache = self._run(path)
+        seen, total = set(), 0
+        for t in cache.values():  # hooks may hand the same storage to several names
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                total += t.untyped_storage().nbytes()
+        return total
+
+    def sample(self) -> dict:
+        ids, mask = self.inputs
+        self.model.cfg.use_attn_result = False
+        logits, cache = self.model.run_with_cache(
+            ids, one_zero_attention_mask=mask, return_cache_object=False,
+            names_filter=lambda n: n == "blocks.0.attn.hook_pattern"
+            or n == f"blocks.{self.cfg.n_layers - 1}.hook_normalized_resid_post")
+        last = cache[f"blocks.{self.cfg.n_layers - 1}.hook_normalized_resid_post"]
+        return sample(last.numpy(), cache["blocks.0.attn.hook_pattern"].numpy(), logits.numpy())
+
+
+class NumpyProbe:
+    """Writes n bytes into fresh memory (np.empty, then fill: every page faulted in) or into a
+    buffer already mapped (written once before): the floor of what returning captures costs.
+    At most `cap` bytes are written, the time scaled by n / cap (writing is linear in the bytes
+    at these sizes), so that the probe does not hold gigabytes beside the systems."""
+
+    def __init__(self):
+        self.nbytes = self.probe_bytes = 0
+        self.buffer = None
+
+    def info(self) -> dict:
+        import numpy as np
+
+        return {"numpy": np.__version__}
+
+    def set_shape(self, nbytes: int, cap: int) -> None:
+        import numpy as np
+
+        self.buffer = None
+        self.nbytes, self.probe_bytes = nbytes, max(4, min(nbytes, cap))
+        self.buffer = np.empty(self.probe_bytes // 4, np.float32)
+        self.buffer.fill(1.0)  # mapped from now on
+
+    def call(self, path: str) -> float:
+        import numpy as np
+
+        scale = self.nbytes / self.probe_bytes
+        t0 = time.perf_counter()
+        if path == "fresh":
+            fresh = np.empty(self.probe_bytes // 4, np.float32)
+            fresh.fill(2.0)
+            elapsed = time.perf_counter() - t0
+            del fresh
+            return elapsed * scale
+        self.buffer.fill(2.0)
+        return (time.perf_counter() - t0) * scale
+
+
+def serve_system(kind: str, args: list[str]) -> None:
+    """A worker: builds its system, then answers the driver's requests (see workers.serve)."""
+    if kind == "bertjax":
+        system = BertjaxSystem(args[0], args[1])
+    elif kind == "tl":
+        system = TLSystem(args[0], args[1], int(args[2]))
+    else:
+        system = NumpyProbe()
+
+    def handle(cmd: str, msg: dict) -> dict:
+        if cmd == "call":
+            return {"seconds": system.call(msg["path"])}
+        if cmd == "shape":
+            system.set_shape(**msg)
+            return {"ok": True}
+        if cmd == "bytes":
+            return {"bytes": system.captured_bytes(msg["path"])}
+        if cmd == "sample":
+            return system.sample()
+        return system.info()
+
+    serve(handle)
+
+
+def memory_probe(kind: str, hf_dir: str, model: str, threads: str, path: str, B: str,
+                 S: str) -> None:
+    """In a fresh process: builds the system, calls `path` twice, reports the process's peak
+    RSS so far and what one more warm call adds."""
+    system = (BertjaxSystem(hf_dir, model) if kind == "bertjax"
+              else TLSystem(hf_dir, model, int(threads)))
+    system.set_shape(int(B), int(S))
+    system.call(path), system.call(path)
+    process_peak = _vm("VmHWM")
+    before = reset_peak()
+    system.call(path)
+    added = None if before is None else max(0, _vm("VmHWM") - before)
+    reply({"process_peak_bytes": process_peak, "call_added_bytes": added})
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def fresh_memory(python: str, kind: str, hf_dir: str, model: str, threads: int, path: str,
+                 B: int, S: int) -> dict:
+    proc = subprocess.run([python, os.path.abspath(__file__), "--memory", kind, hf_dir, model,
+                           str(threads), path, str(B), str(S)], capture_output=True, text=True)
+    if proc.returncode:
+        return {"memory_error": proc.stderr.strip().splitlines()[-1:]}
+    return marked(proc.stdout)
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Max abs difference of the sampled values, and of the sums relative to the abs sum."""
+    diffs = {key: max(abs(x - y) for x, y in zip(a[key], b[key]))
+             for key in ("last_first", "last_last", "probs0", "logits")}
+    diffs["last_sum_rel"] = abs(a["last_sum"] - b["last_sum"]) / max(a["last_abs_sum"], 1e-30)
+    return diffs
+
+
+def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: str,
+              threads: int, memory: bool, probe_cap: int) -> tuple[dict, dict, dict]:
+    """Agreement, bytes, memory (fresh processes), warm-up, then every entry once per round.
+    Returns (results per entry, agreement, notes per entry)."""
+    for kind in ("bertjax", "tl"):
+        if kind in workers:
+            workers[kind].request("shape", B=B, S=S)
+    notes, info = {}, {}
+    entries = []
+    for system, path in ENTRIES:
+        if system == "numpy" or system not in workers:
+            continue
+        try:
+            info[system, path] = {"captured_bytes": workers[system].request("bytes",
+                                                                            path=path)["bytes"]}
+            entries.append((system, path))
+        except RuntimeError as e:
+            notes[system, path] = str(e).split(": ", 1)[-1]
+            print(f"  ({B}, {S}) {system} {path}: skipped: {notes[system, path]}", flush=True)
+    agreement = None
+    if "tl" in workers:
+        agreement = compare(workers["bertjax"].request("sample"), workers["tl"].request("sample"))
+        print(f"  ({B}, {S}) bertjax vs TL, max abs diff: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()), flush=True)
+    if memory:  # one fresh process at a time, the workers holding no captures meanwhile
+        workers["bertjax"].request("shape", B=B, S=S)  # drops the output kept for reuse
+        for system, path in entries:
+            python = TL_PYTHON if system == "tl" else sys.executable
+            info[system, path].update(fresh_memory(python, system, hf_dir, model, threads,
+                                                   path, B, S))
+    nbytes = info.get(("bertjax", "all"), {}).get("captured_bytes")
+    if nbytes:
+        workers["numpy"].request("shape", nbytes=nbytes, cap=probe_cap)
+        for path in ("fresh", "mapped"):
+            entries.append(("numpy", path))
+            info["numpy", path] = {"captured_bytes": nbytes}
+    call = lambda e: workers[e[0]].request("call", path=e[1])["seconds"]
+    for e in entries:
+        call(e), call(e)
+    times = {e: [] for e in entries}
+    for r in range(rounds):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            times[e].append(call(e))
+    return ({e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries},
+            agreement, notes)
+
+
+def rows_for(B: int, S: int, results: dict) -> list[dict]:
+    rows = []
+    for (system, path), r in results.items():
+        row = {"B": B, "S": S, "system": system, "path": path, **r}
+        base = results.get((system, "forward"))
+        if base and system != "numpy":
+            row["time_over_forward"] = r["median_s"] / base["median_s"]
+        tl = results.get(("tl", TL_PATH.get(path, path)))
+        if system == "bertjax" and tl:
+            row["x_tl"] = tl["median_s"] / r["median_s"]
+        if system in ("bertjax", "tl") and r.get("captured_bytes"):
+            row["capture_gb_per_s"] = r["captured_bytes"] / r["median_s"] / 1e9
+        rows.append(row)
+    fresh, mapped = results.get(("numpy", "fresh")), results.get(("numpy", "mapped"))
+    for row in rows:
+        if row["system"] == "numpy":
+            row["gb_per_s"] = row["captured_bytes"] / row["median_s"] / 1e9
+        if fresh and mapped and row["system"] == "bertjax" and row["path"] in ("all", "all_reuse"):
+            plain = results.get(("bertjax", "forward"))
+            if plain:  # the capture's extra time against the probe's write times
+                extra = row["median_s"] - plain["median_s"]
+                row["extra_over_fresh_write"] = extra / fresh["median_s"]
+                row["extra_over_mapped_write"] = extra / mapped["median_s"]
+    return rows
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    """The goals of issue 15 with their measured values."""
+    checks = []
+    for r in rows:
+        if r["system"] != "bertjax":
+            continue
+        where = f"{r['path']} at ({r['B']}, {r['S']})"
+        if r.get("x_tl") is not None:
+            checks.append({"target": f"bertjax >= 1.0x TL speed, {where}", "value": r["x_tl"],
+                           "ok": r["x_tl"] >= 1.0})
+        tl = next((t for t in rows if t["system"] == "tl" and t["B"] == r["B"]
+                   and t["S"] == r["S"] and t["path"] == TL_PATH.get(r["path"], r["path"])), None)
+        if tl and r.get("process_peak_bytes") and tl.get("process_peak_bytes"):
+            ratio = r["process_peak_bytes"] / tl["process_peak_bytes"]
+            checks.append({"target": f"bertjax peak RSS <= TL's, {where} (ratio)", "value": ratio,
+                           "ok": ratio <= 1.0})
+        if r["path"] == "layer0" and (r["B"], r["S"]) == (8, 128):
+            checks.append({"target": "one layer of attn.head_out + mlp.post <= 1.15x capture=() "
+                                     "at (8, 128)", "value": r["time_over_forward"],
+                           "ok": r["time_over_forward"] <= 1.15})
+        if r["path"] == "all_reuse" and (r["B"], r["S"]) == (8, 128):
+            checks.append({"target": "capture='all' with reuse <= 1.6x capture=() at (8, 128)",
+                           "value": r["time_over_forward"], "ok": r["time_over_forward"] <= 1.6})
+    return checks
+
+
+def _ms(s):
+    return f"{s * 1e3:.1f}" if s is not None else ""
+
+
+def _mb(b):
+    return f"{b / 2**20:.0f}" if b is not None else ""
+
+
+def _x(v, digits=2):
+    return f"{v:.{digits}f}" if v is not None else ""
+
+
+def markdown(result: dict) -> str:
+    m, v = result["machine"], result["versions"]
+    c = result["config"]
+    lines = [
+        "# Capture benchmark: bertjax against TransformerLens HookedEncoder (CPU, fp32)", "",
+        f"Model `{result['model']}` (hidden {c['hidden_size']}, {c['num_hidden_layers']} layers x "
+        f"{c['num_attention_heads']} heads, intermediate {c['intermediate_size']}, vocab "
+        f"{c['vocab_size']}), random BertForPreTraining weights (seed 0) in both systems, all "
+        f"positions real tokens. Run of {result['date']} ({result['wall_s'] / 60:.1f} min, "
+        f"`{result['command']}`).", "",
+        f"- CPU: {cpu_line(m['cpu_info'])}; threads: {m['threads']} (torch.set_num_threads; "
+        f"XLA's pool = the cores of the affinity mask); load average at start "
+        f"{result['load_start']}, at end {result['load_end']}",
+        "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
+        f"- {result['rounds']} rounds per shape, every entry once per round (order rotated), "
+        "each system in its own worker process; TL under torch.no_grad()",
+        "- paths: forward = capture=() | TL encoder_output without hooks; all = capture='all' | "
+        "TL run_with_cache(use_attn_result=True) (both compute and return the MLM logits); "
+        "all_reuse = capture='all' with reuse= the previous output; patterns = "
+        "capture=('attn.probs', 'layer.out') | TL caching hooks on hook_pattern + "
+        "hook_normalized_resid_post around encoder_output; layer0 = capture={'attn.head_out': "
+        "(0,), 'mlp.post': (0,)} | TL caching hooks on blocks.0 hook_result + hook_post; numpy = "
+        "writing as many bytes as capture='all' returns into fresh / already-mapped memory "
+        f"(one thread; at most {result['probe_cap_mib']} MiB written, the time scaled to the "
+        "full size)",
+        "- x TL = TL's median / bertjax's (> 1: bertjax faster); / fwd = time over the same "
+        "system's forward; peak RSS = VmHWM of a fresh process after two calls (weights, "
+        "libraries and compile included); call adds = what one more warm call adds to the RSS", "",
+        "| B x S | path | system | median ms | p25-p75 ms | / fwd | x TL | captured MiB "
+        "| GB/s | peak RSS MiB | call adds MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        gbs = r.get("gb_per_s", r.get("capture_gb_per_s"))
+        lines.append(
+            f"| {r['B']} x {r['S']} | {r['path']} | {r['system']} | {_ms(r['median_s'])} "
+            f"| {_ms(r['p25_s'])}-{_ms(r['p75_s'])} | {_x(r.get('time_over_forward'))} "
+            f"| {_x(r.get('x_tl'))} | {_mb(r.get('captured_bytes'))} | {_x(gbs, 1)} "
+            f"| {_mb(r.get('process_peak_bytes'))} | {_mb(r.get('call_added_bytes'))} |")
+    probe = [r for r in result["rows"] if r.get("extra_over_fresh_write") is not None]
+    if probe:
+        lines += ["", "capture='all' against the NumPy write probe (the extra time over "
+                  "capture=() divided by the time to write the same bytes):", ""]
+        lines += [f"- ({r['B']}, {r['S']}) {r['path']}: {r['extra_over_fresh_write']:.2f}x the "
+                  f"fresh-memory write, {r['extra_over_mapped_write']:.2f}x the mapped-memory "
+                  f"write" for r in probe]
+    if result["agreement"]:
+        lines += ["", "Same model: max abs difference bertjax vs TL on sampled values (final "
+                  "hidden state, layer-0 attention probs, MLM logits) and relative difference "
+                  "of the final hidden state's sum:", ""]
+        lines += [f"- ({a['B']}, {a['S']}): " + ", ".join(f"{k} {x:.1e}" for k, x in a.items()
+                                                         if k not in ("B", "S"))
+                  for a in result["agreement"]]
+    if result["notes"]:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- {n}" for n in result["notes"]]
+    lines += ["", "Targets (issue 15, from this run):", ""]
+    lines += [f"- {'PASS' if t['ok'] else 'MISS'}: {t['target']} (measured {t['value']:.2f})"
+              for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_shapes(text: str) -> tuple:
+    try:
+        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="base")
+    parser.add_argument("--shapes", type=parse_shapes, help="e.g. 8x128,32x128 (default the "
+                                                            "issue's three)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="cores for every worker (affinity mask) and torch threads")
+    parser.add_argument("--no-tl", action="store_true", help="bertjax alone")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS")
+    parser.add_argument("--probe-cap-mib", type=int, default=1024,
+                        help="most MiB the NumPy probe writes (its time scaled to the full size)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default="capture", help="output file stem (default capture)")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--write-weights", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return serve_system(args.worker[0], args.worker[1:])
+    if args.memory:
+        return memory_probe(*args.memory)
+    if args.write_weights:
+        return write_weights(*args.write_weights)
+    run(args)
+
+
+def start_workers(hf_dir: str, model: str, threads: int, tl: bool, notes: list) -> dict:
+    workers = {"bertjax": Worker("bertjax", __file__, hf_dir, model),
+               "numpy": Worker("numpy", __file__)}
+    if tl and not os.path.exists(TL_PYTHON):
+        notes.append(f"TransformerLens column left out: no {TL_PYTHON} "
+                     "(bash benchmarks/tl_env.sh)")
+    elif tl:
+        try:
+            workers["tl"] = Worker("tl", __file__, hf_dir, model, str(threads), python=TL_PYTHON)
+        except RuntimeError as e:
+            notes.append(f"TransformerLens column left out: {e}")
+    for n in notes:
+        print(n, flush=True)
+    return workers
+
+
+def run(args) -> None:
+    start = time.perf_counter()
+    shapes = args.shapes or SHAPES
+    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    too_long = [s for s in shapes if s[1] > MODELS[args.model]["max_position_embeddings"]]
+    if too_long:
+        raise SystemExit(f"--shapes: sequence longer than the {args.model} model's "
+                         f"{MODELS[args.model]['max_position_embeddings']} positions: {too_long}")
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    work = tempfile.mkdtemp(prefix="bench_capture-")
+    hf_dir = os.path.join(work, "hf")
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--write-weights", hf_dir,
+                    args.model], check=True)
+    notes, workers = [], {}
+    rows, agreement, skipped = [], [], {}
+    try:
+        workers = start_workers(hf_dir, args.model, args.threads, not args.no_tl, notes)
+        infos = {kind: w.request("info") for kind, w in workers.items()}
+        for B, S in shapes:
+            results, agree, skip = run_shape(workers, B, S, args.rounds, hf_dir, args.model,
+                                             args.threads, not args.no_memory,
+                                             args.probe_cap_mib * 2**20)
+            skipped.update(skip)
+            if agree:
+                agreement.append({"B": B, "S": S, **agree})
+            rows += rows_for(B, S, results)
+            for r in rows[-len(results):]:
+                x = f"x{r['x_tl']:.2f} TL" if r.get("x_tl") else ""
+                print(f"({B:2d}, {S:3d}) {r['path']:9s} {r['system']:7s} median "
+                      f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
+                      f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+        shutil.rmtree(work, ignore_errors=True)
+    notes += sorted({f"{system} {path}: {why}" for (system, path), why in skipped.items()})
+    versions = {"python": platform.python_version()}
+    for info in infos.values():
+        versions.update(info)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["benchmarks/bench_capture.py"] + sys.argv[1:]),
+        "machine": {"cpu_info": cpu_info(), "threads": args.threads},
+        "versions": versions, "model": args.model, "config": MODELS[args.model],
+        "rounds": args.rounds, "probe_cap_mib": args.probe_cap_mib, "load_start": load_start,
+        "load_end": [round(x, 2) for x in os.getloadavg()], "agreement": agreement,
+        "notes": notes, "rows": rows, "wall_s": time.perf_counter() - start,
+    }
+    result["targets"] = check_targets(rows)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What machine a benchmark ran on, and how to cap the instruction set of its workers.
+
+Every result file records `cpu_info()`: the CPU model, its family / model / stepping and the
+AVX-512, AMX and BF16 flags of /proc/cpuinfo, because the speed ratios depend on them (XLA's matmul
+and PyTorch's oneDNN kernels take different paths with and without AVX-512).
+
+`isa_env("avx2")` is the environment that makes both sides run as on a CPU without AVX-512:
+XLA_FLAGS=--xla_cpu_max_isa=AVX2 for XLA (JAX), ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2
+for PyTorch (ATen's vectorised kernels and oneDNN's matmuls). The workers read it at start-up, so it
+is set in the driver before they are started; each worker then reports with `isa_check` whether
+its library took it. Only the standard library here (any python runs it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+ISAS = ("native", "avx2")
+# The /proc/cpuinfo flags that decide which kernels XLA and oneDNN pick.
+WATCHED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                 "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict:
+    """Model name, vendor, family / model / stepping, logical cores, and which of WATCHED_FLAGS
+    the first CPU of /proc/cpuinfo has ({} of fields where /proc/cpuinfo cannot be read)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name") or platform.processor() or "unknown",
+        "vendor": fields.get("vendor_id", ""),
+        "family": fields.get("cpu family", ""),
+        "model_number": fields.get("model", ""),
+        "stepping": fields.get("stepping", ""),
+        "cores": os.cpu_count(),
+        "flags": {flag: flag in flags for flag in WATCHED_FLAGS},
+    }
+
+
+def cpu_line(info: dict) -> str:
+    """One line for a markdown report: model, family/model, and the flags it has."""
+    have = [flag for flag, on in info["flags"].items() if on]
+    return (f"{info['model']} (family {info['family']}, model {info['model_number']}), "
+            f"{info['cores']} cores; flags: {', '.join(have) or 'none of the watched'}")
+
+
+def isa_env(isa: str) -> dict:
+    """The environment variables that cap XLA's and PyTorch's instruction set ({} for native)."""
+    if isa == "native":
+        return {}
+    if isa == "avx2":
+        return {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip(),
+                "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
+
+
+def isa_probe(lib: str) -> dict:
+    """What `lib` ("torch" or "jax") reports about the instruction set it runs with; call it in
+    a fresh process started with the environment under test (`probe` below does that).
+
+    torch: `torch.backends.cpu.get_cpu_capability()` (ATen's kernels: "AVX2" under the cap,
+      "AVX512" otherwise on such a CPU) and the ONEDNN_MAX_CPU_ISA it saw.
+    jax: compiles a small matmul + tanh with XLA's dump on (--xla_dump_to, added to XLA_FLAGS
+      before jax is imported) and reads back the `xla_cpu_max_isa` XLA recorded in its debug
+      options (proof that the flag was parsed and taken) and the number of instructions on
+      AVX-512 registers (zmm) in the compiled object code (objdump; 0 under the cap, and 0 on
+      a CPU without AVX-512 anyway).
+    """
+    if lib == "torch":
+        import torch
+
+        return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "")}
+    if lib != "jax":
+        raise ValueError(f"lib must be 'torch' or 'jax', got {lib!r}")
+    import shutil
+    import subprocess
+    import tempfile
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    dump = tempfile.mkdtemp(prefix="isa-probe-")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={dump}".strip()
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.ones((512, 512), jnp.float32)
+        jax.jit(lambda a: jnp.tanh(a @ a + 1.0))(x).block_until_ready()
+        max_isa, zmm, objects = "", 0, 0
+        for name in sorted(os.listdir(dump)):
+            path = os.path.join(dump, name)
+            if name.endswith(".debug_options"):
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith("xla_cpu_max_isa:"):
+                            max_isa = line.split(":", 1)[1].strip().strip('"')
+            elif name.endswith(".o") and shutil.which("objdump"):
+                objects += 1
+                asm = subprocess.run(["objdump", "-d", path], capture_output=True,
+                                     text=True).stdout
+                zmm += asm.count("%zmm")
+        return {"XLA_FLAGS": flags, "jax_backend": jax.default_backend(),
+                "xla_cpu_max_isa": max_isa or "(default: the CPU's best)",
+                "zmm_instructions": zmm if objects else None, "object_files": objects}
+    finally:
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+def probe(python: str, lib: str, env: dict) -> dict:
+    """`isa_probe(lib)` in a fresh process of `python` with `env` added to this environment."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([python, os.path.abspath(__file__), lib], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        print(f"isa probe of {lib} failed: {proc.stderr[-500:]}", file=sys.stderr)
+        return {"error": proc.stderr[-300:]}
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(isa_probe(sys.argv[1])))
