@@ -162,7 +162,7 @@ def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) 
         # [B, N, S, D] directly (with N alone as batch axis it wrote [N, B, S, D] then transposed).
         kernel = jnp.broadcast_to(params["kernel"].reshape(N, H, -1), (B, N, H, config.hidden_size))
         head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,BNHD->BNSD", context, kernel))
-        if C.ATTN_HEAD_OUT in taps.patch:  # a patched head changes attn.out: sum the heads
+        if taps.changes(C.ATTN_HEAD_OUT):  # a patched or edited head changes attn.out: sum them
             return taps(C.ATTN_OUT, jnp.sum(head_out, axis=1) + last_axis(params["bias"], 3))
     # Captured head_out or not, attn.out is the one dense over the merged heads (cheaper than
     # summing [B, N, S, D], and the same numbers as without capture).
