@@ -129,7 +129,7 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
                              f"got {tuple(head_mask.shape)}")
         xs["head_mask"] = head_mask
     if patch:
-        xs["patch"] = {k: tuple(jnp.broadcast_to(a, (L,) + a.shape[1:]) for a in v)
+        xs["patch"] = {k: tuple(_leading_layers(a, len(C.SHAPES[k].split()), L) for a in v)
                        for k, v in patch.items()}
     scanned, fixed = _split_edit(edit, L)
     if scanned:
@@ -145,6 +145,14 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
     if not layers:
         return jax.lax.scan(lambda h, x: step(capture, h, x), hidden, xs)
     return _scan_runs(step, hidden, xs, capture, dict(layers), L)
+
+
+def _leading_layers(x, rank: int, L: int) -> jax.Array:
+    """An operand broadcastable to a stacked [L, ...] shape of `rank` axes -> [L, ...] (its other
+    axes kept as they are, leading 1s added)."""
+    x = jnp.asarray(x)
+    x = x.reshape((1,) * (rank - x.ndim) + x.shape)
+    return jnp.broadcast_to(x, (L,) + x.shape[1:])
 
 
 def _split_edit(edit: dict, L: int) -> tuple[dict, dict]:
