@@ -51,6 +51,7 @@ _EXPORTS = {
     "pooler": "bertjax.model.heads",
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
+    "site_grads": "bertjax.model.site_grads",
     "stack_layers": "bertjax.model.encoder",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
 }
