@@ -176,7 +176,7 @@ def _reusing(params, input_ids, token_type_ids, attention_mask, position_ids, rn
 
 
 _forward_reusing = jax.jit(_reusing, static_argnames=("config", "capture", "layers"),
-                           donate_argnames=("reuse",))
+                           donate_argnames=("reuse",), keep_unused=True)
 
 
 def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
