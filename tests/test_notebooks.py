@@ -34,8 +34,8 @@ def cache(tmp_path_factory) -> str:
 
 
 def test_the_studies_are_numbered_in_order():
-    """The six studies of the analysis issue, then fine-tuning (07), one number each."""
-    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 8)]
+    """The six studies of the analysis issue, fine-tuning (07), steering and site gradients (08)."""
+    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 9)]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
