@@ -75,7 +75,8 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
             token_type_ids: ArrayLike | None = None, attention_mask: ArrayLike | None = None,
             position_ids: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
             head_mask: ArrayLike | None = None, patch: dict | None = None,
-            edit: dict | None = None, reuse: BertOutput | None = None) -> BertOutput:
+            edit: dict | None = None, reuse: BertOutput | None = None,
+            offload: bool = False) -> BertOutput:
     """Runs BERT and returns its outputs and the captured activations.
 
     Args:
@@ -102,6 +103,9 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
         values do not recompile.
       reuse: an earlier BertOutput of the same shapes and capture: its buffers are donated to
         this call, which may write into them; it is invalid afterwards (reading it raises).
+      offload: place the captured activations in host memory (JAX memory kind "pinned_host")
+        from inside the program, so that captures larger than device memory fit (static; for
+        inference: outputs in host memory are not meant for differentiation).
 
     Returns:
       BertOutput(last_hidden_state [B, S, D], pooler_output [B, D] or None, acts).
@@ -116,11 +120,11 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
                                      position_ids, capture)
     patch, edit = _interventions(config, arrays[0], patch, edit)
     args = (_with_stacked_layers(params), *arrays, rng, head_mask, patch, edit)
+    static = dict(config=config, capture=names, layers=layers, offload=offload)
     if reuse is None:
-        return _forward(*args, config=config, capture=names, layers=layers)
-    _check_reuse(reuse, jax.eval_shape(
-        functools.partial(_forward, config=config, capture=names, layers=layers), *args))
-    return _forward_reusing(*args, reuse, config=config, capture=names, layers=layers)
+        return _forward(*args, **static)
+    _check_reuse(reuse, jax.eval_shape(functools.partial(_forward, **static), *args))
+    return _forward_reusing(*args, reuse, **static)
 
 
 def _check_reuse(reuse, expected: BertOutput) -> None:
@@ -145,7 +149,7 @@ def _with_stacked_layers(params: dict) -> dict:
 
 def _forward_body(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
                   patch, edit, *, config: BertConfig, capture: frozenset[str],
-                  layers: tuple = ()) -> BertOutput:
+                  layers: tuple = (), offload: bool = False) -> BertOutput:
     r_embed, r_encoder = (None, None) if rng is None else jax.random.split(rng)
     embed_names = frozenset(C.EMBED_NAMES)
     hidden, acts = embeddings(params["embeddings"], input_ids, config, token_type_ids,
@@ -162,20 +166,23 @@ def _forward_body(params, input_ids, token_type_ids, attention_mask, position_id
     if C.MLM_LOGITS in capture:
         outputs(C.MLM_LOGITS, mlm_logits(params, hidden, config)[0])
     acts.update(outputs.acts)
+    if offload:  # written to host memory by the program itself
+        acts = {name: jax.device_put(value, jax.memory.Space.Host) for name, value in acts.items()}
     return BertOutput(hidden, pooled, acts)
 
 
-_forward = jax.jit(_forward_body, static_argnames=("config", "capture", "layers"))
+_forward = jax.jit(_forward_body, static_argnames=("config", "capture", "layers", "offload"))
 
 
 def _reusing(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
-             patch, edit, reuse, *, config, capture, layers):
+             patch, edit, reuse, *, config, capture, layers, offload):
     del reuse  # donated: XLA may place this call's outputs in its buffers
     return _forward_body(params, input_ids, token_type_ids, attention_mask, position_ids, rng,
-                         head_mask, patch, edit, config=config, capture=capture, layers=layers)
+                         head_mask, patch, edit, config=config, capture=capture, layers=layers,
+                         offload=offload)
 
 
-_forward_reusing = jax.jit(_reusing, static_argnames=("config", "capture", "layers"),
+_forward_reusing = jax.jit(_reusing, static_argnames=("config", "capture", "layers", "offload"),
                            donate_argnames=("reuse",), keep_unused=True)
 
 

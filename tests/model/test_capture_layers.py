@@ -151,3 +151,18 @@ def test_reuse_must_match(model):
     with pytest.raises(ValueError, match="reuse must have this call's output shapes and capture"):
         bertjax.forward(params, ids, config, capture="attn.k", reuse=previous)
     assert not previous.acts["attn.q"].is_deleted()  # refused before anything was donated
+
+
+def test_offload_places_captures_in_host_memory(model):
+    config, params = model
+    ids, types, mask = tiny_inputs()
+    want = bertjax.forward(params, ids, config, types, mask, capture={"attn.probs": (1,)})
+    got = bertjax.forward(params, ids, config, types, mask, capture={"attn.probs": (1,)},
+                          offload=True)
+    assert got.acts["attn.probs"].sharding.memory_kind == "pinned_host"
+    assert got.last_hidden_state.sharding.memory_kind == "device"
+    assert_close("offloaded", got.acts["attn.probs"], want.acts["attn.probs"], 0.0)
+    again = bertjax.forward(params, tiny_inputs(3)[0], config, types, mask,
+                            capture={"attn.probs": (1,)}, offload=True, reuse=got)
+    assert again.acts["attn.probs"].sharding.memory_kind == "pinned_host"
+    assert got.acts["attn.probs"].is_deleted()
