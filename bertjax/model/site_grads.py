@@ -59,8 +59,9 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     check_inputs(config, input_ids, arrays.get("token_type_ids"), arrays.get("attention_mask"),
                  arrays.get("position_ids"))
     capture = forward_kwargs.get("capture", ())
-    if isinstance(capture, dict):
-        capture = tuple(sorted(capture.items()))
+    if isinstance(capture, dict):  # hashable for the static argument; lists become tuples
+        capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
+                               for k, v in capture.items()))
     B, S = input_ids.shape
     sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
              "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,

@@ -109,3 +109,16 @@ def test_user_edits_and_errors(checkpoint_factory):
         bertjax.site_grads(params, ids, config, _metric, "attn.nope")
     with pytest.raises(ValueError, match=r"site_grads takes forward's keyword arguments"):
         bertjax.site_grads(params, ids, config, _metric, "layer.out", reuse=None)
+
+
+def test_the_metric_may_read_a_layer_selection(checkpoint_factory):
+    config, params = bertjax.load(checkpoint_factory("BertModel"))
+    ids, _, mask = tiny_inputs()
+    metric = lambda out: jnp.sum(out.acts["attn.probs"] ** 2)
+    got = bertjax.site_grads(params, ids, config, metric, "layer.out", attention_mask=mask,
+                             capture={"attn.probs": [1]})["layer.out"]
+    want = bertjax.site_grads(params, ids, config,
+                              lambda out: jnp.sum(out.acts["attn.probs"][1] ** 2), "layer.out",
+                              attention_mask=mask, capture="attn.probs")["layer.out"]
+    assert_close("layer.out grads", got, want, 1e-6)
+    assert float(jnp.abs(got[0]).max()) > 0 and float(jnp.abs(got[1:]).max()) == 0
