@@ -28,7 +28,7 @@ def test_the_api_example_runs(minilm_dir, tmp_path):
     assert out.acts["attn.probs"].shape == (config.num_hidden_layers, B,
                                             config.num_attention_heads, S, S)
     assert set(out.acts) == {"attn.probs", "layer.out", "embed.word", "embed.position",
-                             "embed.token_type", "embed.sum", "embed.out"}
+                             "embed.token_type", "embed.sum", "embed.out", "embed.ln_std"}
 
 
 def test_the_analysis_example_runs(minilm_dir, tmp_path):

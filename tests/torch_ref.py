@@ -2,7 +2,8 @@
 
 q, k, v, context, attn.out, the add & norm inputs and outputs and the MLP steps come from hooks on
 the transformers modules; scores are recomputed from the hooked q, k and the exact additive mask
-transformers passed to its attention; head_out from the hooked context and the output kernel.
+transformers passed to its attention; head_out from the hooked context and the output kernel; each
+LayerNorm's std (the *.ln_std names) from its hooked input.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ def _np(t) -> np.ndarray:
 def _heads(t, n):  # [B, S, D] -> [B, N, S, H]
     b, s, d = t.shape
     return t.reshape(b, s, n, d // n).transpose(1, 2)
+
+
+def _ln_std(x: np.ndarray, eps: float) -> np.ndarray:
+    """sqrt(var + eps) over the last axis, as torch's LayerNorm computes it (biased variance)."""
+    t = torch.as_tensor(x, dtype=torch.float64)
+    return np.sqrt(t.var(dim=-1, unbiased=False).numpy() + eps).astype(np.float32)
 
 
 def torch_activations(model, input_ids, token_type_ids=None, attention_mask=None,
@@ -99,6 +106,9 @@ def _finish(base, got, output) -> dict[str, np.ndarray]:
     for name, values in got.items():
         if name.startswith(("attn.", "mlp.", "layer.")):
             acts[name] = np.stack([_np(v) for v in values])
+    for name, source in (("attn.ln_std", "attn.resid"), ("layer.ln_std", "mlp.resid")):
+        acts[name] = _ln_std(acts[source], base.config.layer_norm_eps)
+    acts["embed.ln_std"] = _ln_std(acts["embed.sum"], base.config.layer_norm_eps)
     if "pooler.out" in got:
         acts["pooler.out"] = _np(got["pooler.out"][0])
     logits = getattr(output, "prediction_logits", getattr(output, "logits", None))

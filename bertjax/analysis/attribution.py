@@ -18,6 +18,16 @@ however it computed it from earlier positions.
 The parts are computed backwards, as in a gradient: the readout direction (the decoder column of
 the token) is pulled back through the head and each frozen LayerNorm, x . u -> x . centre(gamma /
 std * u), and each part is the dot product of what it writes with the direction where it enters.
+
+The frozen-scale assumption is explicit and checkable. The stds are the run's own `embed.ln_std`,
+`attn.ln_std` and `layer.ln_std` (captured, not recomputed), returned in `Attribution.ln_std`;
+`Attribution.check()` raises unless the parts add up to the logit. With `ln_std=` the scales are
+frozen at given values (e.g. a clean run's, for a corrupted input): the forward then runs with
+`edit={name: (0, std)}`, so `logit` is the logit of the model whose LayerNorms divide by those
+stds, and the parts split that logit exactly. Feeding a run's own stds back the same way
+(`forward(..., edit={"attn.ln_std": (0.0, std), ...})`) leaves its logits unchanged: with the
+scales held constant the model is the affine function the parts decompose. (The MLM head's own
+LayerNorm, which has no activation name, is frozen at its input as computed in the run.)
 """
 
 from __future__ import annotations
@@ -39,23 +49,22 @@ from bertjax.model.forward import forward
 from bertjax.model.nn import activation, dense
 
 # What `logit_parts` reads from a forward run.
-NEEDED = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE, C.EMBED_SUM, C.ATTN_HEAD_OUT,
-          C.ATTN_RESID, C.MLP_OUT, C.MLP_RESID, C.LAYER_OUT, C.MLM_LOGITS)
+NEEDED = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE, C.ATTN_HEAD_OUT, C.MLP_OUT,
+          C.LAYER_OUT, C.MLM_LOGITS) + C.LN_STD_NAMES
 EMBED_PARTS = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE)
 
 
-def through_norm(params: dict, x: Float[Array, "D"], u: Float[Array, "D"],
-                 eps: float) -> tuple[Float[Array, "D"], Float[Array, ""]]:
-    """Pulls a readout direction back through a LayerNorm frozen at its input x.
+def through_norm(params: dict, std: Float[ArrayLike, ""],
+                 u: Float[Array, "D"]) -> tuple[Float[Array, "D"], Float[Array, ""]]:
+    """Pulls a readout direction back through a LayerNorm frozen at the scale `std`.
 
-    LN(x) . u = x . centre(gamma / std * u) + beta . u, with std frozen at x's value.
+    LN(x) . u = x . centre(gamma / std * u) + beta . u, with std = sqrt(var + eps) held fixed
+    (a `*.ln_std` value).
 
     Returns:
       the direction at the LayerNorm's input, float32 [D], and beta . u (its bias part).
     """
-    x = x.astype(jnp.float32)
-    var = jnp.var(x)
-    v = params["scale"].astype(jnp.float32) * jax.lax.rsqrt(var + eps) * u  # [D]
+    v = params["scale"].astype(jnp.float32) / jnp.asarray(std, jnp.float32) * u  # [D]
     return v - jnp.mean(v), jnp.dot(params["bias"].astype(jnp.float32), u)
 
 
@@ -71,8 +80,8 @@ def _through_head(params: dict, config: BertConfig, hidden: Float[Array, "D"],
     transform = predictions["transform"]
     pre = dense(transform["dense"], hidden).astype(jnp.float32)  # [D]
     post = activation(config, pre)
-    u, bias = through_norm(transform["LayerNorm"], post, readout.astype(jnp.float32),
-                           config.layer_norm_eps)
+    std = jnp.sqrt(jnp.var(post) + config.layer_norm_eps)  # the head's LayerNorm, frozen here
+    u, bias = through_norm(transform["LayerNorm"], std, readout.astype(jnp.float32))
     gate = jnp.where(pre != 0, post / jnp.where(pre != 0, pre, 1.0), 0.0)  # act(x) = gate * x
     u = gate * u
     bias = bias + predictions["bias"][token] + jnp.dot(transform["dense"]["bias"], u)
@@ -86,12 +95,10 @@ def _through_layers(layers: dict, acts: dict, config: BertConfig,
     Returns:
       the direction at embed.out, and per layer: heads [L, N], attn_bias [L], mlp [L], bias [L].
     """
-    eps = config.layer_norm_eps
-
     def step(u, x):  # u: the direction at this layer's output
-        u, out_bias = through_norm(x["out_norm"], x[C.MLP_RESID], u, eps)
+        u, out_bias = through_norm(x["out_norm"], x[C.LAYER_LN_STD], u)
         mlp = jnp.dot(x[C.MLP_OUT].astype(jnp.float32), u)
-        u, attn_bias_norm = through_norm(x["attn_norm"], x[C.ATTN_RESID], u, eps)
+        u, attn_bias_norm = through_norm(x["attn_norm"], x[C.ATTN_LN_STD], u)
         heads = x[C.ATTN_HEAD_OUT].astype(jnp.float32) @ u  # [N, D] @ [D] -> [N]
         attn_bias = jnp.dot(x["attn_bias"].astype(jnp.float32), u)
         return u, {"heads": heads, "attn_bias": attn_bias, "mlp": mlp,
@@ -115,21 +122,23 @@ def logit_parts(params: dict, acts: dict, config: BertConfig, batch: ArrayLike,
 
     Returns:
       float32 arrays: "embed.word", "embed.position", "embed.token_type", "bias" and "logit" (the
-      model's own logit) as scalars, "heads" [L, N], "attn_bias" [L] and "mlp" [L].
+      model's own logit) as scalars, "heads" [L, N], "attn_bias" [L] and "mlp" [L], and the
+      frozen scales used: "embed.ln_std" (a scalar), "attn.ln_std" and "layer.ln_std" ([L]).
     """
     at = {name: acts[name][:, batch, ..., position, :]  # per-layer [L, (N,) D]
-          for name in (C.ATTN_HEAD_OUT, C.ATTN_RESID, C.MLP_OUT, C.MLP_RESID)}
+          for name in (C.ATTN_HEAD_OUT, C.MLP_OUT)}
+    scales = {name: acts[name][..., batch, position] for name in C.LN_STD_NAMES}  # [L] or []
+    at.update({name: scales[name] for name in (C.ATTN_LN_STD, C.LAYER_LN_STD)})
     last = acts[C.LAYER_OUT][-1, batch, position]  # [D]
     u, head_bias = _through_head(params, config, last, token)
     layers = stack_layers(params["encoder"])["layer"]
     u, per_layer = _through_layers(layers, at, config, u)
-    u, embed_bias = through_norm(params["embeddings"]["LayerNorm"],
-                                 acts[C.EMBED_SUM][batch, position], u, config.layer_norm_eps)
+    u, embed_bias = through_norm(params["embeddings"]["LayerNorm"], scales[C.EMBED_LN_STD], u)
     parts = {name: jnp.dot(acts[name][batch, position].astype(jnp.float32), u)
              for name in EMBED_PARTS}
     bias = head_bias + jnp.sum(per_layer.pop("bias")) + embed_bias
     logit = acts[C.MLM_LOGITS][batch, position, token].astype(jnp.float32)
-    return {**parts, **per_layer, "bias": bias, "logit": logit}
+    return {**parts, **per_layer, "bias": bias, "logit": logit, **scales}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +152,31 @@ class Attribution:
       logit: the model's own logit for the token at the position.
       token: the token id.
       position: the position in the sequence.
+      ln_std: the frozen LayerNorm scales the split assumes at this position: "embed.ln_std" (a
+        float), "attn.ln_std" and "layer.ln_std" (float [L]).
     """
 
     parts: dict
     logit: float
     token: int
     position: int
+    ln_std: dict = dataclasses.field(default_factory=dict)
+
+    def check(self, atol: float = 1e-4, rtol: float = 1e-5) -> float:
+        """Checks the frozen-scale split: the parts must add up to the logit.
+
+        Returns:
+          the gap, total() - logit.
+
+        Raises:
+          ValueError: the gap exceeds atol + rtol * |logit|.
+        """
+        gap = self.total() - self.logit
+        if abs(gap) > atol + rtol * abs(self.logit):
+            raise ValueError(f"the parts add up to {self.total():.6g}, not the logit "
+                             f"{self.logit:.6g} (gap {gap:.3g} > atol {atol:g} + rtol {rtol:g}"
+                             f"*|logit|): the LayerNorm scales are not the frozen ones")
+        return gap
 
     def total(self) -> float:
         """The sum of the parts (equals `logit` up to float error)."""
@@ -199,16 +227,21 @@ def _check_index(name: str, value: int, size: int, what: str) -> None:
 
 def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, position: int,
                       token: int, *, batch: int = 0, token_type_ids: ArrayLike | None = None,
-                      attention_mask: ArrayLike | None = None) -> Attribution:
+                      attention_mask: ArrayLike | None = None,
+                      ln_std: dict | None = None) -> Attribution:
     """Splits the MLM logit of `token` at `position` (of row `batch`) into labelled parts.
 
     Args:
       params: a full tree with an MLM head; config: its BertConfig.
       input_ids: int [B, S]; token_type_ids, attention_mask: [B, S] or None, as for `forward`.
       position: the position to explain (usually a [MASK]); token: the token id whose logit.
+      ln_std: None to freeze each LayerNorm at this run's own scale; or some of "embed.ln_std"
+        ([B, S]), "attn.ln_std", "layer.ln_std" ([L, B, S], e.g. another run's captures) to run
+        the model with those scales held fixed (`edit={name: (0, std)}`) and split its logit.
 
     Raises:
-      ValueError: no MLM head, or batch, position or token out of range.
+      ValueError: no MLM head, batch, position or token out of range, or ln_std with other names
+        or shapes.
     """
     check_mlm_head(params)
     input_ids = np.asarray(input_ids)
@@ -217,6 +250,13 @@ def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, po
     _check_index("batch", batch, input_ids.shape[0], "rows of input_ids")
     _check_index("position", position, input_ids.shape[1], "the sequence length")
     _check_index("token", token, config.vocab_size, f"vocab_size={config.vocab_size}")
-    acts = forward(params, input_ids, config, token_type_ids, attention_mask, capture=NEEDED).acts
+    if ln_std is not None and not set(ln_std) <= set(C.LN_STD_NAMES):
+        raise ValueError(f"ln_std keys must be among {', '.join(C.LN_STD_NAMES)}, got "
+                         f"{sorted(ln_std)}")
+    edit = {name: (0.0, jnp.asarray(std)) for name, std in (ln_std or {}).items()}
+    acts = forward(params, input_ids, config, token_type_ids, attention_mask, capture=NEEDED,
+                   edit=edit).acts
     arrays = logit_parts(params, acts, config, batch, position, token)
-    return Attribution(label_parts(arrays), float(arrays["logit"]), token, position)
+    scales = {name: np.asarray(arrays[name]) for name in C.LN_STD_NAMES}
+    scales[C.EMBED_LN_STD] = float(scales[C.EMBED_LN_STD])
+    return Attribution(label_parts(arrays), float(arrays["logit"]), token, position, scales)

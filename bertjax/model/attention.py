@@ -8,8 +8,9 @@ straight into [B, N, S, H] made XLA CPU copy and transpose every kernel on each 
 
 Two ways to the context: the explicit one (scores, softmax, probs @ v, every step tappable), and a
 fast one when neither scores nor probs are captured or patched and there is no dropout or head
-mask: `jax.nn.dot_product_attention` off CPU (JAX picks the implementation, XLA's in jax 0.10;
-cuDNN's fused kernel is not requested, untested without a GPU); on one CPU device the same
+mask: `jax.nn.dot_product_attention` off CPU (cuDNN's fused kernel on GPU for bfloat16 / float16,
+see `fused_implementation`, falling back to JAX's choice where it is refused; XLA's otherwise); on
+one CPU device the same
 arithmetic as the explicit way, run over groups of the batch whose float32 scores fit in a few
 MiB of cache (bert-base at (8, 512): 2x faster than scoring the whole batch at once, which spills
 the 100 MB of scores out of the caches; dot_product_attention on CPU is the explicit arithmetic plus
@@ -54,6 +55,14 @@ def _project(params: dict, x: jax.Array, config: BertConfig) -> jax.Array:
     B, S, _ = x.shape
     heads = dense(params, x).reshape(B, S, config.num_attention_heads, config.head_size)
     return jnp.swapaxes(heads, 1, 2)  # [B, N, S, H]
+
+
+def fused_implementation(dtype, backend: str | None = None) -> str | None:
+    """The `implementation` asked of `jax.nn.dot_product_attention` on the fast path: "cudnn" on
+    GPU for bfloat16 / float16 (the fused kernel needs one of them, with a boolean mask), None
+    (JAX's choice: XLA) otherwise. `backend` defaults to `jax.default_backend()`."""
+    backend = backend or jax.default_backend()
+    return "cudnn" if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
 
 
 def _fused_here() -> bool:
@@ -102,7 +111,7 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
     if explicit or head_mask is not None:
         context = _context(q, k, v, bias, config, taps, rng, head_mask)
     elif _fused_here():
-        context = _fused_context(q, k, v, bias)
+        context = _fused_context(q, k, v, bias, attention_mask)
     else:
         context = _grouped_context(q, k, v, bias, config)
     context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
@@ -145,15 +154,29 @@ def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
     return out.reshape(q.shape)  # [B, N, S, H]
 
 
-def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+                   attention_mask: ArrayLike | None = None) -> jax.Array:
     """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
-    captured or patched and there is no dropout or head mask, off CPU. (`implementation="cudnn"`
-    would need a boolean mask instead of the float32 bias: MASK_VALUE overflows bf16 to -inf.)
+    captured or patched and there is no dropout or head mask, off CPU.
 
-    Same float32 arithmetic as `_context`: scaled scores plus the same additive bias, float32
-    softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
+    In bfloat16 / float16 on GPU, cuDNN's fused kernel with a boolean mask [B, 1, 1, T] (the
+    float32 bias would overflow to -inf there); where cuDNN refuses at trace time (not detected,
+    an unsupported shape) it falls back to the path below. Untested on a GPU here; a fully padded
+    row is only guaranteed uniform on the path below.
+
+    Otherwise the same float32 arithmetic as `_context`: scaled scores plus the same additive bias,
+    float32 softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
     """
     to_bsnh = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, S, H] <-> [B, S, N, H]
+    if fused_implementation(q.dtype) == "cudnn":
+        mask = None if attention_mask is None else \
+            (jnp.asarray(attention_mask) != 0)[:, None, None, :]  # [B, 1, 1, T]
+        try:
+            context = jax.nn.dot_product_attention(to_bsnh(q), to_bsnh(k), to_bsnh(v), mask=mask,
+                                                   implementation="cudnn")
+            return to_bsnh(context)  # [B, N, S, H]
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # cuDNN not available or the shape not supported: JAX's own implementation
     context = jax.nn.dot_product_attention(to_bsnh(q), to_bsnh(k), to_bsnh(v), bias=bias)
     return to_bsnh(context)  # [B, N, S, H]
 
@@ -166,7 +189,7 @@ def _output(params: dict, context: jax.Array, config: BertConfig, taps: C.Taps) 
         # [B, N, S, D] directly (with N alone as batch axis it wrote [N, B, S, D] then transposed).
         kernel = jnp.broadcast_to(params["kernel"].reshape(N, H, -1), (B, N, H, config.hidden_size))
         head_out = taps(C.ATTN_HEAD_OUT, jnp.einsum("BNSH,BNHD->BNSD", context, kernel))
-        if C.ATTN_HEAD_OUT in taps.patch:  # a patched head changes attn.out: sum the heads
+        if taps.changes(C.ATTN_HEAD_OUT):  # a patched or edited head changes attn.out: sum them
             return taps(C.ATTN_OUT, jnp.sum(head_out, axis=1) + last_axis(params["bias"], 3))
     # Captured head_out or not, attn.out is the one dense over the merged heads (cheaper than
     # summing [B, N, S, D], and the same numbers as without capture).

@@ -1,10 +1,15 @@
-"""The activation names of the contract and the one mechanism that captures them.
+"""The activation names of the contract and the one mechanism that captures, edits and patches them.
 
 Every public function takes `capture`, a static collection of names, and returns `(out, acts)` where
 `acts` holds exactly the names asked for. Inside a function, anything computed only for capture sits
 behind `if name in capture:` (a Python check at trace time), so what is not asked for is never traced
 and costs nothing. Per-layer names are produced by `encoder_layer` with one layer's shape and stacked
 over layers on axis 0 by `encoder`.
+
+`capture` may also be a dict `{name or glob: layers}` (`layer_selection`): a per-layer name is then
+captured at the selected layers only, stacked in the given order, and the encoder never writes it
+at the other layers. Edits (`value * mul + add`) and patches (`where(mask, new, value)`) go through
+the same `Taps`; `check_operands` checks their shapes against the activation's stacked shape.
 
 Name strings live only in this module.
 """
@@ -34,15 +39,20 @@ MLP_POST = "mlp.post"
 MLP_OUT = "mlp.out"
 MLP_RESID = "mlp.resid"
 LAYER_OUT = "layer.out"
+EMBED_LN_STD = "embed.ln_std"
+ATTN_LN_STD = "attn.ln_std"
+LAYER_LN_STD = "layer.ln_std"
 POOLER_OUT = "pooler.out"
 MLM_LOGITS = "mlm.logits"
 
-EMBED_NAMES = (EMBED_WORD, EMBED_POSITION, EMBED_TOKEN_TYPE, EMBED_SUM, EMBED_OUT)
+EMBED_NAMES = (EMBED_WORD, EMBED_POSITION, EMBED_TOKEN_TYPE, EMBED_SUM, EMBED_OUT, EMBED_LN_STD)
 ATTENTION_NAMES = (ATTN_Q, ATTN_K, ATTN_V, ATTN_SCORES, ATTN_PROBS, ATTN_CONTEXT, ATTN_HEAD_OUT,
                    ATTN_OUT)
 # Names produced once per encoder layer, stacked over layers on axis 0.
 LAYER_NAMES = ATTENTION_NAMES + (ATTN_RESID, ATTN_NORM, MLP_PRE, MLP_POST, MLP_OUT, MLP_RESID,
-                                 LAYER_OUT)
+                                 LAYER_OUT, ATTN_LN_STD, LAYER_LN_STD)
+# sqrt(var + eps) of each LayerNorm's input, float32, one value per token.
+LN_STD_NAMES = (EMBED_LN_STD, ATTN_LN_STD, LAYER_LN_STD)
 HEAD_NAMES = (POOLER_OUT, MLM_LOGITS)
 ALL_NAMES = EMBED_NAMES + LAYER_NAMES + HEAD_NAMES
 
@@ -54,15 +64,17 @@ SHAPES = {
     ATTN_HEAD_OUT: "L B N S D", ATTN_OUT: "L B S D", ATTN_RESID: "L B S D", ATTN_NORM: "L B S D",
     MLP_PRE: "L B S I", MLP_POST: "L B S I", MLP_OUT: "L B S D", MLP_RESID: "L B S D",
     LAYER_OUT: "L B S D", POOLER_OUT: "B D", MLM_LOGITS: "B S V",
+    EMBED_LN_STD: "B S", ATTN_LN_STD: "L B S", LAYER_LN_STD: "L B S",
 }
 
 
-def resolve(capture: str | Iterable | None, *, has_pooler: bool = True,
+def resolve(capture: str | Iterable | dict | None, *, has_pooler: bool = True,
             has_mlm: bool = True) -> frozenset[str]:
     """Expands a capture request into the frozenset of contract names it means.
 
     Args:
-      capture: a name, a glob such as "attn.*", "all", or a collection of these; None or () for none.
+      capture: a name, a glob such as "attn.*", "all", or a collection of these; None or () for none;
+        or a dict whose keys are these (its layer selections: `layer_selection`).
       has_pooler, has_mlm: whether the model has those heads; "all" and globs include
         `pooler.out` / `mlm.logits` only when it does, while asking for one by name without the
         head is an error.
@@ -78,22 +90,85 @@ def resolve(capture: str | Iterable | None, *, has_pooler: bool = True,
                  if (n != POOLER_OUT or has_pooler) and (n != MLM_LOGITS or has_mlm)]
     names = set()
     for item in capture:
-        if not isinstance(item, str):
-            raise ValueError(f"capture entries must be strings, got {item!r}")
-        if item == "all":
-            names.update(available)
-        elif item in ALL_NAMES:
-            if item not in available:
-                head = "pooler" if item == POOLER_OUT else "MLM head"
-                raise ValueError(f"cannot capture {item!r}: this model has no {head}")
-            names.add(item)
-        else:
-            matched = fnmatch.filter(available, item) if any(c in item for c in "*?[") else []
-            if not matched:
-                raise ValueError(f"unknown activation name {item!r} in capture; valid names: "
-                                 f"{', '.join(ALL_NAMES)} (globs like 'attn.*' and 'all' allowed)")
-            names.update(matched)
+        names.update(_expand(item, available))
     return frozenset(names)
+
+
+def _expand(item, available: list[str]) -> list[str]:
+    """The names one capture entry means."""
+    if not isinstance(item, str):
+        raise ValueError(f"capture entries must be strings, got {item!r}")
+    if item == "all":
+        return available
+    if item in ALL_NAMES:
+        if item not in available:
+            head = "pooler" if item == POOLER_OUT else "MLM head"
+            raise ValueError(f"cannot capture {item!r}: this model has no {head}")
+        return [item]
+    matched = fnmatch.filter(available, item) if any(c in item for c in "*?[") else []
+    if not matched:
+        raise ValueError(f"unknown activation name {item!r} in capture; valid names: "
+                         f"{', '.join(ALL_NAMES)} (globs like 'attn.*' and 'all' allowed)")
+    return matched
+
+
+def layer_selection(capture, num_layers: int, *, has_pooler: bool = True,
+                    has_mlm: bool = True) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The per-layer names of a dict `capture` captured at some layers only (static, hashable).
+
+    `capture={"attn.probs": (3, 7), "layer.*": None}`: each key a name or glob, each value a tuple
+    (or list) of layer indices, a single int, or None for every layer. Negative indices count from
+    the end, as in Python (-1 is the last layer). A selection of every layer in order is the same as
+    None. Non-dict captures select every layer.
+
+    Returns:
+      sorted (name, layers) pairs for the names with a partial selection, layers in the given order.
+
+    Raises:
+      ValueError: an index out of range, a repeated index, an empty selection, layers given for a
+        name that has no layer axis (asked for by name; a glob's non-layer names are taken whole),
+        or one name given two different selections.
+    """
+    if not isinstance(capture, dict):
+        return ()
+    available = [n for n in ALL_NAMES
+                 if (n != POOLER_OUT or has_pooler) and (n != MLM_LOGITS or has_mlm)]
+    chosen: dict[str, tuple[int, ...] | None] = {}
+    for key, layers in capture.items():
+        for name in _expand(key, available):
+            if name not in LAYER_NAMES:
+                if layers is not None and key == name:
+                    raise ValueError(f"capture[{key!r}]: {name} has no layer axis, so its layers "
+                                     f"must be None, got {layers!r}")
+                continue
+            picked = _layers(key, layers, num_layers)
+            if chosen.setdefault(name, picked) != picked:
+                raise ValueError(f"capture selects {name} twice with different layers: "
+                                 f"{chosen[name]} and {picked}")
+    return tuple(sorted((n, sel) for n, sel in chosen.items() if sel is not None))
+
+
+def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
+    """Normalised layer indices of one dict entry; None for all layers in order."""
+    if layers is None:
+        return None
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = (layers,)
+    if not isinstance(layers, (tuple, list)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ValueError(f"capture[{key!r}] must be None or a tuple of layer indices, "
+                         f"got {layers!r}")
+    if not layers:
+        raise ValueError(f"capture[{key!r}] selects no layer: use None for all layers or leave "
+                         f"the name out")
+    bad = [i for i in layers if not -num_layers <= i < num_layers]
+    if bad:
+        raise ValueError(f"capture[{key!r}]: layer {bad[0]} out of range for a model of "
+                         f"{num_layers} layers ({-num_layers}..{num_layers - 1})")
+    picked = tuple(i % num_layers for i in layers)
+    if len(set(picked)) != len(picked):
+        raise ValueError(f"capture[{key!r}] repeats a layer: {tuple(layers)}")
+    return None if picked == tuple(range(num_layers)) else picked
 
 
 def as_frozenset(capture: str | Iterable[str] | None, has_pooler: bool = False,
@@ -106,55 +181,111 @@ def as_frozenset(capture: str | Iterable[str] | None, has_pooler: bool = False,
 
 
 class Taps:
-    """The capture-and-patch point every named activation passes through, for one call.
+    """The capture, edit and patch point every named activation passes through, for one call.
 
-    `taps(name, value)` returns the value to use from there on: `value`, or, when `name` is patched,
-    `where(mask, new, value)`; it records the result in `taps.acts` when `name` is captured. A patch
-    is `name -> (new, mask)` with arrays of the activation's shape (mask broadcastable, bool):
-    the arrays are traced, so new values or masks never recompile; the set of patched names is part
-    of the pytree structure and so static.
+    `taps(name, value)` returns the value to use from there on and records it in `taps.acts` when
+    `name` is captured. When `name` is patched (`name -> (new, mask)`) the value first becomes
+    `where(mask, new, value)`; when it is edited (`name -> (mul, add)`) it then becomes
+    `value * mul + add` (cast back to the value's dtype). The operands are arrays broadcastable to
+    the value (a scalar, or the value's rank): they are traced, so new values never recompile; the
+    set of patched and edited names is part of the pytree structure and so static.
     """
 
-    def __init__(self, capture=(), patch: dict | None = None):
+    def __init__(self, capture=(), patch: dict | None = None, edit: dict | None = None):
         self.capture = as_frozenset(capture)
         self.patch = patch or {}
+        self.edit = edit or {}
         self.acts: dict = {}
 
+    def changes(self, name: str) -> bool:
+        """Whether `name` is patched or edited (its value may differ from the computed one)."""
+        return name in self.patch or name in self.edit
+
     def wants(self, name: str) -> bool:
-        """Whether `name` is captured or patched (so that capture-only work is traced only then)."""
-        return name in self.capture or name in self.patch
+        """Whether `name` is captured, patched or edited (so that work for it is traced only then)."""
+        return name in self.capture or self.changes(name)
 
     def __call__(self, name: str, value):
-        if name in self.patch:
-            import jax.numpy as jnp
+        import jax.numpy as jnp
 
+        if name in self.patch:
             new, mask = self.patch[name]
             value = jnp.where(jnp.broadcast_to(mask, value.shape),
                               jnp.broadcast_to(new, value.shape).astype(value.dtype), value)
+        if name in self.edit:
+            mul, add = (_fit(x, value.ndim) for x in self.edit[name])
+            value = (value * mul + add).astype(value.dtype)
         if name in self.capture:
             self.acts[name] = value
         return value
 
 
+def _fit(x, ndim: int):
+    """A scalar stays a scalar; an array gets leading 1s up to `ndim` (explicit rank promotion)."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x)
+    return x if x.ndim in (0, ndim) else x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
 def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,
-             has_mlm: bool = False) -> Taps:
+             has_mlm: bool = False, edit: dict | None = None) -> Taps:
     """The Taps of a call: `capture` itself when a caller passes its Taps down, else a new one
     (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for)."""
     if isinstance(capture, Taps):
         return capture
-    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch))
+    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch), check_edit(edit))
+
+
+def _check_pairs(what: str, pairs: dict | None, pair: str, heads_ok: bool) -> dict:
+    if not pairs:
+        return {}
+    for name, value in pairs.items():
+        if name not in ALL_NAMES:
+            raise ValueError(f"unknown activation name {name!r} in {what}; valid names: "
+                             f"{', '.join(ALL_NAMES)}")
+        if name in HEAD_NAMES and not heads_ok:
+            raise ValueError(f"{name!r} is a model output and cannot be patched")
+        if not (isinstance(value, (tuple, list)) and len(value) == 2):
+            raise ValueError(f"{what}[{name!r}] must be a {pair} pair")
+    return dict(pairs)
 
 
 def check_patch(patch: dict | None) -> dict:
     """Validates patch names (contract names with a (new, mask) pair each)."""
-    if not patch:
-        return {}
-    for name, pair in patch.items():
-        if name not in ALL_NAMES:
-            raise ValueError(f"unknown activation name {name!r} in patch; valid names: "
-                             f"{', '.join(ALL_NAMES)}")
-        if name in HEAD_NAMES:
-            raise ValueError(f"{name!r} is a model output and cannot be patched")
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ValueError(f"patch[{name!r}] must be a (new_values, mask) pair")
-    return dict(patch)
+    return _check_pairs("patch", patch, "(new_values, mask)", heads_ok=False)
+
+
+def check_edit(edit: dict | None) -> dict:
+    """Validates edit names (contract names with a (mul, add) pair each); model outputs
+    (`pooler.out`, `mlm.logits`) may be edited too."""
+    return _check_pairs("edit", edit, "(mul, add)", heads_ok=True)
+
+
+def stacked_shape(name: str, sizes: dict[str, int]) -> tuple[int, ...]:
+    """An activation's stacked shape from axis sizes (letters of `SHAPES`; T is S)."""
+    sizes = {**sizes, "T": sizes["S"]}
+    return tuple(sizes[letter] for letter in SHAPES[name].split())
+
+
+def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[str, str]) -> None:
+    """Raises ValueError unless each operand of `pairs` broadcasts to its activation's stacked
+    shape without changing it (NumPy broadcasting: trailing axes aligned, each either 1 or the
+    activation's size; missing leading axes are broadcast).
+
+    Args:
+      what: "edit" or "patch" (named in the message).
+      pairs: name -> two operands; sizes: axis letter -> size (L, B, S, N, H, D, I, V).
+      labels: the operands' names in the message, e.g. ("mul", "add").
+    """
+    import numpy as np
+
+    for name, operands in pairs.items():
+        target = stacked_shape(name, sizes)
+        for label, x in zip(labels, operands):
+            shape = tuple(np.shape(x))
+            if len(shape) > len(target) or any(
+                    a not in (1, b) for a, b in zip(shape[::-1], target[::-1])):
+                raise ValueError(
+                    f"{what}[{name!r}] {label} has shape {shape}, which does not broadcast to "
+                    f"{name}'s stacked shape [{', '.join(SHAPES[name].split())}]={target}")

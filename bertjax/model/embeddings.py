@@ -10,14 +10,15 @@ from jaxtyping import Array, Float
 from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
-from bertjax.model.nn import dropout, layer_norm, subtree
+from bertjax.model.nn import dropout, subtree, tapped_layer_norm
 from bertjax.model.params import check_tree
 
 
 def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
                token_type_ids: ArrayLike | None = None, position_ids: ArrayLike | None = None,
                capture=(), rng: jax.Array | None = None,
-               patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+               patch: dict | None = None,
+               edit: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
     """Embeds token ids.
 
     Args:
@@ -28,11 +29,12 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
       capture: names among embed.word, embed.position, embed.token_type, embed.sum, embed.out.
       rng: PRNG key for hidden dropout; None for inference.
       patch: name -> (new, mask) replacing embed.* activations (see `bertjax.model.capture.Taps`).
+      edit: name -> (mul, add) editing embed.* activations: value * mul + add.
 
     Returns:
       embed.out, float [B, S, D] in the parameters' dtype, and the captured activations.
     """
-    taps = C.taps_for(capture, patch)
+    taps = C.taps_for(capture, patch, edit=edit)
     params = subtree(params, "embeddings")
     check_tree(params, config, "embeddings")
     check_inputs(config, input_ids, token_type_ids, None, position_ids)
@@ -54,6 +56,7 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
     position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]
     position = taps(C.EMBED_POSITION, jnp.broadcast_to(position, word.shape))  # [B, S, D]
     summed = taps(C.EMBED_SUM, (word + token_type) + position)  # transformers' order of addition
-    out = layer_norm(params["LayerNorm"], summed, config.layer_norm_eps)
+    out = tapped_layer_norm(params["LayerNorm"], summed, config.layer_norm_eps, taps,
+                            C.EMBED_LN_STD)
     out = taps(C.EMBED_OUT, dropout(rng, out, config.hidden_dropout_prob))
     return out, taps.acts

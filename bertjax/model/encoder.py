@@ -21,6 +21,7 @@ import weakref
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
@@ -88,32 +89,42 @@ def _drop(key: tuple):
 def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
             attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
             head_mask: Float[ArrayLike, "L N"] | None = None,
-            patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+            patch: dict | None = None, edit: dict | None = None,
+            layers: tuple = ()) -> tuple[Float[Array, "B S D"], dict]:
     """All encoder layers.
 
     Args:
       params: the `encoder` subtree (or the full tree), per-layer or stacked.
       hidden: float [B, S, D], the embeddings' output.
       attention_mask: [B, S] of 1 (token) / 0 (padding), or None.
-      capture: per-layer names; each comes back stacked over layers, [L, ...].
+      capture: per-layer names; each comes back stacked over layers, [L, ...]. A dict
+        `{name or glob: layers}` selects layers (`bertjax.model.capture.layer_selection`).
       rng: PRNG key for dropout; None for inference.
       head_mask: float [L, N] scaling each head's attention probabilities, or None.
       patch: per-layer name -> (new, mask), both with a leading L axis ([L, ...] of the
         activation's stacked shape, mask broadcastable), replacing activations in place.
+      edit: per-layer name -> (mul, add), each a scalar or broadcastable to the stacked shape
+        [L, ...]: the activation becomes value * mul + add at every layer.
+      layers: (name, layer indices) pairs of a resolved selection (what `layer_selection`
+        returns); a dict `capture` gives its own.
 
     Returns:
-      the last layer's output, float [B, S, D], and the captured activations.
+      the last layer's output, float [B, S, D], and the captured activations: [L, ...] per name,
+      [len(layers), ...] for a selected name, in the selection's order.
     """
     if isinstance(capture, C.Taps):
-        capture, patch = capture.capture, capture.patch
+        capture, patch, edit = capture.capture, capture.patch, capture.edit
+    L = config.num_hidden_layers
+    if isinstance(capture, dict):
+        layers = C.layer_selection(capture, L, has_pooler=False, has_mlm=False)
     capture = C.as_frozenset(capture) & frozenset(C.LAYER_NAMES)
     patch = {k: v for k, v in C.check_patch(patch).items() if k in C.LAYER_NAMES}
     check_tree(subtree(params, "encoder"), config, "encoder")
     check_hidden(hidden, config)
+    edit = {k: v for k, v in C.check_edit(edit).items() if k in C.LAYER_NAMES}
     hidden = jnp.asarray(hidden)
-    layers = stack_layers(subtree(params, "encoder")["layer"])
-    L = config.num_hidden_layers
-    xs = {"params": layers}
+    stacked = stack_layers(subtree(params, "encoder")["layer"])
+    xs = {"params": stacked}
     if rng is not None:
         xs["rng"] = jax.random.split(rng, L)
     if head_mask is not None:
@@ -122,12 +133,70 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
                              f"got {tuple(head_mask.shape)}")
         xs["head_mask"] = head_mask
     if patch:
-        xs["patch"] = {k: tuple(jnp.broadcast_to(a, (L,) + a.shape[1:]) for a in v)
+        xs["patch"] = {k: tuple(_leading_layers(a, len(C.SHAPES[k].split()), L) for a in v)
                        for k, v in patch.items()}
+    scanned, fixed = _split_edit(edit, L)
+    if scanned:
+        xs["edit"] = scanned
 
-    def step(h, x):
-        taps = C.Taps(capture, x.get("patch"))
+    def step(names, h, x):
+        per_layer = {k: tuple(fixed[k][j] if j in fixed.get(k, {}) else x["edit"][k][j]
+                              for j in range(2)) for k in edit}
+        taps = C.Taps(names, x.get("patch"), per_layer)
         return encoder_layer(x["params"], h, config, attention_mask, taps, x.get("rng"),
                              x.get("head_mask"))
 
-    return jax.lax.scan(step, hidden, xs)
+    if not layers:
+        return jax.lax.scan(lambda h, x: step(capture, h, x), hidden, xs)
+    return _scan_runs(step, hidden, xs, capture, dict(layers), L)
+
+
+def _leading_layers(x, rank: int, L: int) -> jax.Array:
+    """An operand broadcastable to a stacked [L, ...] shape of `rank` axes -> [L, ...] (its other
+    axes kept as they are, leading 1s added)."""
+    x = jnp.asarray(x)
+    x = x.reshape((1,) * (rank - x.ndim) + x.shape)
+    return jnp.broadcast_to(x, (L,) + x.shape[1:])
+
+
+def _split_edit(edit: dict, L: int) -> tuple[dict, dict]:
+    """Edit operands with a leading L axis (scanned over layers: name -> {j: [L, ...]}) and the
+    ones equal at every layer (kept out of the scan: name -> {j: one layer's operand})."""
+    scanned, fixed = {}, {}
+    for name, pair in edit.items():
+        rank = len(C.SHAPES[name].split())
+        for j, x in enumerate(pair):
+            x = jnp.asarray(x)
+            if x.ndim == rank and x.shape[0] == L and L > 1:
+                scanned.setdefault(name, {})[j] = x
+            else:  # a scalar, or leading axes missing or 1: the same at every layer
+                fixed.setdefault(name, {})[j] = x if x.ndim < rank else x[0]
+    scanned = {k: tuple(v.get(j, jnp.zeros((L,))) for j in range(2)) for k, v in scanned.items()}
+    return scanned, fixed
+
+
+def _scan_runs(step, hidden, xs: dict, capture: frozenset, selected: dict, L: int):
+    """The layers in runs where the captured set is constant, one scan each: a name is written
+    only by the runs of its selected layers (the others never trace it), then its pieces are put in
+    the selection's order."""
+    per_layer = [frozenset(n for n in capture if n not in selected or i in selected[n])
+                 for i in range(L)]
+    pieces: dict = {n: [] for n in capture}  # name -> [(first layer, [run length, ...])]
+    start = 0
+    for i in range(1, L + 1):
+        if i < L and per_layer[i] == per_layer[start]:
+            continue
+        run = jax.tree_util.tree_map(lambda a, s=start, e=i: a[s:e], xs)
+        hidden, acts = jax.lax.scan(lambda h, x, n=per_layer[start]: step(n, h, x), hidden, run)
+        for name, value in acts.items():
+            pieces[name].append((start, value))
+        start = i
+    out = {}
+    for name, parts in pieces.items():
+        value = parts[0][1] if len(parts) == 1 else jnp.concatenate([v for _, v in parts])
+        if name in selected:
+            order = sorted(selected[name])
+            index = [order.index(i) for i in selected[name]]
+            value = value if index == list(range(len(index))) else value[np.asarray(index)]
+        out[name] = value
+    return hidden, out

@@ -49,15 +49,36 @@ def _prepare(params, input_ids, config, token_type_ids, attention_mask, position
     heads = check_params(params, config)  # shapes only, remembered: free on the next call
     check_capture(capture)
     names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    layers = C.layer_selection(capture, config.num_hidden_layers, has_pooler=heads.pooler,
+                               has_mlm=heads.mlm)
     arrays = [_as_array(x) for x in (input_ids, token_type_ids, attention_mask, position_ids)]
     check_inputs(config, *arrays, values=values)
-    return names, arrays
+    return names, layers, arrays
+
+
+def _sizes(config: BertConfig, input_ids) -> dict[str, int]:
+    B, S = input_ids.shape
+    return {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
+            "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
+            "V": config.vocab_size}
+
+
+def _interventions(config: BertConfig, input_ids, patch, edit) -> tuple[dict, dict]:
+    """Checked patch and edit, operands as arrays, before anything is traced."""
+    patch, edit = C.check_patch(patch), C.check_edit(edit)
+    edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
+    sizes = _sizes(config, input_ids)
+    C.check_operands("patch", patch, sizes, ("new", "mask"))
+    C.check_operands("edit", edit, sizes, ("mul", "add"))
+    return patch, edit
 
 
 def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
             token_type_ids: ArrayLike | None = None, attention_mask: ArrayLike | None = None,
             position_ids: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
-            head_mask: ArrayLike | None = None, patch: dict | None = None) -> BertOutput:
+            head_mask: ArrayLike | None = None, patch: dict | None = None,
+            edit: dict | None = None, reuse: BertOutput | None = None,
+            offload: bool = False) -> BertOutput:
     """Runs BERT and returns its outputs and the captured activations.
 
     Args:
@@ -69,14 +90,24 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
       token_type_ids: int [B, S], zeros when None.
       attention_mask: [B, S], 1 for tokens and 0 for padding; all ones when None.
       position_ids: int [B, S], [1, S] or [S]; 0 .. S-1 when None.
-      capture: activation names, globs ("attn.*") or "all" (static).
+      capture: activation names, globs ("attn.*") or "all" (static); or a dict
+        `{name or glob: layer indices or None}` capturing per-layer names at the selected layers
+        only, stacked in the given order (`bertjax.model.capture.layer_selection`).
       rng: PRNG key; turns dropout on (training). None is deterministic inference.
       head_mask: float [L, N] multiplying each head's attention probabilities, or None.
       patch: activation name -> (new, mask) replacing that activation where mask is True and
         letting the change flow downstream; per-layer names take [L, ...] arrays (see
         `bertjax.model.capture.Taps` and the builders in `bertjax.analysis.interventions`).
-        New values and masks
-        do not recompile.
+        New values and masks do not recompile.
+      edit: activation name -> (mul, add): the activation becomes value * mul + add before
+        anything downstream reads it (captured values are the edited ones). mul and add broadcast
+        to the stacked shape ([L, ...] for per-layer names; see `capture.check_operands`). New
+        values do not recompile.
+      reuse: an earlier BertOutput of the same shapes and capture: its buffers are donated to
+        this call, which may write into them; it is invalid afterwards (reading it raises).
+      offload: place the captured activations in host memory (JAX memory kind "pinned_host")
+        from inside the program, so that captures larger than device memory fit (static; for
+        inference: outputs in host memory are not meant for differentiation).
 
     Returns:
       BertOutput(last_hidden_state [B, S, D], pooler_output [B, D] or None, acts).
@@ -85,13 +116,30 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
       ValueError: out-of-range ids, token types or positions, a sequence longer than
         max_position_embeddings, shapes that disagree, float ids, unknown capture names, an
         empty batch or sequence, a params tree that disagrees with the config (`check_tree` in
-        bertjax/model/params.py). Value checks need concrete inputs; under an outer jit use
-        `checked_forward`.
+        bertjax/model/params.py), edit or patch operands that do not broadcast to their
+        activation. Value checks need concrete inputs; under an outer jit use `checked_forward`.
     """
-    names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
-                             position_ids, capture)
-    return _forward(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch),
-                    config=config, capture=names)
+    names, layers, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
+                                     position_ids, capture)
+    patch, edit = _interventions(config, arrays[0], patch, edit)
+    args = (_with_stacked_layers(params), *arrays, rng, head_mask, patch, edit)
+    static = dict(config=config, capture=names, layers=layers, offload=offload)
+    if reuse is None:
+        return _forward(*args, **static)
+    _check_reuse(reuse, jax.eval_shape(functools.partial(_forward, **static), *args))
+    return _forward_reusing(*args, reuse, **static)
+
+
+def _check_reuse(reuse, expected: BertOutput) -> None:
+    """Raises ValueError unless `reuse` has the structure, shapes and dtypes of this call's output."""
+    if not isinstance(reuse, BertOutput):
+        raise ValueError(f"reuse must be a BertOutput of an earlier forward, got "
+                         f"{type(reuse).__name__}")
+    got = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), reuse)
+    want = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), expected)
+    if got != want:
+        raise ValueError(f"reuse must have this call's output shapes and capture: expected "
+                         f"{want}, got {got}")
 
 
 def _with_stacked_layers(params: dict) -> dict:
@@ -102,28 +150,49 @@ def _with_stacked_layers(params: dict) -> dict:
     return {**params, "encoder": {**params["encoder"], "layer": stacked_once(layers)}}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "capture"))
-def _forward(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
-             patch, *, config: BertConfig, capture: frozenset[str]) -> BertOutput:
+def _forward_body(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
+                  patch, edit, *, config: BertConfig, capture: frozenset[str],
+                  layers: tuple = (), offload: bool = False) -> BertOutput:
     r_embed, r_encoder = (None, None) if rng is None else jax.random.split(rng)
-    embed_patch = {k: v for k, v in patch.items() if k in C.EMBED_NAMES}
+    embed_names = frozenset(C.EMBED_NAMES)
     hidden, acts = embeddings(params["embeddings"], input_ids, config, token_type_ids,
-                              position_ids, capture & frozenset(C.EMBED_NAMES), r_embed, embed_patch)
+                              position_ids, capture & embed_names, r_embed,
+                              {k: v for k, v in patch.items() if k in embed_names},
+                              {k: v for k, v in edit.items() if k in embed_names})
     hidden, layer_acts = encoder(params["encoder"], hidden, config, attention_mask, capture,
-                                 r_encoder, head_mask, patch)
+                                 r_encoder, head_mask, patch, edit, layers)
     acts.update(layer_acts)
+    outputs = C.Taps(capture, edit={k: v for k, v in edit.items() if k in C.HEAD_NAMES})
     pooled = None
     if "pooler" in params:
-        pooled, pooler_acts = pooler(params["pooler"], hidden, config, capture)
-        acts.update(pooler_acts)
+        pooled = outputs(C.POOLER_OUT, pooler(params["pooler"], hidden, config)[0])
     if C.MLM_LOGITS in capture:
-        acts.update(mlm_logits(params, hidden, config, capture)[1])
+        outputs(C.MLM_LOGITS, mlm_logits(params, hidden, config)[0])
+    acts.update(outputs.acts)
+    if offload:  # written to host memory by the program itself
+        acts = {name: jax.device_put(value, jax.memory.Space.Host) for name, value in acts.items()}
     return BertOutput(hidden, pooled, acts)
+
+
+_forward = jax.jit(_forward_body, static_argnames=("config", "capture", "layers", "offload"))
+
+
+def _reusing(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
+             patch, edit, reuse, *, config, capture, layers, offload):
+    del reuse  # donated: XLA may place this call's outputs in its buffers
+    return _forward_body(params, input_ids, token_type_ids, attention_mask, position_ids, rng,
+                         head_mask, patch, edit, config=config, capture=capture, layers=layers,
+                         offload=offload)
+
+
+_forward_reusing = jax.jit(_reusing, static_argnames=("config", "capture", "layers", "offload"),
+                           donate_argnames=("reuse",), keep_unused=True)
 
 
 def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
                     token_type_ids=None, attention_mask=None, position_ids=None, capture=(),
-                    rng=None, head_mask=None, patch=None) -> tuple[checkify.Error, BertOutput]:
+                    rng=None, head_mask=None, patch=None,
+                    edit=None) -> tuple[checkify.Error, BertOutput]:
     """`forward` with its value checks carried through jit by `jax.experimental.checkify`.
 
     Use it where the inputs are traced (inside your own `jax.jit`); outside jit too it returns
@@ -131,16 +200,17 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     out-of-range id, token type or position, a mask value other than 0/1), naming the offending
     value. Shapes, dtypes and the params tree are still checked at once (ValueError).
     """
-    names, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
-                             position_ids, capture, values=False)
-    return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, C.check_patch(patch),
-                    config=config, capture=names)
+    names, layers, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
+                                     position_ids, capture, values=False)
+    patch, edit = _interventions(config, arrays[0], patch, edit)
+    return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, patch, edit,
+                    config=config, capture=names, layers=layers)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "capture"))
+@functools.partial(jax.jit, static_argnames=("config", "capture", "layers"))
 @functools.partial(checkify.checkify, errors=checkify.user_checks)
 def _checked(params, input_ids, token_type_ids, attention_mask, position_ids, rng, head_mask,
-             patch, *, config, capture):
+             patch, edit, *, config, capture, layers):
     checkify_inputs(config, input_ids, token_type_ids, position_ids, attention_mask)
-    return _forward(params, input_ids, token_type_ids, attention_mask, position_ids, rng,
-                    head_mask, patch, config=config, capture=capture)
+    return _forward_body(params, input_ids, token_type_ids, attention_mask, position_ids, rng,
+                         head_mask, patch, edit, config=config, capture=capture, layers=layers)

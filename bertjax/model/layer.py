@@ -11,7 +11,7 @@ from bertjax.model import capture as C
 from bertjax.model.attention import attention
 from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
-from bertjax.model.nn import activation, dense, dropout, layer_norm, split
+from bertjax.model.nn import activation, dense, dropout, split, tapped_layer_norm
 from bertjax.model.params import check_tree
 
 
@@ -38,7 +38,8 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
                   attention_mask: ArrayLike | None = None, capture=(),
                   rng: jax.Array | None = None,
                   head_mask: Float[ArrayLike, "N"] | None = None,
-                  patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+                  patch: dict | None = None,
+                  edit: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
     """One BERT layer.
 
     Args:
@@ -49,11 +50,12 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
       rng: PRNG key for dropout; None for inference.
       head_mask: float [N] scaling each head's probabilities, or None.
       patch: name -> (new, mask) replacing activations of this layer (see `bertjax.model.capture.Taps`).
+      edit: name -> (mul, add): the activation becomes value * mul + add (this layer's shapes).
 
     Returns:
       layer.out, float [B, S, D], and the captured activations.
     """
-    taps = C.taps_for(capture, patch)
+    taps = C.taps_for(capture, patch, edit=edit)
     check_tree(params, config, "encoder/layer/0")
     check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
@@ -63,9 +65,11 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
                             head_mask)
     attn_out = dropout(r_hidden, attn_out, config.hidden_dropout_prob)
     resid = taps(C.ATTN_RESID, hidden + attn_out)
-    normed = layer_norm(params["attention"]["output"]["LayerNorm"], resid, config.layer_norm_eps)
+    normed = tapped_layer_norm(params["attention"]["output"]["LayerNorm"], resid,
+                               config.layer_norm_eps, taps, C.ATTN_LN_STD)
     normed = taps(C.ATTN_NORM, normed)
     mlp_out, _ = feed_forward(params, normed, config, taps, r_mlp)
     mlp_resid = taps(C.MLP_RESID, normed + mlp_out)
-    out = layer_norm(params["output"]["LayerNorm"], mlp_resid, config.layer_norm_eps)
+    out = tapped_layer_norm(params["output"]["LayerNorm"], mlp_resid, config.layer_norm_eps, taps,
+                            C.LAYER_LN_STD)
     return taps(C.LAYER_OUT, out), taps.acts

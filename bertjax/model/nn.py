@@ -33,6 +33,30 @@ def layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
     return (y * scale + bias).astype(x.dtype)
 
 
+def layer_norm_std(x: jax.Array, eps: float) -> jax.Array:
+    """sqrt(var + eps) of x over the last axis, float32 [...] (the last axis dropped)."""
+    x32 = x.astype(jnp.float32)
+    return jnp.sqrt(jnp.var(x32, axis=-1) + eps)
+
+
+def tapped_layer_norm(params: dict, x: jax.Array, eps: float, taps, name: str) -> jax.Array:
+    """`layer_norm` whose std passes through `taps(name, std)` (see `bertjax.model.capture.Taps`).
+
+    Untouched when `name` is not asked for; when it is only captured the output is `layer_norm`'s
+    own; when it is edited or patched the output divides by the changed std.
+    """
+    if not taps.wants(name):
+        return layer_norm(params, x, eps)
+    std = taps(name, layer_norm_std(x, eps))  # [...], float32
+    if not taps.changes(name):
+        return layer_norm(params, x, eps)
+    x32 = x.astype(jnp.float32)
+    y = (x32 - jnp.mean(x32, axis=-1, keepdims=True)) / std[..., None]
+    scale = last_axis(params["scale"].astype(jnp.float32), x.ndim)
+    bias = last_axis(params["bias"].astype(jnp.float32), x.ndim)
+    return (y * scale + bias).astype(x.dtype)
+
+
 _ACT = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf form, transformers' "gelu"
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation

@@ -175,15 +175,14 @@ def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
 
 @dataclasses.dataclass(frozen=True)
 class Post:
-    """The on-device step after forward: select layers, batch axis first, the token axis (S, or T
-    for keys and values) second or pooled.
+    """The on-device step after forward (whose capture already selected the layers): batch axis
+    first, the token axis (S, or T for keys and values) second or pooled.
 
     Hashable and compared by value, so it keys the compile cache of `sharded_forward`: the same
     request in the same process reuses the compiled programs.
     """
 
     names: frozenset[str]
-    layers: tuple[int, ...]
     reduce: str
     dtype: str
 
@@ -191,8 +190,6 @@ class Post:
         result = {}
         for name in sorted(self.names):
             a, letters = out.acts[name], C.SHAPES[name].split()
-            if name in C.LAYER_NAMES:
-                a = a[np.asarray(self.layers)]
             a = jnp.moveaxis(a, letters.index("B"), 0)  # [B, ...rest]
             letters = ["B"] + [x for x in letters if x != "B"]
             if axis := token_axis(letters):
@@ -375,8 +372,10 @@ def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> 
         raise ValueError(f"model {opts.model} has no tokenizer files (vocab.txt or tokenizer.json)")
     mesh = make_mesh(jax.local_devices() if devices is None else devices, opts.model_axis)
     params = shard_params(mesh, stack_layers(pre.params), pre.config)
-    post = Post(names, layers, opts.reduce, opts.dtype)
-    run = sharded_forward(mesh, params, pre.config, names, post=post)
+    post = Post(names, opts.reduce, opts.dtype)
+    # Per-layer names captured at the selected layers only: the others are never written.
+    capture = {name: layers if name in C.LAYER_NAMES else None for name in names}
+    run = sharded_forward(mesh, params, pre.config, capture, post=post)
     per = mesh.shape["batch"]
     rows = -(-opts.batch_size // per) * per
     pad_id = pre.tokenizer.pad_token_id or 0

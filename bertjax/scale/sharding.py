@@ -169,7 +169,8 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
       params: the parameter tree (used for its heads and layout). Place the tree that `run`
         gets with `shard_params` (for a model axis of 1 the same as `replicate`): jit refuses
         arrays placed otherwise.
-      capture: activation names, globs or "all", as for `forward`.
+      capture: activation names, globs or "all", as for `forward`, or a dict selecting layers
+        (`{name: layers}`): unselected layers are never written.
       post: optional `post(out, attention_mask) -> dict of [B, ...] arrays`, traced into the same
         program (selecting layers, pooling), so that only its results leave the devices. It keys
         the compile cache: pass the same (or an equal, hashable) object to reuse a compilation.
@@ -185,8 +186,10 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
     """
     heads = Heads.of(params)
     names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    layers = C.layer_selection(capture, config.num_hidden_layers, has_pooler=heads.pooler,
+                               has_mlm=heads.mlm)
     param_shardings(mesh, params, config)  # raises now when the model axis does not divide
-    jitted = _jitted(mesh, config, names, post, heads.pooler, _layout(params))
+    jitted = _jitted(mesh, config, names, post, heads.pooler, _layout(params), layers)
 
     def run(params, input_ids, attention_mask, token_type_ids):
         check_inputs(config, input_ids, token_type_ids, attention_mask)
@@ -197,12 +200,14 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
 
 @functools.lru_cache(maxsize=16)
 def _jitted(mesh: Mesh, config: BertConfig, names: frozenset, post, pooler: bool,
-            layout: tuple[tuple[str, int], ...]):
-    """One jitted program per distinct request (jax.jit caches compilations per function object)."""
+            layout: tuple[tuple[str, int], ...], layers: tuple = ()):
+    """One jitted program per distinct request (jax.jit caches compilations per function object).
+    `layers`: a layer selection (`bertjax.model.capture.layer_selection`), () for all layers."""
     rows = NamedSharding(mesh, P(BATCH))
+    request = {**dict.fromkeys(names), **dict(layers)} if layers else names
 
     def program(params, input_ids, attention_mask, token_type_ids):
-        out = forward(params, input_ids, config, token_type_ids, attention_mask, capture=names)
+        out = forward(params, input_ids, config, token_type_ids, attention_mask, capture=request)
         return out if post is None else post(out, attention_mask)
 
     return jax.jit(program, in_shardings=(_layout_shardings(mesh, layout), rows, rows, rows),

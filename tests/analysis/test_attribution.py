@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,7 +87,7 @@ def test_parts_are_jitted_and_vmap_over_positions(model):
     one = logit_attribution(params, config, ids, 5, 7, token_type_ids=types, attention_mask=mask)
     np.testing.assert_allclose(parts["heads"][5], one.heads(), atol=1e-6)
     total = sum(jnp.sum(parts[k], axis=tuple(range(1, parts[k].ndim)))
-                for k in parts if k != "logit")
+                for k in parts if k != "logit" and not k.endswith(".ln_std"))
     np.testing.assert_allclose(total, acts["mlm.logits"][0, :, 7], atol=1e-4)
 
 
@@ -123,3 +125,43 @@ def test_rank_and_head_errors(model):
     bare = {k: v for k, v in params.items() if k != "cls"}
     with pytest.raises(ValueError, match="this model has no MLM head"):
         logit_attribution(bare, config, tiny_inputs()[0], 1, 1)
+
+
+def test_frozen_scales_are_the_runs_own_and_checkable():
+    config, params = _noisy_mlm(False, seed=1)
+    ids, types, mask = tiny_inputs()
+    got = logit_attribution(params, config, ids, 2, 9, batch=1, token_type_ids=types,
+                            attention_mask=mask)
+    run = bertjax.forward(params, ids, config, types, mask, capture="*.ln_std").acts
+    np.testing.assert_array_equal(got.ln_std["attn.ln_std"], run["attn.ln_std"][:, 1, 2])
+    np.testing.assert_array_equal(got.ln_std["layer.ln_std"], run["layer.ln_std"][:, 1, 2])
+    assert got.ln_std["embed.ln_std"] == float(run["embed.ln_std"][1, 2])
+    assert abs(got.check()) < 1e-4
+    # Feeding the run's own scales back as constants leaves the logits unchanged.
+    frozen = bertjax.forward(params, ids, config, types, mask, capture="mlm.logits",
+                             edit={n: (0.0, v) for n, v in run.items()}).acts["mlm.logits"]
+    own = bertjax.forward(params, ids, config, types, mask, capture="mlm.logits").acts
+    np.testing.assert_allclose(frozen, own["mlm.logits"], atol=1e-5)
+    broken = dataclasses.replace(got, parts={**got.parts, "bias": got.parts["bias"] + 0.5})
+    with pytest.raises(ValueError, match="the parts add up to .* not the logit"):
+        broken.check()
+
+
+def test_scales_frozen_at_another_run_split_that_models_logit():
+    config, params = _noisy_mlm(True, seed=2)
+    ids, types, mask = tiny_inputs()
+    other = tiny_inputs(5)[0]
+    clean = bertjax.forward(params, other, config, types, mask, capture="*.ln_std").acts
+    got = logit_attribution(params, config, ids, 3, 21, token_type_ids=types,
+                            attention_mask=mask, ln_std=clean)
+    own = logit_attribution(params, config, ids, 3, 21, token_type_ids=types, attention_mask=mask)
+    edited = bertjax.forward(params, ids, config, types, mask, capture="mlm.logits",
+                             edit={n: (0.0, v) for n, v in clean.items()}).acts["mlm.logits"]
+    assert got.logit == pytest.approx(float(edited[0, 3, 21]), abs=1e-6)
+    assert abs(got.logit - own.logit) > 1e-3
+    assert abs(got.check()) < 1e-4
+    np.testing.assert_array_equal(got.ln_std["attn.ln_std"], clean["attn.ln_std"][:, 0, 3])
+    with pytest.raises(ValueError, match="ln_std keys must be among"):
+        logit_attribution(params, config, ids, 3, 21, ln_std={"attn.norm": clean["attn.ln_std"]})
+    with pytest.raises(ValueError, match=r"edit\['attn.ln_std'\] add has shape \(4, 2\)"):
+        logit_attribution(params, config, ids, 3, 21, ln_std={"attn.ln_std": np.ones((4, 2))})

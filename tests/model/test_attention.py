@@ -103,3 +103,29 @@ def test_dot_product_attention_path_matches_the_explicit_path(monkeypatch):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                    atol=atol)
     assert len(calls) == 2  # the fused path ran, once per dtype
+
+
+def test_cudnn_is_chosen_on_gpu_in_half_precision_only():
+    from bertjax.model.attention import fused_implementation
+
+    assert fused_implementation(jnp.bfloat16, "gpu") == "cudnn"
+    assert fused_implementation(jnp.float16, "gpu") == "cudnn"
+    assert fused_implementation(jnp.float32, "gpu") is None
+    assert fused_implementation(jnp.bfloat16, "cpu") is None
+    assert fused_implementation(jnp.bfloat16, "tpu") is None
+
+
+def test_refused_cudnn_falls_back_cleanly(monkeypatch):
+    """Asked for cuDNN where it is missing (this CPU), the fast path falls back to JAX's own
+    implementation with the same numbers as the explicit path."""
+    module = sys.modules["bertjax.model.attention"]
+    config, params, x = _random_attention(seed=2, batch=2)
+    mask = np.ones((2, 7), np.int32)
+    mask[1, 5:] = 0
+    p = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+    want, _ = bertjax.attention(p, x.astype(jnp.bfloat16), config, mask, capture="attn.probs")
+    monkeypatch.setattr(module, "_fused_here", lambda: True)
+    monkeypatch.setattr(module, "fused_implementation", lambda dtype, backend=None: "cudnn")
+    got, _ = bertjax.attention(p, x.astype(jnp.bfloat16), config, mask)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               atol=0.02)

@@ -8,18 +8,20 @@ from bertjax.model import capture as C
 
 
 def test_all_names_match_the_contract_table():
-    assert len(C.ALL_NAMES) == 22 == len(set(C.ALL_NAMES)) == len(C.SHAPES)
+    assert len(C.ALL_NAMES) == 25 == len(set(C.ALL_NAMES)) == len(C.SHAPES)
 
 
 def test_all_follows_the_heads():
     assert C.resolve("all") == frozenset(C.ALL_NAMES)
     no_heads = C.resolve("all", has_pooler=False, has_mlm=False)
     assert C.POOLER_OUT not in no_heads and C.MLM_LOGITS not in no_heads
-    assert len(no_heads) == 20
+    assert len(no_heads) == 23
 
 
 def test_globs_and_names():
-    assert C.resolve("attn.*") == frozenset(C.ATTENTION_NAMES + (C.ATTN_RESID, C.ATTN_NORM))
+    assert C.resolve("attn.*") == frozenset(C.ATTENTION_NAMES + (C.ATTN_RESID, C.ATTN_NORM,
+                                                                  C.ATTN_LN_STD))
+    assert C.resolve("*.ln_std") == frozenset(C.LN_STD_NAMES)
     assert C.resolve(("embed.out", "mlp.p*")) == {"embed.out", "mlp.pre", "mlp.post"}
     assert C.resolve(()) == frozenset() == C.resolve(None)
 

@@ -1,0 +1,90 @@
+"""`site_grads`: d metric / d activation at named sites, all in one backward pass.
+
+The gradient at a site is the gradient with respect to an additive edit of zero there
+(`forward(..., edit={name: (1, add)})` at add = 0): everything upstream of the site is held fixed
+and everything downstream, later layers included, responds. This is what transformers' hidden
+states and attentions give with `retain_grad()`, for every named activation at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from bertjax.model import capture as C
+from bertjax.model.checks import check_inputs
+from bertjax.model.config import BertConfig
+from bertjax.model.forward import forward
+from bertjax.model.params import Heads
+
+# forward's keyword arguments that are arrays (traced); `capture` is static.
+_ARRAY_KWARGS = ("token_type_ids", "attention_mask", "position_ids", "rng", "head_mask", "patch",
+                 "edit")
+
+
+def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
+               metric: Callable, names, **forward_kwargs) -> dict:
+    """The gradient of `metric(forward(...))` with respect to each named activation.
+
+    Args:
+      params, input_ids, config: as for `bertjax.forward`.
+      metric: BertOutput -> float scalar, jittable. It is a static argument: pass the same function
+        object again to reuse the compiled program.
+      names: activation names or globs ("all", "attn.*"), as for `capture`.
+      **forward_kwargs: any other `forward` argument (token_type_ids, attention_mask, capture for
+        what the metric reads, head_mask, patch, edit, rng); not `reuse`. A name also in `edit`
+        gets the gradient at its edited value.
+
+    Returns:
+      name -> float32 array of the activation's stacked shape ([L, ...] for per-layer names).
+
+    Raises:
+      ValueError: unknown names, `reuse` given, or any error `forward` raises.
+    """
+    heads = Heads.of(params)
+    names = C.resolve(names, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    unknown = set(forward_kwargs) - set(_ARRAY_KWARGS) - {"capture"}
+    if unknown:
+        raise ValueError(f"site_grads takes forward's keyword arguments "
+                         f"{', '.join(_ARRAY_KWARGS)} and capture; got {sorted(unknown)}")
+    input_ids = jnp.asarray(input_ids)
+    arrays = {k: v for k, v in forward_kwargs.items() if k != "capture"}
+    for k in ("token_type_ids", "attention_mask", "position_ids"):
+        if arrays.get(k) is not None:
+            arrays[k] = jnp.asarray(arrays[k])
+    check_inputs(config, input_ids, arrays.get("token_type_ids"), arrays.get("attention_mask"),
+                 arrays.get("position_ids"))
+    capture = forward_kwargs.get("capture", ())
+    if isinstance(capture, dict):  # hashable for the static argument; lists become tuples
+        capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
+                               for k, v in capture.items()))
+    B, S = input_ids.shape
+    sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
+             "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
+             "V": config.vocab_size}
+    zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
+    return _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
+                  capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))
+def _grads(params, input_ids, arrays, zeros, *, config, metric, capture):
+    user = C.check_edit(arrays.pop("edit", None))
+    if isinstance(capture, tuple) and capture and isinstance(capture[0], tuple):
+        capture = dict(capture)  # a layer selection, made hashable above
+
+    def run(adds):
+        edit = dict(user)
+        for name, add in adds.items():
+            mul, extra = user.get(name, (1.0, 0.0))
+            extra = jnp.asarray(extra, jnp.float32)
+            extra = extra.reshape((1,) * (add.ndim - extra.ndim) + extra.shape)
+            edit[name] = (mul, add + jnp.broadcast_to(extra, add.shape))
+        out = forward(params, input_ids, config, capture=capture, edit=edit, **arrays)
+        return metric(out)
+
+    return jax.grad(run)(zeros)
