@@ -52,17 +52,15 @@ import argparse
 import ctypes
 import gc
 import inspect
-import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from machine import cpu_info, cpu_line
-from workers import Worker, marked, reply, serve
+from machine import cpu_info, cpu_line, load_average, pin_first_cores, write_report
+from workers import Worker, close_all, marked, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
@@ -641,13 +639,12 @@ def start_workers(hf_dir: str, model: str, threads: int, tl: bool, notes: list) 
 def run(args) -> None:
     start = time.perf_counter()
     shapes = args.shapes or SHAPES
-    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_first_cores(args.threads)
     too_long = [s for s in shapes if s[1] > MODELS[args.model]["max_position_embeddings"]]
     if too_long:
         raise SystemExit(f"--shapes: sequence longer than the {args.model} model's "
                          f"{MODELS[args.model]['max_position_embeddings']} positions: {too_long}")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     work = tempfile.mkdtemp(prefix="bench_capture-")
     hf_dir = os.path.join(work, "hf")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--write-weights", hf_dir,
@@ -671,9 +668,7 @@ def run(args) -> None:
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
                       f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
-        shutil.rmtree(work, ignore_errors=True)
+        close_all(workers, work)
     notes += sorted({f"{system} {path}: {why}" for (system, path), why in skipped.items()})
     versions = {"python": platform.python_version()}
     for info in infos.values():
@@ -684,17 +679,11 @@ def run(args) -> None:
         "machine": {"cpu_info": cpu_info(), "threads": args.threads},
         "versions": versions, "model": args.model, "config": MODELS[args.model],
         "rounds": args.rounds, "probe_cap_mib": args.probe_cap_mib, "load_start": load_start,
-        "load_end": [round(x, 2) for x in os.getloadavg()], "agreement": agreement,
+        "load_end": load_average(), "agreement": agreement,
         "notes": notes, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_report(os.path.join(args.out, args.name), result, markdown)
 
 
 if __name__ == "__main__":

@@ -46,17 +46,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from machine import ISAS, cpu_info, cpu_line, isa_env, probe
-from workers import Worker, marked, reply, serve
+from machine import ISAS, cpu_info, cpu_line, isa_env, load_average, pin_first_cores, probe, write_report
+from workers import Worker, close_all, marked, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
@@ -637,15 +635,14 @@ def run(args) -> None:
     start = time.perf_counter()
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     rounds = args.rounds or (3 if args.quick else 9)
-    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_first_cores(args.threads)
     if args.hugepages:  # read by glibc at the start of each worker
         os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     os.environ.update(isa_env(args.isa))  # read by XLA / ATen / oneDNN at the start of each worker
     isa_checked = check_isa(args.isa)
     print(f"instruction set {args.isa}: {isa_summary(isa_checked)}", flush=True)
     name = args.name or ("forward" if args.isa == "native" else f"forward_{args.isa}")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     sweep = [] if args.no_sweep else compile_sweep()
     work = tempfile.mkdtemp(prefix="bench_forward-")
     workers = {}
@@ -665,9 +662,7 @@ def run(args) -> None:
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
                       f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
-        shutil.rmtree(work, ignore_errors=True)
+        close_all(workers, work)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
@@ -675,17 +670,11 @@ def run(args) -> None:
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cpu_info": cpu_info(),
                     "isa": args.isa, "isa_env": isa_env(args.isa), "isa_check": isa_checked},
         "versions": versions(infos), "bert": BERT_BASE, "dtype": args.dtype, "rounds": rounds,
-        "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+        "peak": peak, "load_start": load_start, "load_end": load_average(),
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows, sweep)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_report(os.path.join(args.out, name), result, markdown)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,33 @@ def cpu_line(info: dict) -> str:
             f"{info['cores']} cores; flags: {', '.join(have) or 'none of the watched'}")
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded: every result records them at start and end."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def pin_first_cores(threads: int | None) -> None:
+    """Restrict this process to the first `threads` cores of its affinity mask (None or 0: leave
+    it). Workers started afterwards inherit the mask, and XLA sizes its thread pool from it."""
+    if threads:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+
+
+def write_report(stem: str, result: dict, markdown) -> None:
+    """Write `result` to stem.json and `markdown(result)` to stem.md (making the folder), and print
+    the markdown."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    table = markdown(result)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
 def isa_env(isa: str) -> dict:
     """The environment variables that cap XLA's and PyTorch's instruction set ({} for native)."""
     if isa == "native":

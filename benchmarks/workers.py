@@ -96,3 +96,12 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=120)
+
+
+def close_all(workers: dict, folder: str) -> None:
+    """Close every worker of `workers` (name -> Worker) and remove their scratch `folder`."""
+    import shutil
+
+    for w in workers.values():
+        w.close()
+    shutil.rmtree(folder, ignore_errors=True)
