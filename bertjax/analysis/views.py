@@ -162,10 +162,22 @@ def _digest(data) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _read(name: str) -> str:
+    with open(os.path.join(_HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _template(name: str) -> str:
+    """The page template with the parts all three views share inlined (pages stay one file):
+    __VIEWJS__ (_view_common.js, in the page's script) and __VIEWCSS__ (_view_common.css)."""
+    shared = {"VIEWJS": _read("_view_common.js").rstrip("\n"),
+              "VIEWCSS": _read("_view_common.css").strip()}
+    return re.sub(r"__(VIEWJS|VIEWCSS)__", lambda m: shared[m.group(1)], _read(name))
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     """Replaces each __NAME__ of the template in one pass, so no value is ever substituted into."""
-    with open(os.path.join(_HERE, template), encoding="utf-8") as f:
-        text = f.read()
+    text = _template(template)
     return re.sub(r"__([A-Z]+)__", lambda m: values.get(m.group(1), m.group(0)), text)
 
 
