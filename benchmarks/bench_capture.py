@@ -60,7 +60,7 @@ import tempfile
 import time
 
 from machine import cpu_info, cpu_line, load_average, pin_first_cores, write_report
-from workers import Worker, close_all, marked, reply, serve
+from workers import Worker, close_all, marked, parse_or_serve, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
@@ -607,17 +607,10 @@ def main() -> None:
                         help="most MiB the NumPy probe writes (its time scaled to the full size)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="capture", help="output file stem (default capture)")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", nargs=7, help=argparse.SUPPRESS)
-    parser.add_argument("--write-weights", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return serve_system(args.worker[0], args.worker[1:])
-    if args.memory:
-        return memory_probe(*args.memory)
-    if args.write_weights:
-        return write_weights(*args.write_weights)
-    run(args)
+    args = parse_or_serve(parser, serve_system, memory=(7, memory_probe),
+                          write_weights=(2, write_weights))
+    if args is not None:
+        run(args)
 
 
 def start_workers(hf_dir: str, model: str, threads: int, tl: bool, notes: list) -> dict:

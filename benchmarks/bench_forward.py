@@ -54,7 +54,7 @@ import tempfile
 import time
 
 from machine import ISAS, cpu_info, cpu_line, isa_env, load_average, pin_first_cores, probe, write_report
-from workers import Worker, close_all, marked, reply, serve
+from workers import Worker, close_all, marked, parse_or_serve, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
@@ -618,17 +618,10 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", help="output file stem (default forward, forward_avx2 with "
                                        "--isa avx2)")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--compile-one", nargs=3, type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--torch-memory", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return serve_system(args.worker[0], args.worker[1:])
-    if args.compile_one:
-        return compile_one(*args.compile_one)
-    if args.torch_memory:
-        return torch_memory_probe(*args.torch_memory)
-    run(args)
+    args = parse_or_serve(parser, serve_system, compile_one=(3, compile_one, int),
+                          torch_memory=(4, torch_memory_probe))
+    if args is not None:
+        run(args)
 
 
 def run(args) -> None:

@@ -105,3 +105,26 @@ def close_all(workers: dict, folder: str) -> None:
     for w in workers.values():
         w.close()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_or_serve(parser, serve_system: Callable[[str, list], None], **helpers):
+    """Parse the command line, with the hidden options by which a script runs as its own helper
+    process: `--worker KIND ARGS...` calls serve_system(KIND, ARGS), and `--NAME ARGS` (NAME with
+    dashes for underscores) calls function(*ARGS) for each NAME=(nargs, function[, type]).
+
+    Returns the parsed options, or None when a helper ran (the script is then done)."""
+    import argparse
+
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    for name, (nargs, _, *kind) in helpers.items():
+        parser.add_argument("--" + name.replace("_", "-"), nargs=nargs, help=argparse.SUPPRESS,
+                            type=kind[0] if kind else None)
+    args = parser.parse_args()
+    if args.worker:
+        serve_system(args.worker[0], args.worker[1:])
+        return None
+    for name, (_, function, *_) in helpers.items():
+        if getattr(args, name):
+            function(*getattr(args, name))
+            return None
+    return args
