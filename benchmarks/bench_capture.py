@@ -49,7 +49,6 @@ Writes benchmarks/results/capture.json and capture.md (--out DIR, --name STEM to
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import inspect
 import os
@@ -59,8 +58,8 @@ import sys
 import tempfile
 import time
 
-from machine import cpu_info, cpu_line, load_average, pin_first_cores, write_report
-from workers import Worker, close_all, marked, parse_or_serve, reply, serve
+from machine import cpu_info, cpu_line, load_average, pin_first_cores, rss_added, vm, write_report
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
@@ -85,27 +84,6 @@ TL_PATH = {"all_reuse": "all"}  # the TL row a bertjax row is compared with
 
 
 # ---------------------------------------------------------------- helpers (any worker)
-
-
-def _vm(field: str) -> int:
-    """A Vm* line of /proc/self/status in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def reset_peak() -> int | None:
-    """Returns free heap to the OS and resets VmHWM to the current RSS; returns that RSS
-    (None where /proc/self/clear_refs cannot be written)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm("VmRSS")
-    except (OSError, KeyError):
-        return None
 
 
 def make_inputs(B: int, S: int, vocab: int, seed: int = 0):
@@ -385,10 +363,8 @@ def memory_probe(kind: str, hf_dir: str, model: str, threads: str, path: str, B:
               else TLSystem(hf_dir, model, int(threads)))
     system.set_shape(int(B), int(S))
     system.call(path), system.call(path)
-    process_peak = _vm("VmHWM")
-    before = reset_peak()
-    system.call(path)
-    added = None if before is None else max(0, _vm("VmHWM") - before)
+    process_peak = vm("VmHWM")
+    added = rss_added(lambda: system.call(path))
     reply({"process_peak_bytes": process_peak, "call_added_bytes": added})
 
 
@@ -584,13 +560,6 @@ def markdown(result: dict) -> str:
     lines += [f"- {'PASS' if t['ok'] else 'MISS'}: {t['target']} (measured {t['value']:.2f})"
               for t in result["targets"]]
     return "\n".join(lines) + "\n"
-
-
-def parse_shapes(text: str) -> tuple:
-    try:
-        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
 
 
 def main() -> None:

@@ -45,7 +45,6 @@ Writes benchmarks/results/forward.json and forward.md (--out DIR to change; forw
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import platform
 import subprocess
@@ -53,8 +52,18 @@ import sys
 import tempfile
 import time
 
-from machine import ISAS, cpu_info, cpu_line, isa_env, load_average, pin_first_cores, probe, write_report
-from workers import Worker, close_all, marked, parse_or_serve, reply, serve
+from machine import (
+    ISAS,
+    cpu_info,
+    cpu_line,
+    isa_env,
+    load_average,
+    pin_first_cores,
+    probe,
+    rss_added,
+    write_report,
+)
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
@@ -74,30 +83,6 @@ TARGET_SHAPES = ((8, 128), (32, 128), (8, 512))
 
 
 # ---------------------------------------------------------------- memory and machine helpers
-
-
-def _vm(field: str) -> int:
-    """A Vm* line of /proc/self/status in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def rss_added(fn) -> int | None:
-    """Peak resident memory `fn()` adds, in bytes: free heap returned to the OS, the high-water
-    mark reset to the current RSS, then VmHWM after the call minus RSS before. None where
-    /proc/self/clear_refs cannot be written."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _vm("VmRSS")
-    except (OSError, KeyError):
-        return None
-    fn()
-    return max(0, _vm("VmHWM") - before)
 
 
 def cpu_model() -> str:
@@ -571,13 +556,6 @@ def check_isa(isa: str) -> dict:
         if bad:
             raise SystemExit("--isa avx2 did not take effect: " + "; ".join(bad))
     return check
-
-
-def parse_shapes(text: str) -> tuple:
-    try:
-        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
 
 
 def start_workers(work: str, threads: int, flax: bool, dtype: str) -> dict:

@@ -81,6 +81,32 @@ def write_report(stem: str, result: dict, markdown) -> None:
     print(table)
 
 
+def vm(field: str) -> int:
+    """A Vm* line of /proc/self/status in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def rss_added(fn) -> int | None:
+    """Peak resident memory `fn()` adds, in bytes: free heap returned to the OS, the high-water
+    mark reset to the current RSS, then VmHWM after the call minus RSS before. None where
+    /proc/self/clear_refs cannot be written."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = vm("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0, vm("VmHWM") - before)
+
+
 def isa_env(isa: str) -> dict:
     """The environment variables that cap XLA's and PyTorch's instruction set ({} for native)."""
     if isa == "native":

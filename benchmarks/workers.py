@@ -128,3 +128,11 @@ def parse_or_serve(parser, serve_system: Callable[[str, list], None], **helpers)
             function(*getattr(args, name))
             return None
     return args
+
+
+def parse_shapes(text: str) -> tuple:
+    """--shapes "8x128,32x128" -> ((8, 128), (32, 128))."""
+    try:
+        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
