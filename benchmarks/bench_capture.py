@@ -59,7 +59,7 @@ import tempfile
 import time
 
 from machine import cpu_info, cpu_line, load_average, pin_first_cores, rss_added, vm, write_report
-from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve, timed_rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
@@ -92,15 +92,6 @@ def make_inputs(B: int, S: int, vocab: int, seed: int = 0):
 
     ids = np.random.default_rng(seed).integers(0, vocab, (B, S)).astype(np.int32)
     return ids, np.ones((B, S), np.int32)
-
-
-def stats(times: list[float]) -> dict:
-    import numpy as np
-
-    t = np.asarray(times)
-    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
-            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
-            "max_s": float(t.max()), "n": len(times)}
 
 
 def write_weights(folder: str, model: str) -> None:
@@ -425,15 +416,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             entries.append(("numpy", path))
             info["numpy", path] = {"captured_bytes": nbytes}
     call = lambda e: workers[e[0]].request("call", path=e[1])["seconds"]
-    for e in entries:
-        call(e), call(e)
-    times = {e: [] for e in entries}
-    for r in range(rounds):
-        k = r % len(entries)
-        for e in entries[k:] + entries[:k]:
-            times[e].append(call(e))
-    return ({e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries},
-            agreement, notes)
+    timed = timed_rounds(entries, call, rounds)
+    return {e: {**info[e], **timed[e]} for e in entries}, agreement, notes
 
 
 def rows_for(B: int, S: int, results: dict) -> list[dict]:

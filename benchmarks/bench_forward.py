@@ -63,7 +63,7 @@ from machine import (
     rss_added,
     write_report,
 )
-from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve, timed_rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
@@ -100,15 +100,6 @@ def model_flops(B: int, S: int, c: dict = BERT_BASE) -> float:
     D, I, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     per_layer = 2 * B * S * (4 * D * D + 2 * D * I) + 2 * 2 * B * S * S * D
     return L * per_layer + 2 * B * D * D
-
-
-def stats(times: list[float]) -> dict:
-    import numpy as np
-
-    t = np.asarray(times)
-    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
-            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()), "max_s": float(t.max()),
-            "n": len(times)}
 
 
 def matmul_peak(workers: dict, n: int = 2048, repeats: int = 10) -> dict:
@@ -411,14 +402,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int) -> dict:
         if kind == "torch":
             info[system, mode]["peak_bytes"] = torch_memory(system[len("torch_"):], B, S, mode)
     call = lambda e: workers[KIND[e[0]]].request("call", system=e[0], mode=e[1])["seconds"]
-    for e in entries:
-        call(e), call(e)
-    times = {e: [] for e in entries}
-    for r in range(rounds):
-        k = r % len(entries)
-        for e in entries[k:] + entries[:k]:
-            times[e].append(call(e))
-    return {e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries}
+    timed = timed_rounds(entries, call, rounds)
+    return {e: {**info[e], **timed[e]} for e in entries}
 
 
 def rows_for(B: int, S: int, results: dict, peak_gflops: float) -> list[dict]:

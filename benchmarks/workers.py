@@ -136,3 +136,25 @@ def parse_shapes(text: str) -> tuple:
         return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
     except ValueError:
         raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
+
+
+def timed_rounds(entries: list, call: Callable, rounds: int) -> dict:
+    """Two warm-up calls of each entry, then `rounds` rounds that call every entry once, each
+    round starting one entry later (so no entry always runs first); call(entry) returns seconds.
+    Returns entry -> {median_s, p25_s, p75_s, min_s, max_s, n, times_s}. (The driver's side: numpy.)"""
+    import numpy as np
+
+    for e in entries:
+        call(e), call(e)
+    times = {e: [] for e in entries}
+    for r in range(rounds):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            times[e].append(call(e))
+    out = {}
+    for e, got in times.items():
+        t = np.asarray(got)
+        out[e] = {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
+                  "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
+                  "max_s": float(t.max()), "n": len(got), "times_s": got}
+    return out
