@@ -49,20 +49,17 @@ Writes benchmarks/results/capture.json and capture.md (--out DIR, --name STEM to
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import inspect
-import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from machine import cpu_info, cpu_line
-from workers import Worker, marked, reply, serve
+from machine import cpu_info, cpu_line, load_average, pin_first_cores, rss_added, vm, write_report
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve, timed_rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TL_PYTHON = os.path.join(HERE, ".venv-tl", "bin", "python")
@@ -89,42 +86,12 @@ TL_PATH = {"all_reuse": "all"}  # the TL row a bertjax row is compared with
 # ---------------------------------------------------------------- helpers (any worker)
 
 
-def _vm(field: str) -> int:
-    """A Vm* line of /proc/self/status in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def reset_peak() -> int | None:
-    """Returns free heap to the OS and resets VmHWM to the current RSS; returns that RSS
-    (None where /proc/self/clear_refs cannot be written)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm("VmRSS")
-    except (OSError, KeyError):
-        return None
-
-
 def make_inputs(B: int, S: int, vocab: int, seed: int = 0):
     """The same random ids (all positions real tokens) in every worker."""
     import numpy as np
 
     ids = np.random.default_rng(seed).integers(0, vocab, (B, S)).astype(np.int32)
     return ids, np.ones((B, S), np.int32)
-
-
-def stats(times: list[float]) -> dict:
-    import numpy as np
-
-    t = np.asarray(times)
-    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
-            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
-            "max_s": float(t.max()), "n": len(times)}
 
 
 def write_weights(folder: str, model: str) -> None:
@@ -387,10 +354,8 @@ def memory_probe(kind: str, hf_dir: str, model: str, threads: str, path: str, B:
               else TLSystem(hf_dir, model, int(threads)))
     system.set_shape(int(B), int(S))
     system.call(path), system.call(path)
-    process_peak = _vm("VmHWM")
-    before = reset_peak()
-    system.call(path)
-    added = None if before is None else max(0, _vm("VmHWM") - before)
+    process_peak = vm("VmHWM")
+    added = rss_added(lambda: system.call(path))
     reply({"process_peak_bytes": process_peak, "call_added_bytes": added})
 
 
@@ -451,15 +416,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             entries.append(("numpy", path))
             info["numpy", path] = {"captured_bytes": nbytes}
     call = lambda e: workers[e[0]].request("call", path=e[1])["seconds"]
-    for e in entries:
-        call(e), call(e)
-    times = {e: [] for e in entries}
-    for r in range(rounds):
-        k = r % len(entries)
-        for e in entries[k:] + entries[:k]:
-            times[e].append(call(e))
-    return ({e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries},
-            agreement, notes)
+    timed = timed_rounds(entries, call, rounds)
+    return {e: {**info[e], **timed[e]} for e in entries}, agreement, notes
 
 
 def rows_for(B: int, S: int, results: dict) -> list[dict]:
@@ -588,13 +546,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_shapes(text: str) -> tuple:
-    try:
-        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="base")
@@ -609,17 +560,10 @@ def main() -> None:
                         help="most MiB the NumPy probe writes (its time scaled to the full size)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="capture", help="output file stem (default capture)")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", nargs=7, help=argparse.SUPPRESS)
-    parser.add_argument("--write-weights", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return serve_system(args.worker[0], args.worker[1:])
-    if args.memory:
-        return memory_probe(*args.memory)
-    if args.write_weights:
-        return write_weights(*args.write_weights)
-    run(args)
+    args = parse_or_serve(parser, serve_system, memory=(7, memory_probe),
+                          write_weights=(2, write_weights))
+    if args is not None:
+        run(args)
 
 
 def start_workers(hf_dir: str, model: str, threads: int, tl: bool, notes: list) -> dict:
@@ -641,13 +585,12 @@ def start_workers(hf_dir: str, model: str, threads: int, tl: bool, notes: list) 
 def run(args) -> None:
     start = time.perf_counter()
     shapes = args.shapes or SHAPES
-    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_first_cores(args.threads)
     too_long = [s for s in shapes if s[1] > MODELS[args.model]["max_position_embeddings"]]
     if too_long:
         raise SystemExit(f"--shapes: sequence longer than the {args.model} model's "
                          f"{MODELS[args.model]['max_position_embeddings']} positions: {too_long}")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     work = tempfile.mkdtemp(prefix="bench_capture-")
     hf_dir = os.path.join(work, "hf")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--write-weights", hf_dir,
@@ -671,9 +614,7 @@ def run(args) -> None:
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
                       f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
-        shutil.rmtree(work, ignore_errors=True)
+        close_all(workers, work)
     notes += sorted({f"{system} {path}: {why}" for (system, path), why in skipped.items()})
     versions = {"python": platform.python_version()}
     for info in infos.values():
@@ -684,17 +625,11 @@ def run(args) -> None:
         "machine": {"cpu_info": cpu_info(), "threads": args.threads},
         "versions": versions, "model": args.model, "config": MODELS[args.model],
         "rounds": args.rounds, "probe_cap_mib": args.probe_cap_mib, "load_start": load_start,
-        "load_end": [round(x, 2) for x in os.getloadavg()], "agreement": agreement,
+        "load_end": load_average(), "agreement": agreement,
         "notes": notes, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_report(os.path.join(args.out, args.name), result, markdown)
 
 
 if __name__ == "__main__":

@@ -45,18 +45,25 @@ Writes benchmarks/results/forward.json and forward.md (--out DIR to change; forw
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from machine import ISAS, cpu_info, cpu_line, isa_env, probe
-from workers import Worker, marked, reply, serve
+from machine import (
+    ISAS,
+    cpu_info,
+    cpu_line,
+    isa_env,
+    load_average,
+    pin_first_cores,
+    probe,
+    rss_added,
+    write_report,
+)
+from workers import Worker, close_all, marked, parse_or_serve, parse_shapes, reply, serve, timed_rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLAX_PYTHON = os.path.join(HERE, ".venv-flax4", "bin", "python")
@@ -78,30 +85,6 @@ TARGET_SHAPES = ((8, 128), (32, 128), (8, 512))
 # ---------------------------------------------------------------- memory and machine helpers
 
 
-def _vm(field: str) -> int:
-    """A Vm* line of /proc/self/status in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def rss_added(fn) -> int | None:
-    """Peak resident memory `fn()` adds, in bytes: free heap returned to the OS, the high-water
-    mark reset to the current RSS, then VmHWM after the call minus RSS before. None where
-    /proc/self/clear_refs cannot be written."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _vm("VmRSS")
-    except (OSError, KeyError):
-        return None
-    fn()
-    return max(0, _vm("VmHWM") - before)
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -117,15 +100,6 @@ def model_flops(B: int, S: int, c: dict = BERT_BASE) -> float:
     D, I, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     per_layer = 2 * B * S * (4 * D * D + 2 * D * I) + 2 * 2 * B * S * S * D
     return L * per_layer + 2 * B * D * D
-
-
-def stats(times: list[float]) -> dict:
-    import numpy as np
-
-    t = np.asarray(times)
-    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
-            "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()), "max_s": float(t.max()),
-            "n": len(times)}
 
 
 def matmul_peak(workers: dict, n: int = 2048, repeats: int = 10) -> dict:
@@ -428,14 +402,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int) -> dict:
         if kind == "torch":
             info[system, mode]["peak_bytes"] = torch_memory(system[len("torch_"):], B, S, mode)
     call = lambda e: workers[KIND[e[0]]].request("call", system=e[0], mode=e[1])["seconds"]
-    for e in entries:
-        call(e), call(e)
-    times = {e: [] for e in entries}
-    for r in range(rounds):
-        k = r % len(entries)
-        for e in entries[k:] + entries[:k]:
-            times[e].append(call(e))
-    return {e: {**info[e], **stats(times[e]), "times_s": times[e]} for e in entries}
+    timed = timed_rounds(entries, call, rounds)
+    return {e: {**info[e], **timed[e]} for e in entries}
 
 
 def rows_for(B: int, S: int, results: dict, peak_gflops: float) -> list[dict]:
@@ -575,13 +543,6 @@ def check_isa(isa: str) -> dict:
     return check
 
 
-def parse_shapes(text: str) -> tuple:
-    try:
-        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
-
-
 def start_workers(work: str, threads: int, flax: bool, dtype: str) -> dict:
     """The PyTorch worker (it writes the random weights), the bertjax worker (it loads them and
     writes the folder the Flax worker reads), then the Flax worker when its venv exists (float32
@@ -620,32 +581,24 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", help="output file stem (default forward, forward_avx2 with "
                                        "--isa avx2)")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--compile-one", nargs=3, type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--torch-memory", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return serve_system(args.worker[0], args.worker[1:])
-    if args.compile_one:
-        return compile_one(*args.compile_one)
-    if args.torch_memory:
-        return torch_memory_probe(*args.torch_memory)
-    run(args)
+    args = parse_or_serve(parser, serve_system, compile_one=(3, compile_one, int),
+                          torch_memory=(4, torch_memory_probe))
+    if args is not None:
+        run(args)
 
 
 def run(args) -> None:
     start = time.perf_counter()
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     rounds = args.rounds or (3 if args.quick else 9)
-    if args.threads < os.cpu_count():  # inherited by the workers; XLA sizes its pool from it
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_first_cores(args.threads)
     if args.hugepages:  # read by glibc at the start of each worker
         os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     os.environ.update(isa_env(args.isa))  # read by XLA / ATen / oneDNN at the start of each worker
     isa_checked = check_isa(args.isa)
     print(f"instruction set {args.isa}: {isa_summary(isa_checked)}", flush=True)
     name = args.name or ("forward" if args.isa == "native" else f"forward_{args.isa}")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     sweep = [] if args.no_sweep else compile_sweep()
     work = tempfile.mkdtemp(prefix="bench_forward-")
     workers = {}
@@ -665,9 +618,7 @@ def run(args) -> None:
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
                       f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
-        shutil.rmtree(work, ignore_errors=True)
+        close_all(workers, work)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["benchmarks/bench_forward.py"] + sys.argv[1:]),
@@ -675,17 +626,11 @@ def run(args) -> None:
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cpu_info": cpu_info(),
                     "isa": args.isa, "isa_env": isa_env(args.isa), "isa_check": isa_checked},
         "versions": versions(infos), "bert": BERT_BASE, "dtype": args.dtype, "rounds": rounds,
-        "peak": peak, "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+        "peak": peak, "load_start": load_start, "load_end": load_average(),
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows, sweep)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_report(os.path.join(args.out, name), result, markdown)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Writes benchmarks/results/train.json and benchmarks/results/train.md (--out to c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -44,8 +43,8 @@ import sys
 import tempfile
 import time
 
-from machine import cpu_info
-from workers import Worker, serve
+from machine import cpu_info, load_average, write_report
+from workers import Worker, close_all, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {
@@ -243,9 +242,7 @@ def bench_size(name: str, work: str, args) -> dict:
                   f"{step_s['torch'] * 1e3:.0f} ms per step (PyTorch / bertjax "
                   f"{rounds[-1]['ratio']:.2f})", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        close_all(workers, folder)
     steps = {s: spread(times[s]) for s in SYSTEMS}
     ratios = [x["ratio"] for x in rounds]
     return {"shape": SIZES[name], "batch": [args.batch, args.seq],
@@ -342,7 +339,7 @@ def main() -> None:
 
 def run(args, names: list[str]) -> None:
     start = time.perf_counter()
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     work = tempfile.mkdtemp(prefix="bench_train-")
     try:
         sizes = {name: bench_size(name, work, args) for name in names}
@@ -357,17 +354,10 @@ def run(args, names: list[str]) -> None:
         "versions": {"python": platform.python_version(), **first["versions"]},
         "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
         "load_start": load_start,
-        "load_end": [round(x, 2) for x in os.getloadavg()], "sizes": sizes,
+        "load_end": load_average(), "sizes": sizes,
         "wall_s": time.perf_counter() - start,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    table = markdown(result)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(table)
-    print(table)
+    write_report(os.path.splitext(args.out)[0], result, markdown)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,11 @@
 #         PYTHON=python3.11 bash benchmarks/flax4_env.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env_common.sh"
 venv="$here/.venv-flax4"
-python="${PYTHON:-python3.11}"
-main_py="$here/../.venv/bin/python"
-if [ -x "$main_py" ]; then
-  jax_version="$("$main_py" -c 'import jax; print(jax.__version__)')"
-  flax_version="$("$main_py" -c 'import flax; print(flax.__version__)')"
-else
-  jax_version="0.10.2"
-  flax_version="0.12.8"
-fi
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --upgrade pip
+{ read -r jax_version; read -r flax_version; } < <(main_versions 0.10.2 0.12.8 -- \
+  'import jax; print(jax.__version__)' 'import flax; print(flax.__version__)')
+make_venv "$venv"
 "$venv/bin/pip" install --quiet "transformers>=4.40,<5" "jax==$jax_version" "jaxlib==$jax_version" \
   "flax==$flax_version" "numpy" "safetensors"
 "$venv/bin/python" - <<'EOF'

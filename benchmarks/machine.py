@@ -54,6 +54,59 @@ def cpu_line(info: dict) -> str:
             f"{info['cores']} cores; flags: {', '.join(have) or 'none of the watched'}")
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded: every result records them at start and end."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def pin_first_cores(threads: int | None) -> None:
+    """Restrict this process to the first `threads` cores of its affinity mask (None or 0: leave
+    it). Workers started afterwards inherit the mask, and XLA sizes its thread pool from it."""
+    if threads:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+
+
+def write_report(stem: str, result: dict, markdown) -> None:
+    """Write `result` to stem.json and `markdown(result)` to stem.md (making the folder), and print
+    the markdown."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    table = markdown(result)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    print(table)
+
+
+def vm(field: str) -> int:
+    """A Vm* line of /proc/self/status in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def rss_added(fn) -> int | None:
+    """Peak resident memory `fn()` adds, in bytes: free heap returned to the OS, the high-water
+    mark reset to the current RSS, then VmHWM after the call minus RSS before. None where
+    /proc/self/clear_refs cannot be written."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = vm("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0, vm("VmHWM") - before)
+
+
 def isa_env(isa: str) -> dict:
     """The environment variables that cap XLA's and PyTorch's instruction set ({} for native)."""
     if isa == "native":

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import shutil
@@ -51,7 +50,7 @@ import sys
 import tempfile
 import time
 
-from machine import ISAS, cpu_info, cpu_line, isa_env
+from machine import ISAS, cpu_info, cpu_line, isa_env, load_average, pin_first_cores, write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = {
@@ -408,8 +407,7 @@ def main() -> None:
         B, S = (int(x) for x in args.shape.lower().split("x"))
     except ValueError:
         raise SystemExit(f"--shape wants e.g. 32x128, got {args.shape!r}") from None
-    if args.threads:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_first_cores(args.threads)
     work = tempfile.mkdtemp(prefix="profile_forward-")
     dump = os.path.join(work, "dump")
     # Before jax is imported: the instruction-set cap, and XLA's dump of the forward's HLO.
@@ -430,7 +428,7 @@ def run(args, B: int, S: int, work: str, dump: str, xla_flags: str) -> None:
 
     import bertjax
 
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     c = MODELS[args.model]
     config = bertjax.BertConfig(**c)
     params = jax.block_until_ready(bertjax.stack_layers(bertjax.init_params(jax.random.key(0),
@@ -459,7 +457,7 @@ def run(args, B: int, S: int, work: str, dump: str, xla_flags: str) -> None:
         "machine": {"cpu_info": cpu_info()}, "isa": args.isa, "xla_flags": xla_flags,
         "versions": {"jax": jax.__version__}, "model": args.model, "config": c, "B": B, "S": S,
         "calls": args.calls, "module": module, "load_start": load_start,
-        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "load_end": load_average(),
         "wall_ms": [w * 1e3 for w in walls], "wall_ms_median": wall * 1e3,
         "breakdown": b, "peak": peak, "model_gflops": model_flops / 1e9,
         "forward_gflops": model_flops / wall / 1e9,
@@ -470,14 +468,8 @@ def run(args, B: int, S: int, work: str, dump: str, xla_flags: str) -> None:
         "fused_qkv": fused_qkv(c, B, S, repeats),
     }
     result["shared"] = max(load_start[0], result["load_end"][0]) > 0.5 * (os.cpu_count() or 1)
-    os.makedirs(args.out, exist_ok=True)
     name = args.name or ("profile" if args.isa == "native" else f"profile_{args.isa}")
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_report(os.path.join(args.out, name), result, markdown)
 
 
 if __name__ == "__main__":

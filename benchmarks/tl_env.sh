@@ -11,19 +11,12 @@
 #         PYTHON=python3.11 bash benchmarks/tl_env.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env_common.sh"
 venv="$here/.venv-tl"
-python="${PYTHON:-python3.11}"
-main_py="$here/../.venv/bin/python"
-[ -x "$main_py" ] || main_py="${MAIN_PYTHON:-}"
-if [ -n "$main_py" ] && [ -x "$main_py" ]; then
-  torch_version="$("$main_py" -c 'import torch; print(torch.__version__.split("+")[0])')"
-  tf_version="$("$main_py" -c 'import transformers; print(transformers.__version__)')"
-else
-  torch_version="2.13.0"
-  tf_version="5.24.0"
-fi
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --upgrade pip
+{ read -r torch_version; read -r tf_version; } < <(main_versions 2.13.0 5.24.0 -- \
+  'import torch; print(torch.__version__.split("+")[0])' \
+  'import transformers; print(transformers.__version__)')
+make_venv "$venv"
 # The CPU build of torch first (PyTorch's CPU index when a local wheel is not there), so that
 # TransformerLens's dependency on torch is already met and pip does not pull the CUDA build.
 "$venv/bin/pip" install --quiet "torch==$torch_version" \

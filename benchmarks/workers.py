@@ -96,3 +96,65 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=120)
+
+
+def close_all(workers: dict, folder: str) -> None:
+    """Close every worker of `workers` (name -> Worker) and remove their scratch `folder`."""
+    import shutil
+
+    for w in workers.values():
+        w.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_or_serve(parser, serve_system: Callable[[str, list], None], **helpers):
+    """Parse the command line, with the hidden options by which a script runs as its own helper
+    process: `--worker KIND ARGS...` calls serve_system(KIND, ARGS), and `--NAME ARGS` (NAME with
+    dashes for underscores) calls function(*ARGS) for each NAME=(nargs, function[, type]).
+
+    Returns the parsed options, or None when a helper ran (the script is then done)."""
+    import argparse
+
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    for name, (nargs, _, *kind) in helpers.items():
+        parser.add_argument("--" + name.replace("_", "-"), nargs=nargs, help=argparse.SUPPRESS,
+                            type=kind[0] if kind else None)
+    args = parser.parse_args()
+    if args.worker:
+        serve_system(args.worker[0], args.worker[1:])
+        return None
+    for name, (_, function, *_) in helpers.items():
+        if getattr(args, name):
+            function(*getattr(args, name))
+            return None
+    return args
+
+
+def parse_shapes(text: str) -> tuple:
+    """--shapes "8x128,32x128" -> ((8, 128), (32, 128))."""
+    try:
+        return tuple(tuple(int(n) for n in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
+
+
+def timed_rounds(entries: list, call: Callable, rounds: int) -> dict:
+    """Two warm-up calls of each entry, then `rounds` rounds that call every entry once, each
+    round starting one entry later (so no entry always runs first); call(entry) returns seconds.
+    Returns entry -> {median_s, p25_s, p75_s, min_s, max_s, n, times_s}. (The driver's side: numpy.)"""
+    import numpy as np
+
+    for e in entries:
+        call(e), call(e)
+    times = {e: [] for e in entries}
+    for r in range(rounds):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            times[e].append(call(e))
+    out = {}
+    for e, got in times.items():
+        t = np.asarray(got)
+        out[e] = {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
+                  "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
+                  "max_s": float(t.max()), "n": len(got), "times_s": got}
+    return out

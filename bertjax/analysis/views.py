@@ -162,10 +162,28 @@ def _digest(data) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _read(name: str) -> str:
+    with open(os.path.join(_HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _template(name: str) -> str:
+    """The page template with the parts all three views share inlined (pages stay one file):
+    __VIEWTOP__ (_view_top.html: the style, the root element and its toolbar up to the layer
+    selector), __VIEWSCRIPT__ (_view_script.html: the data and the start of the page's script),
+    and in those __VIEWCSS__ (_view_common.css) and __VIEWJS__ (_view_common.js)."""
+    shared = {"VIEWTOP": _read("_view_top.html"), "VIEWSCRIPT": _read("_view_script.html"),
+              "VIEWJS": _read("_view_common.js"), "VIEWCSS": _read("_view_common.css").strip()}
+    shared = {k: v.rstrip("\n") for k, v in shared.items()}
+    text = _read(name)
+    for _ in range(2):  # the parts, then what they include
+        text = re.sub(r"__(VIEWTOP|VIEWSCRIPT|VIEWJS|VIEWCSS)__", lambda m: shared[m.group(1)], text)
+    return text
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     """Replaces each __NAME__ of the template in one pass, so no value is ever substituted into."""
-    with open(os.path.join(_HERE, template), encoding="utf-8") as f:
-        text = f.read()
+    text = _template(template)
     return re.sub(r"__([A-Z]+)__", lambda m: values.get(m.group(1), m.group(0)), text)
 
 
@@ -173,7 +191,7 @@ def _render(template: str, data: dict, title: str, kind: str) -> str:
     """The template with its root id, escaped title and the data as JSON (safe inside <script>)."""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return _fill(template, {"ROOT": f"bertjax-{kind}-{_digest(data)}", "TITLE": html.escape(title),
-                            "DATA": payload})
+                            "KIND": kind, "DATA": payload})
 
 
 def _save_page(path: str, body: str, title: str, kind: str) -> str:

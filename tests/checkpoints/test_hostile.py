@@ -61,34 +61,19 @@ def test_safetensors_duplicate_key(tmp_path):
         read_weights(path)
 
 
-def test_safetensors_overlapping_tensors(tmp_path):
-    header = {"a": entry(0, 16), "b": entry(8, 24)}
+@pytest.mark.parametrize("header, message", [
+    ({"a": entry(0, 16), "b": entry(8, 24)},
+     r"w\.safetensors: tensors 'a' and 'b' overlap \(bytes 8\.\.16 of the data section\): corrupted file"),
+    ({"a": entry(0, 8), "b": entry(16, 24)},
+     r"w\.safetensors: 8 bytes before tensor 'b' belong to no tensor \(a gap at byte 8"),
+    ({"a": entry(0, 16)}, r"w\.safetensors: 8 bytes after the last tensor belong to no tensor"),
+    ({"a": entry(0, 24), "b": entry(24, 40)},
+     r"w\.safetensors is truncated: tensor 'b' ends at byte \d+ but the file has \d+ bytes"),
+], ids=["overlapping-tensors", "gap-between-tensors", "bytes-after-the-last-tensor",
+        "tensor-outside-the-data-section"])
+def test_safetensors_data_section_layout(tmp_path, header, message):
     path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
-    with pytest.raises(CheckpointError, match=r"w\.safetensors: tensors 'a' and 'b' overlap \(bytes "
-                                              r"8\.\.16 of the data section\): corrupted file"):
-        read_weights(path)
-
-
-def test_safetensors_gap_between_tensors(tmp_path):
-    header = {"a": entry(0, 8), "b": entry(16, 24)}
-    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
-    with pytest.raises(CheckpointError, match=r"w\.safetensors: 8 bytes before tensor 'b' belong to "
-                                              r"no tensor \(a gap at byte 8"):
-        read_weights(path)
-
-
-def test_safetensors_bytes_after_the_last_tensor(tmp_path):
-    path = write(tmp_path / "w.safetensors", safetensors_bytes({"a": entry(0, 16)}, DATA))
-    with pytest.raises(CheckpointError, match=r"w\.safetensors: 8 bytes after the last tensor belong "
-                                              r"to no tensor"):
-        read_weights(path)
-
-
-def test_safetensors_tensor_outside_the_data_section(tmp_path):
-    header = {"a": entry(0, 24), "b": entry(24, 40)}
-    path = write(tmp_path / "w.safetensors", safetensors_bytes(header, DATA))
-    with pytest.raises(CheckpointError, match=r"w\.safetensors is truncated: tensor 'b' ends at byte "
-                                              r"\d+ but the file has \d+ bytes"):
+    with pytest.raises(CheckpointError, match=message):
         read_weights(path)
 
 

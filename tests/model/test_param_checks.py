@@ -73,31 +73,37 @@ def test_stacked_tree_with_the_wrong_number_of_layers(model):
         bertjax.forward(bertjax.stack_layers(params), IDS, _with(config, num_hidden_layers=5))
 
 
-def test_a_deleted_layer(model):
-    config, params = model
-    layers = {k: v for k, v in params["encoder"]["layer"].items() if k != "2"}
-    tree = {**params, "encoder": {"layer": layers}}
-    with pytest.raises(ValueError, match=r"\(missing 16: encoder/layer/2/.*\); the tree has 3 layers "
-                                         r"\(0, 1, 3\), the config says num_hidden_layers=4"):
-        bertjax.forward(tree, IDS, config)
-
-
-def test_a_missing_leaf(model):
-    config, params = model
+def _edited(params, path: str, value=None):
+    """A copy of params with the subtree at "a/b/c" replaced by value, or deleted when it is None."""
     tree = jax.tree_util.tree_map(lambda x: x, params)
-    del tree["encoder"]["layer"]["1"]["attention"]["self"]["key"]["bias"]
-    with pytest.raises(ValueError, match=r"params do not match the BERT parameter tree \(missing 1: "
-                                         r"encoder/layer/1/attention/self/key/bias\)$"):
-        bertjax.forward(tree, IDS, config)
+    *parents, last = path.split("/")
+    node = tree
+    for key in parents:
+        node = node[key]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return tree
 
 
-def test_a_non_float_leaf(model):
+TREE_CASES = {
+    "deleted-layer": ("encoder/layer/2", None,
+                      r"\(missing 16: encoder/layer/2/.*\); the tree has 3 layers \(0, 1, 3\), the "
+                      r"config says num_hidden_layers=4"),
+    "missing-leaf": ("encoder/layer/1/attention/self/key/bias", None,
+                     r"params do not match the BERT parameter tree \(missing 1: "
+                     r"encoder/layer/1/attention/self/key/bias\)$"),
+    "non-float-leaf": ("pooler/dense/bias", jnp.zeros(15, jnp.int32),
+                       r"params: pooler/dense/bias has dtype int32, expected a float dtype"),
+}
+
+
+@pytest.mark.parametrize("path,value,match", TREE_CASES.values(), ids=TREE_CASES.keys())
+def test_an_edited_tree(model, path, value, match):
     config, params = model
-    tree = jax.tree_util.tree_map(lambda x: x, params)
-    tree["pooler"]["dense"]["bias"] = jnp.zeros(15, jnp.int32)
-    with pytest.raises(ValueError, match=r"params: pooler/dense/bias has dtype int32, expected a "
-                                         r"float dtype"):
-        bertjax.forward(tree, IDS, config)
+    with pytest.raises(ValueError, match=match):
+        bertjax.forward(_edited(params, path, value), IDS, config)
 
 
 def test_checked_on_tracers_under_jit_vmap_and_grad(model):
