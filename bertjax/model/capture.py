@@ -171,12 +171,14 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
     return None if picked == tuple(range(num_layers)) else picked
 
 
-def as_frozenset(capture: str | Iterable[str] | None, has_pooler: bool = False,
+def as_frozenset(capture, has_pooler: bool = False,
                  has_mlm: bool = False) -> frozenset[str]:
     """`resolve` for the parts (the encoder parts have no heads; `pooler` and `mlm_logits` say
-    theirs); already-resolved sets pass through."""
+    theirs); already-resolved sets pass through. `capture` is checked here, unannotated, so that a
+    wrong type is this ValueError and not a type-checker's error."""
     if isinstance(capture, frozenset):
         return capture
+    check_capture(capture)
     return resolve(capture, has_pooler=has_pooler, has_mlm=has_mlm)
 
 
@@ -226,6 +228,14 @@ def _fit(x, ndim: int):
 
     x = jnp.asarray(x)
     return x if x.ndim in (0, ndim) else x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
+def check_capture(capture) -> None:
+    """Raises ValueError unless `capture` is None, a string or a collection (not bytes)."""
+    if capture is not None and not isinstance(capture, str) and (
+            not isinstance(capture, Iterable) or isinstance(capture, (bytes, bytearray))):
+        raise ValueError(f"capture must be an activation name, a glob, 'all' or a collection of "
+                         f"them, got {type(capture).__name__} {capture!r}")
 
 
 def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,

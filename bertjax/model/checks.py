@@ -13,8 +13,6 @@ which carries the same value checks through `jax.experimental.checkify`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,14 +101,6 @@ def _first_bad(x, ok):
 
 def _check_values(name: str, x, ok, expected: str) -> None:
     checkify.check(jnp.all(ok), f"{name} must be {expected}, got {{}}", _first_bad(x, ok))
-
-
-def check_capture(capture) -> None:
-    """Raises ValueError unless `capture` is None, a string or a collection (not bytes)."""
-    if capture is not None and not isinstance(capture, str) and (
-            not isinstance(capture, Iterable) or isinstance(capture, (bytes, bytearray))):
-        raise ValueError(f"capture must be an activation name, a glob, 'all' or a collection of "
-                         f"them, got {type(capture).__name__} {capture!r}")
 
 
 def check_hidden(hidden, config: BertConfig, name: str = "hidden") -> None:

@@ -12,7 +12,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from bertjax.model import capture as C
-from bertjax.model.checks import check_capture, check_inputs, checkify_inputs
+from bertjax.model.checks import check_inputs, checkify_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.embeddings import embeddings
 from bertjax.model.encoder import encoder, is_stacked, stacked_once
@@ -47,7 +47,7 @@ def _prepare(params, input_ids, config, token_type_ids, attention_mask, position
     if not isinstance(config, BertConfig):
         raise ValueError(f"config must be a bertjax.BertConfig, got {type(config).__name__}")
     heads = check_params(params, config)  # shapes only, remembered: free on the next call
-    check_capture(capture)
+    C.check_capture(capture)
     names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
     layers = C.layer_selection(capture, config.num_hidden_layers, has_pooler=heads.pooler,
                                has_mlm=heads.mlm)

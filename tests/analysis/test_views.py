@@ -60,7 +60,7 @@ def test_head_view_inputs_defaults_are_what_bertviz_takes():
     import torch
 
     probs, mask = fake_probs()
-    inputs = head_view_inputs(probs, TOKENS, batch=1, attention_mask=mask)
+    inputs = head_view_inputs(probs, TOKENS[:4], batch=1, attention_mask=mask)
     assert all(isinstance(a, torch.Tensor) for a in inputs["attention"])
     for view in (bertviz.head_view, bertviz.model_view):
         page = view(**inputs, html_action="return").data
@@ -180,7 +180,7 @@ def test_head_view_selected_head_and_title_escaping(tmp_path):
 
 def test_model_view_page(tmp_path):
     probs, mask = fake_probs()
-    path = save_model_view(str(tmp_path / "model.html"), probs, TOKENS, batch=1, attention_mask=mask,
+    path = save_model_view(str(tmp_path / "model.html"), probs, TOKENS[:4], batch=1, attention_mask=mask,
                            layer=-1, head=2, title="a <model>")
     page = open(path, encoding="utf-8").read()
     assert page.startswith("<!DOCTYPE html>") and "<b>a &lt;model&gt;</b>" in page

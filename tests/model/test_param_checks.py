@@ -176,6 +176,12 @@ def test_capture_of_the_wrong_type(model, capture, match):
     config, params = model
     with pytest.raises(ValueError, match=match):
         bertjax.forward(params, IDS, config, capture=capture)
+    if not isinstance(capture, list):  # the parts refuse it too, before any annotated function
+        hidden = np.zeros((2, 3, config.hidden_size), np.float32)
+        with pytest.raises(ValueError, match=match):
+            bertjax.embeddings(params, IDS, config, capture=capture)
+        with pytest.raises(ValueError, match=match):
+            bertjax.encoder(params, hidden, config, capture=capture)
 
 
 def test_checked_forward_outside_jit_returns_the_error(model):
