@@ -74,12 +74,17 @@ def run_once(argv: list[str], code: str, out: str) -> tuple[float, int]:
     return wall, proc.returncode
 
 
-def describe(code: str) -> str:
+def git(code: str, *args: str, fallback: str) -> str:
+    """`git -C code args...`'s output, or `fallback` where git or the checkout is missing."""
     try:
-        commit = subprocess.run(["git", "-C", code, "log", "-1", "--format=%h %s"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-C", code, *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
+        return fallback
+
+
+def describe(code: str) -> str:
+    commit = git(code, "log", "-1", "--format=%h %s", fallback="not a git checkout")
     return f"{os.path.abspath(code)} ({commit[:70]})"
 
 
@@ -116,11 +121,7 @@ def markdown(result: dict) -> str:
 
 def label(code: str) -> str:
     """A tree's column name: its folder and commit."""
-    try:
-        commit = subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "no git"
+    commit = git(code, "rev-parse", "--short", "HEAD", fallback="no git")
     return f"{os.path.basename(os.path.abspath(code))} @ {commit}"
 
 
