@@ -84,7 +84,7 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     Args:
       params: the full parameter tree, per-layer or with `stack_layers` applied. Concrete
         per-layer arrays are stacked once and the stacked copy is reused while they live
-        (`stacked_once` in bertjax/encoder.py); stack once yourself to keep a single copy in memory.
+        (`stacked_once` in bertjax/model/encoder.py); stack once yourself to keep one copy in memory.
       input_ids: int [B, S].
       config: the model's BertConfig (static).
       token_type_ids: int [B, S], zeros when None.
@@ -143,7 +143,7 @@ def _check_reuse(reuse, expected: BertOutput) -> None:
 
 
 def _with_stacked_layers(params: dict) -> dict:
-    """The tree with its layers stacked once, outside jit (`stacked_once` in bertjax/encoder.py)."""
+    """The tree with its layers stacked once, outside jit (`stacked_once` in bertjax/model/encoder.py)."""
     layers = params.get("encoder", {}).get("layer")
     if layers is None or is_stacked(layers):
         return params
