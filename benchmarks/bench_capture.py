@@ -397,6 +397,10 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             entries.append((system, path))
         except RuntimeError as e:
             notes[system, path] = str(e).split(": ", 1)[-1]
+            if not workers[system].alive:  # killed (for memory, say): this path is skipped
+                notes[system, path] += " (killed while computing it: out of memory?)"
+                workers[system].restart()
+                workers[system].request("shape", B=B, S=S)
             print(f"  ({B}, {S}) {system} {path}: skipped: {notes[system, path]}", flush=True)
     agreement = None
     if "tl" in workers:

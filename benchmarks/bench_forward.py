@@ -56,6 +56,7 @@ from machine import (
     ISAS,
     cpu_info,
     cpu_line,
+    hot_kernels,
     isa_env,
     load_average,
     pin_first_cores,
@@ -141,6 +142,9 @@ class BertjaxSystem:
     def peak(self, n: int) -> float:
         return _timed_matmul("jax", n)
 
+    def matmuls(self, B: int, S: int) -> dict:
+        return _timed_model_matmuls("jax", B, S)
+
     def set_shape(self, B: int, S: int) -> None:
         self.inputs = make_inputs(B, S)
 
@@ -149,15 +153,14 @@ class BertjaxSystem:
         import jax
 
         import bertjax
-        from bertjax.model.forward import _forward, _with_stacked_layers
+        from bertjax.model.forward import _with_stacked_layers
 
         ids, mask = self.inputs
         names = bertjax.resolve_capture(CAPTURE[mode], has_pooler=True, has_mlm=False)
         params = _with_stacked_layers(self.params)
         jax.clear_caches()
         t0 = time.perf_counter()
-        lowered = _forward.trace(params, ids, None, mask, None, None, None, {},
-                                 config=self.config, capture=names).lower()
+        lowered = lower_forward(params, ids, mask, self.config, names)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -208,6 +211,9 @@ class TorchSystem:
 
     def peak(self, n: int) -> float:
         return _timed_matmul("torch", n)
+
+    def matmuls(self, B: int, S: int) -> dict:
+        return _timed_model_matmuls("torch", B, S)
 
     def set_shape(self, B: int, S: int) -> None:
         import torch
@@ -306,6 +312,49 @@ def _timed_matmul(lib: str, n: int) -> float:
     return 2 * n**3 / (time.perf_counter() - t0) / 1e9
 
 
+def model_matmuls(B: int, S: int, c: dict = BERT_BASE) -> list[tuple]:
+    """The forward's matmuls as (name, lhs shape, rhs shape, times per forward): per layer the
+    four [BS, D] x [D, D] projections, the two FFN denses, q.k and probs.v batched over B x N."""
+    D, I, L, N = (c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
+                  c["num_attention_heads"])
+    H = D // N
+    return [("projection", (B * S, D), (D, D), 4 * L), ("ffn_in", (B * S, D), (D, I), L),
+            ("ffn_out", (B * S, I), (I, D), L), ("q.k", (B * N, S, H), (B * N, H, S), L),
+            ("probs.v", (B * N, S, S), (B * N, S, H), L)]
+
+
+def _timed_model_matmuls(lib: str, B: int, S: int, repeats: int = 5) -> dict:
+    """Seconds of one forward's matmuls run alone, one by one, each the best of `repeats`:
+    {name: seconds for all its occurrences, "total": the sum}. jnp.matmul jitted, or
+    torch.matmul (what a library's own matmul allows the forward, with nothing else around it)."""
+    import numpy as np
+
+    out = {}
+    for name, lhs, rhs, count in model_matmuls(B, S):
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal(x).astype(np.float32) for x in (lhs, rhs))
+        if lib == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            x, y, mm = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.matmul)
+            run = lambda mm=mm, x=x, y=y: mm(x, y).block_until_ready()
+        else:
+            import torch
+
+            x, y = torch.from_numpy(a), torch.from_numpy(b)
+            run = lambda x=x, y=y: torch.matmul(x, y)
+        run()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best * count
+    out["total"] = sum(out.values())
+    return out
+
+
 def make_inputs(B: int, S: int, seed: int = 0):
     """The same random ids (all positions real tokens) in every worker."""
     import numpy as np
@@ -334,6 +383,8 @@ def serve_system(kind: str, args: list[str]) -> None:
             return system.compile(msg["mode"])
         if cmd == "peak":
             return {"gflops": system.peak(msg["n"])}
+        if cmd == "matmuls":
+            return system.matmuls(msg["B"], msg["S"])
         return system.info()
 
     serve(handle)
@@ -355,20 +406,28 @@ def torch_memory_probe(attn: str, B: str, S: str, mode: str) -> None:
 # ---------------------------------------------------------------- compile time vs layers
 
 
+def lower_forward(params, ids, mask, config, names: frozenset):
+    """The jitted forward's program for (params, ids, mask), traced and lowered (not compiled):
+    what `compile` and `compile_one` time. Arrays or ShapeDtypeStructs; stacked layers."""
+    from bertjax.model.forward import _forward
+
+    return _forward.trace(params=params, input_ids=ids, token_type_ids=None, attention_mask=mask,
+                          position_ids=None, rng=None, head_mask=None, patch={}, edit={},
+                          config=config, capture=names).lower()
+
+
 def compile_one(layers: int, B: int, S: int) -> None:
     """Prints the cold trace+lower and compile seconds of the forward with `layers` layers."""
     import jax
     import jax.numpy as jnp
 
     import bertjax
-    from bertjax.model.forward import _forward
 
     config = bertjax.BertConfig(**{**BERT_BASE, "num_hidden_layers": layers})
     shapes = jax.eval_shape(bertjax.stack_layers, bertjax.param_shapes(config))
     ids = jax.ShapeDtypeStruct((B, S), jnp.int32)
     t0 = time.perf_counter()
-    lowered = _forward.trace(shapes, ids, None, ids, None, None, None, {}, config=config,
-                             capture=frozenset()).lower()
+    lowered = lower_forward(shapes, ids, ids, config, frozenset())
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
@@ -403,18 +462,40 @@ def run_shape(workers: dict, B: int, S: int, rounds: int) -> dict:
             info[system, mode]["peak_bytes"] = torch_memory(system[len("torch_"):], B, S, mode)
     call = lambda e: workers[KIND[e[0]]].request("call", system=e[0], mode=e[1])["seconds"]
     timed = timed_rounds(entries, call, rounds)
-    return {e: {**info[e], **timed[e]} for e in entries}
+    results = {e: {**info[e], **timed[e]} for e in entries}
+    # the model's matmuls alone in each library (best of 3 alternated requests, each best of 5)
+    alone = {}
+    for _ in range(3):
+        for lib, kind in (("xla", "bertjax"), ("torch", "torch")):
+            got = workers[kind].request("matmuls", B=B, S=S)
+            if lib not in alone or got["total"] < alone[lib]["total"]:
+                alone[lib] = got
+    results["matmuls_alone"] = alone
+    return results
 
 
-def rows_for(B: int, S: int, results: dict, peak_gflops: float) -> list[dict]:
+def rows_for(B: int, S: int, results: dict, peak: dict) -> list[dict]:
+    """One row per (system, mode): ratios against PyTorch eager and sdpa, % of the run's peaks,
+    and, for plain forwards, the share of the time its own library's matmuls alone would take."""
     rows = []
     flops = model_flops(B, S)
-    for (system, mode), r in results.items():
+    alone = results.get("matmuls_alone", {})
+    sdpa = results.get(("torch_sdpa", "plain"))
+    for key, r in results.items():
+        if key == "matmuls_alone":
+            continue
+        system, mode = key
         ref = results.get(REFERENCE[mode])
+        lib = {"bertjax": "xla", "flax": "xla"}.get(system, "torch")
         row = {"B": B, "S": S, "mode": mode, "system": system, **r,
                "tokens_per_s": B * S / r["median_s"],
                "x_eager": ref["median_s"] / r["median_s"] if ref else None,
-               "pct_peak": 100 * flops / r["median_s"] / 1e9 / peak_gflops}
+               "x_sdpa": sdpa["median_s"] / r["median_s"] if sdpa and mode == "plain" else None,
+               "pct_peak": 100 * flops / r["median_s"] / 1e9 / peak["peak_gflops"],
+               "pct_xla_peak": 100 * flops / r["median_s"] / 1e9 / peak["gflops"]["jax_dot"]}
+        if lib in alone and mode == "plain":
+            row["matmuls_alone_s"] = alone[lib]["total"]
+            row["pct_own_matmuls"] = 100 * alone[lib]["total"] / r["median_s"]
         rows.append(row)
     plain = results.get(("bertjax", "plain"))
     for row in rows:
@@ -435,6 +516,17 @@ def check_targets(rows: list[dict], sweep: list[dict]) -> list[dict]:
         if r:
             checks.append({"target": f"capture=() >= 1.0x PyTorch eager at ({B}, {S})",
                            "value": r["x_eager"], "ok": r["x_eager"] >= 1.0})
+            if r.get("x_sdpa") is not None:
+                checks.append({"target": f"capture=() >= 1.0x PyTorch sdpa at ({B}, {S})",
+                               "value": r["x_sdpa"], "ok": r["x_sdpa"] >= 1.0})
+            if S == 128:
+                checks.append({"target": f"capture=() >= 80 % of the run's XLA matmul peak "
+                                         f"(2048^3 jnp.dot) at ({B}, {S})",
+                               "value": r["pct_xla_peak"], "ok": r["pct_xla_peak"] >= 80})
+            if r.get("pct_own_matmuls") is not None:
+                checks.append({"target": f"capture=() >= 80 % of XLA's speed on the model's own "
+                                         f"matmuls, each run alone, at ({B}, {S})",
+                               "value": r["pct_own_matmuls"], "ok": r["pct_own_matmuls"] >= 80})
             if r.get("x_flax") is not None:
                 checks.append({"target": f"capture=() >= 1.25x FlaxBertModel at ({B}, {S})",
                                "value": r["x_flax"], "ok": r["x_flax"] >= 1.25})
@@ -497,16 +589,34 @@ def markdown(result: dict) -> str:
         "hidden states); compile = trace+lower / XLA compile after jax.clear_caches(); "
         "peak MiB = the compiled program's temp + output bytes (XLA memory_analysis) for bertjax "
         "and flax, the resident memory the first call adds in a fresh process for PyTorch", "",
-        "| B x S | mode | system | median ms | p25-p75 ms | tokens/s | x eager | % peak "
-        "| compile s | peak MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "- x sdpa = PyTorch sdpa's median / this median (plain forwards); % XLA peak = model "
+        "FLOPs / time / jnp.dot's 2048^3 GFLOP/s; own matmuls = the time the model's matmuls "
+        "take run alone, one by one, in the system's own library (XLA or torch), as a % of this "
+        "forward's time: how close the forward is to what its library's matmuls allow", "",
+        "| B x S | mode | system | median ms | p25-p75 ms | tokens/s | x eager | x sdpa | % peak "
+        "| % XLA peak | own matmuls | compile s | peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         compile_s = (f"{r['trace_s']:.2f} + {r['compile_s']:.2f}" if "trace_s" in r else "")
         x = f"{r['x_eager']:.2f}" if r["x_eager"] is not None else ""
+        xs = f"{r['x_sdpa']:.2f}" if r.get("x_sdpa") is not None else ""
+        own = f"{r['pct_own_matmuls']:.0f} %" if r.get("pct_own_matmuls") is not None else ""
         lines.append(f"| {r['B']} x {r['S']} | {r['mode']} | {r['system']} | {_ms(r['median_s'])} "
                      f"| {_ms(r['p25_s'])}-{_ms(r['p75_s'])} | {r['tokens_per_s']:.0f} | {x} "
-                     f"| {r['pct_peak']:.0f} | {compile_s} | {_mb(r.get('peak_bytes'))} |")
+                     f"| {xs} | {r['pct_peak']:.0f} | {r.get('pct_xla_peak', 0):.0f} | {own} "
+                     f"| {compile_s} | {_mb(r.get('peak_bytes'))} |")
+    if result.get("matmuls_alone"):
+        lines += ["", "The model's matmuls run alone, one by one (best of 5, best of 3 alternated "
+                  "requests), ms per forward; torch / XLA > 1 means XLA's matmuls are faster:", "",
+                  "| B x S | " + " | ".join(n for n, *_ in model_matmuls(1, 1)) + " | XLA total "
+                  "| torch total | XLA speed / torch speed |",
+                  "|---|" + "---:|" * (len(model_matmuls(1, 1)) + 3)]
+        for shape, alone in result["matmuls_alone"].items():
+            x, t = alone["xla"], alone["torch"]
+            per = " | ".join(f"{x[n] * 1e3:.0f} / {t[n] * 1e3:.0f}" for n, *_ in model_matmuls(1, 1))
+            lines.append(f"| {shape.replace('x', ' x ')} | {per} | {x['total'] * 1e3:.0f} "
+                         f"| {t['total'] * 1e3:.0f} | {t['total'] / x['total']:.2f} |")
     if result["compile_sweep"]:
         lines += ["", "Cold compile of `bertjax.forward` at (8, 128), capture=(), each in a fresh "
                   "process:", "", "| layers | trace+lower s | XLA compile s | total s |",
@@ -522,20 +632,31 @@ def markdown(result: dict) -> str:
 def isa_summary(check: dict) -> str:
     """The instruction-set check of the run in words."""
     t, j = check.get("torch", {}), check.get("jax", {})
+    kernels = check.get("kernels") or {}
+    hot = "; ".join(f"{lib}'s hottest matmul symbol: {rows[0]}" for lib, rows in kernels.items()
+                    if rows)
     return (f"torch.backends.cpu.get_cpu_capability() = {t.get('torch_cpu_capability')} "
-            f"(ONEDNN_MAX_CPU_ISA={t.get('ONEDNN_MAX_CPU_ISA') or '(unset)'}); XLA "
+            f"(ONEDNN_MAX_CPU_ISA={t.get('ONEDNN_MAX_CPU_ISA') or '(unset)'}, "
+            f"MKL_ENABLE_INSTRUCTIONS={t.get('MKL_ENABLE_INSTRUCTIONS') or '(unset)'}); XLA "
             f"xla_cpu_max_isa = {j.get('xla_cpu_max_isa')}, AVX-512 (zmm) instructions in the "
-            f"compiled kernels of a test program: {j.get('zmm_instructions')}")
+            f"compiled kernels of a test program: {j.get('zmm_instructions')}"
+            + (f"; sampled with perf: {hot}" if hot else "; perf not available to name the "
+               "matmul kernels"))
 
 
 def check_isa(isa: str) -> dict:
     """Probes torch and jax in fresh processes with this environment (the cap already set in
-    os.environ); stops the run when a capped library did not take the cap."""
-    check = {"torch": probe(sys.executable, "torch", {}), "jax": probe(sys.executable, "jax", {})}
+    os.environ), and names the matmul kernels each runs (`hot_kernels`, where perf works); stops
+    the run when a capped library did not take the cap. XLA's YNNPACK dots are exempt: they
+    ignore the cap (see benchmarks/machine.py), which the report says."""
+    check = {"torch": probe(sys.executable, "torch", {}), "jax": probe(sys.executable, "jax", {}),
+             "kernels": {lib: hot_kernels(sys.executable, lib, {}) for lib in ("torch", "jax")}}
     if isa == "avx2":
         bad = []
         if check["torch"].get("torch_cpu_capability") not in ("AVX2", "DEFAULT"):
             bad.append(f"torch reports {check['torch']}")
+        if any("avx512" in row for row in check["kernels"]["torch"] or []):
+            bad.append(f"torch's matmuls still run {check['kernels']['torch']}")
         if check["jax"].get("xla_cpu_max_isa") != "AVX2" or check["jax"].get("zmm_instructions"):
             bad.append(f"XLA reports {check['jax']}")
         if bad:
@@ -608,11 +729,17 @@ def run(args) -> None:
         infos = {kind: w.request("info") for kind, w in workers.items()}
         peak = matmul_peak(workers)
         print(f"fp32 matmul peak: {peak['gflops']} GFLOP/s", flush=True)
-        rows = []
+        rows, alone_by_shape = [], {}
         for B, S in shapes:
             results = run_shape(workers, B, S, rounds)
-            rows += rows_for(B, S, results, peak["peak_gflops"])
-            for r in rows[-len(results):]:
+            alone_by_shape[f"{B}x{S}"] = results["matmuls_alone"]
+            new = rows_for(B, S, results, peak)
+            rows += new
+            alone = results["matmuls_alone"]
+            print(f"({B:2d}, {S:3d}) the model's matmuls alone: XLA "
+                  f"{alone['xla']['total'] * 1e3:.1f} ms, torch {alone['torch']['total'] * 1e3:.1f} ms",
+                  flush=True)
+            for r in new:
                 x = f"x{r['x_eager']:.2f} eager" if r["x_eager"] else ""
                 print(f"({B:2d}, {S:3d}) {r['mode']:7s} {r['system']:11s} median "
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
@@ -627,6 +754,7 @@ def run(args) -> None:
                     "isa": args.isa, "isa_env": isa_env(args.isa), "isa_check": isa_checked},
         "versions": versions(infos), "bert": BERT_BASE, "dtype": args.dtype, "rounds": rounds,
         "peak": peak, "load_start": load_start, "load_end": load_average(),
+        "matmuls_alone": alone_by_shape,
         "compile_sweep": sweep, "rows": rows, "wall_s": time.perf_counter() - start,
     }
     result["targets"] = check_targets(rows, sweep)

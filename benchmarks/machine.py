@@ -4,11 +4,20 @@ Every result file records `cpu_info()`: the CPU model, its family / model / step
 AVX-512, AMX and BF16 flags of /proc/cpuinfo, because the speed ratios depend on them (XLA's matmul
 and PyTorch's oneDNN kernels take different paths with and without AVX-512).
 
-`isa_env("avx2")` is the environment that makes both sides run as on a CPU without AVX-512:
-XLA_FLAGS=--xla_cpu_max_isa=AVX2 for XLA (JAX), ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2
-for PyTorch (ATen's vectorised kernels and oneDNN's matmuls). The workers read it at start-up, so it
-is set in the driver before they are started; each worker then reports with `isa_check` whether
-its library took it. Only the standard library here (any python runs it).
+`isa_env("avx2")` is the environment that caps both sides at AVX2: XLA_FLAGS=--xla_cpu_max_isa=AVX2
+for XLA (JAX); ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2
+for PyTorch (ATen's vectorised kernels, oneDNN, and MKL, whose sgemm is what torch's fp32 Linear
+runs on x86: without the MKL variable the "capped" torch still ran mkl_blas_avx512_sgemm_kernel_0).
+The workers read it at start-up, so it is set in the driver before they are started; `probe`
+reports in a fresh process whether each library took it, and `hot_kernels` names the matmul
+kernels each one really runs (sampled with `perf` where it is installed).
+
+What the cap cannot reach: XLA's fp32 dots run in YNNPACK, which picks its kernels from the CPU at
+run time and ignores --xla_cpu_max_isa (measured on a Sapphire Rapids VM, jax 0.10.2: under the cap
+the hottest symbol stays `ynn::dot_fp32_5x64x1_1x16x1_avx512`; no XLA flag of this jaxlib turns it
+off). So on an AVX-512 machine the avx2 mode caps PyTorch fully and XLA's generated code (LayerNorm,
+GELU, softmax, copies) only; a faithful no-AVX-512 run needs a CPU without AVX-512.
+Only the standard library here (any python runs it).
 """
 
 from __future__ import annotations
@@ -113,7 +122,8 @@ def isa_env(isa: str) -> dict:
         return {}
     if isa == "avx2":
         return {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip(),
-                "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+                "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
 
 
@@ -134,7 +144,8 @@ def isa_probe(lib: str) -> dict:
 
         return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-                "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "")}
+                "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+                "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}
     if lib != "jax":
         raise ValueError(f"lib must be 'torch' or 'jax', got {lib!r}")
     import shutil
@@ -183,6 +194,51 @@ def probe(python: str, lib: str, env: dict) -> dict:
         print(f"isa probe of {lib} failed: {proc.stderr[-500:]}", file=sys.stderr)
         return {"error": proc.stderr[-300:]}
     return json.loads(lines[-1])
+
+
+# Two seconds or so of bert-base-shaped matmuls ([1024, 768] x [768, 3072]) for `hot_kernels`.
+MATMUL_LOOP = {
+    "torch": "import torch\na, b = torch.ones(1024, 768), torch.ones(768, 3072)\n"
+             "for _ in range(200): torch.mm(a, b)",
+    "jax": "import jax, jax.numpy as jnp\nf = jax.jit(lambda a, b: a @ b)\n"
+           "a, b = jnp.ones((1024, 768)), jnp.ones((768, 3072))\n"
+           "for _ in range(200): f(a, b).block_until_ready()",
+}
+
+
+def hot_kernels(python: str, lib: str, env: dict, top: int = 3) -> list | None:
+    """The `top` hottest symbols (with their share of samples, e.g. "78.9% ynn::dot_fp32_...")
+    of a fresh process of `python` running `lib`'s matmuls (MATMUL_LOOP) with `env` added, sampled
+    by `perf record`; None where perf is missing or not allowed to sample."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not shutil.which("perf"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="hot-kernels-") as tmp:
+        data = os.path.join(tmp, "perf.data")
+        rec = subprocess.run(["perf", "record", "-q", "-F", "499", "-o", data, "--", python, "-c",
+                              MATMUL_LOOP[lib]], capture_output=True, text=True,
+                             env={**os.environ, **env}, timeout=600)
+        if rec.returncode:
+            return None
+        rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                              "--sort", "symbol"], capture_output=True, text=True, timeout=600)
+    return parse_perf_report(rep.stdout, top)
+
+
+def parse_perf_report(text: str, top: int = 3) -> list:
+    """"12.3% symbol" for the first `top` sample lines of `perf report --stdio --sort symbol`."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and parts[1] in ("[.]", "[k]"):
+            symbol = " ".join(parts[2:]).removesuffix(" - -").strip()  # perf's empty columns
+            rows.append(f"{parts[0]} {symbol}")
+        if len(rows) == top:
+            break
+    return rows
 
 
 if __name__ == "__main__":

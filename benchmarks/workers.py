@@ -69,11 +69,17 @@ class Worker:
     def __init__(self, kind: str, script: str, *args: str, python: str = sys.executable,
                  threads: int | None = None):
         self.kind = kind
+        self._start = (script, args, python, threads)
+        self.restart()
+
+    def restart(self) -> None:
+        """Starts the worker process (again, after it died) and waits until it is ready."""
+        script, args, python, threads = self._start
         cores = first_cores(threads)
         # The driver starts no threads of its own, so a preexec_fn is safe here.
         pin = None if cores is None else lambda: os.sched_setaffinity(0, cores)
         self.proc = subprocess.Popen(
-            [python, os.path.abspath(script), "--worker", kind, *args],
+            [python, os.path.abspath(script), "--worker", self.kind, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             preexec_fn=pin)  # noqa: PLW1509
         self._read()  # "ready", once the system is built
@@ -88,9 +94,18 @@ class Worker:
         raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()}")
 
     def request(self, cmd: str, **msg) -> dict:
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **msg}) + "\n")
-        self.proc.stdin.flush()
+        """Sends one command and returns its answer; RuntimeError when the worker reports an error
+        or has exited (killed for memory, say), so callers can skip it and go on."""
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, **msg}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()}") from None
         return self._read()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -16,6 +16,7 @@ import bertjax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import bench_capture  # noqa: E402
+import bench_forward  # noqa: E402
 import gpu_check  # noqa: E402
 import machine  # noqa: E402
 import profile_forward  # noqa: E402
@@ -26,8 +27,25 @@ def test_isa_env_caps_both_libraries_and_rejects_unknown():
     env = machine.isa_env("avx2")
     assert "--xla_cpu_max_isa=AVX2" in env["XLA_FLAGS"]
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"  # torch's fp32 Linear is MKL's sgemm
     with pytest.raises(ValueError, match="isa must be one of .* got 'avx512'"):
         machine.isa_env("avx512")
+
+
+def test_perf_report_rows_name_the_hottest_symbols():
+    text = """# Samples: 20K of event 'cpu-clock:ppp'
+#
+# Overhead  Symbol
+# ........  ..........
+#
+    58.33%  [.] mkl_blas_avx2_sgemm_kernel_0                                 -      -
+    19.54%  [.] mkl_blas_avx2_sgemm_kernel_0_b0                              -      -
+     3.56%  [k] exc_page_fault
+     1.00%  [.] PyObject_RichCompare
+"""
+    assert machine.parse_perf_report(text) == [
+        "58.33% mkl_blas_avx2_sgemm_kernel_0", "19.54% mkl_blas_avx2_sgemm_kernel_0_b0",
+        "3.56% exc_page_fault"]
 
 
 def test_cpu_info_names_the_watched_flags():
@@ -55,6 +73,16 @@ def test_profile_categories_of_a_tiny_forward():
     assert cats.count("matmul") >= 6, cats
     for expected in ("gelu_erf", "softmax", "layernorm"):
         assert expected in cats, (expected, cats)
+
+
+def test_forward_benchmark_lowers_the_jitted_forward():
+    # the program bench_forward's cold-compile rows time, on abstract tiny shapes
+    config = bertjax.BertConfig(**TINY)
+    shapes = jax.eval_shape(bertjax.stack_layers, bertjax.param_shapes(config))
+    ids = jax.ShapeDtypeStruct((2, 7), jnp.int32)
+    names = bertjax.resolve_capture(("attn.probs",), has_pooler=False, has_mlm=False)
+    compiled = bench_forward.lower_forward(shapes, ids, ids, config, names).compile()
+    assert compiled.memory_analysis().output_size_in_bytes > 0
 
 
 def test_profile_bytes_and_flops():

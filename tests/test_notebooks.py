@@ -39,6 +39,7 @@ def test_the_studies_are_numbered_in_order():
     assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 11)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_notebook_runs_top_to_bottom(path, cache, monkeypatch):
     committed = nbformat.read(path, as_version=4)

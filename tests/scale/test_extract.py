@@ -293,6 +293,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_processes_write_one_folder(tiny_bert, tmp_path):
     """Two real processes joined by jax.distributed.initialize (`--distributed`), 2 devices each,
     one OUT: every chunk once, and the same examples and values as one process on one device."""
@@ -368,6 +369,7 @@ def test_stopped_at_each_write_step_then_resumed(tiny_bert, tmp_path, monkeypatc
         assert folder_contents(tmp_path / what) == folder_contents(tmp_path / "ref"), what
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume(tiny_bert, tmp_path):
     """kill -9 at a random moment after the first commit (most of the time is spent in fsyncs
     slowed to 0.1 s, so the kill lands between the steps of a commit), resume: the folder is byte
@@ -390,6 +392,7 @@ def test_kill_9_at_a_random_moment_then_resume(tiny_bert, tmp_path):
     assert ActivationStore(out).complete
 
 
+@pytest.mark.slow
 def test_large_corpus_in_bounded_memory(tiny_bert, tmp_path):
     """10 000 lines on 4 devices, every token's mlp.pre and mlp.post kept (over 90 MB written): the process's
     resident memory after each commit stays within a fraction of that after its first (memory

@@ -227,6 +227,7 @@ def four_device_results(tmp_path_factory) -> dict[str, str]:
     return json.loads(lines[-1][len("RESULTS "):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", sorted(CHECKS))
 def test_on_four_devices(four_device_results, check):
     assert four_device_results[check] == "ok", four_device_results[check]

@@ -77,6 +77,7 @@ def reference(tiny, data, tmp_path_factory) -> dict:
     return {"opts": opts, "summary": F.finetune(opts, progress=False)}
 
 
+@pytest.mark.slow
 def test_learns_a_separable_task(reference):
     epochs = reference["summary"]["history"]["epochs"]
     assert len(epochs) == 10 and epochs[-1]["step"] == 120 and epochs[-1]["eval_labels"] == 32
@@ -138,6 +139,7 @@ KILLED_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_then_rerun_ends_bit_for_bit_as_uninterrupted(reference, tmp_path, capsys):
     opts = dataclasses.replace(reference["opts"], out=str(tmp_path / "out"))
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_FIRST_CHECKPOINT, *_argv(opts)],
@@ -347,6 +349,7 @@ def test_token_labels_go_to_first_pieces(tiny):
     assert len(ids) == 4 and tags == [IGNORE, 0, 1, IGNORE]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["tokens", "mlm"])
 def test_tokens_and_mlm_tasks_run_and_save(tiny, tmp_path, task):
     rng = np.random.default_rng(0)
@@ -374,6 +377,7 @@ def test_tokens_and_mlm_tasks_run_and_save(tiny, tmp_path, task):
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x: np.isfinite(x).all(), params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("progress", [False, True], ids=["no-progress", "progress"])
 def test_cli_prints_each_epochs_metrics_with_bf16_and_accumulation(tiny, tmp_path, capsys,
                                                                     progress):
@@ -419,6 +423,7 @@ SHARDED_FINETUNE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_finetune_over_two_devices_equals_one(tiny, tmp_path):
     """The same run (dropout on) with each batch split over 2 (forced host) devices ends where
     1 device does."""

@@ -229,6 +229,7 @@ def test_adamw_steps_with_schedule_and_clipping_match_torch(checkpoint_factory, 
     _assert_same_step(flatten(state.params), want, _held(*grads), bound=2 * STEPS * LR)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch(adamw_run):
     config, batch, params = adamw_run["config"], adamw_run["batch"], adamw_run["params"]
     rows = [jax.tree_util.tree_map(lambda x, i=i: x[i:i + 1], batch) for i in range(B)]
@@ -255,6 +256,7 @@ def test_bf16_step_keeps_fp32_master_weights(adamw_run):
     assert float(m16["loss"]) != loss32  # the forward really ran in bf16
 
 
+@pytest.mark.slow
 def test_dropout_rng_changes_the_loss_and_advances(adamw_run):
     config, batch, start = adamw_run["config"], adamw_run["batch"], adamw_run["start"]
     on = T.make_train_step(config, "classification", adamw_run["tx"])
@@ -295,6 +297,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(checkpoint_factory):
     folder = checkpoint_factory("BertForSequenceClassification", num_labels=3)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
