@@ -45,6 +45,7 @@ Writes benchmarks/results/forward.json and forward.md (--out DIR to change; forw
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -93,14 +94,6 @@ def cpu_model() -> str:
                         if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
-
-
-def model_flops(B: int, S: int, c: dict = BERT_BASE) -> float:
-    """Matmul FLOPs of one forward: per layer Q, K, V, output and the two FFN denses, q.k and
-    probs.v; plus the pooler."""
-    D, I, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    per_layer = 2 * B * S * (4 * D * D + 2 * D * I) + 2 * 2 * B * S * S * D
-    return L * per_layer + 2 * B * D * D
 
 
 def matmul_peak(workers: dict, n: int = 2048, repeats: int = 10) -> dict:
@@ -290,22 +283,28 @@ class FlaxSystem:
         return elapsed
 
 
-def _timed_matmul(lib: str, n: int) -> float:
-    """GFLOP/s of one n x n fp32 matmul (after a warm-up): jnp.dot jitted, or torch.mm."""
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+def _matmul_runner(lib: str, a, b):
+    """A call of a @ b on two NumPy arrays in `lib`: jnp.matmul jitted (waited for), or
+    torch.matmul."""
     if lib == "jax":
         import jax
         import jax.numpy as jnp
 
-        x, dot = jnp.asarray(a), jax.jit(jnp.dot)
-        run = lambda: dot(x, x).block_until_ready()
-    else:
-        import torch
+        x, y, mm = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.matmul)
+        return lambda: mm(x, y).block_until_ready()
+    import torch
 
-        x = torch.from_numpy(a)
-        run = lambda: torch.mm(x, x)
+    x, y = torch.from_numpy(a), torch.from_numpy(b)
+    return lambda: torch.matmul(x, y)
+
+
+def _timed_matmul(lib: str, n: int) -> float:
+    """GFLOP/s of one n x n fp32 matmul (after a warm-up): jitted jnp.matmul or torch.matmul
+    (jnp.dot / torch.mm in 2-D)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    run = _matmul_runner(lib, a, a)
     run()
     t0 = time.perf_counter()
     run()
@@ -323,27 +322,24 @@ def model_matmuls(B: int, S: int, c: dict = BERT_BASE) -> list[tuple]:
             ("probs.v", (B * N, S, S), (B * N, S, H), L)]
 
 
+def model_flops(B: int, S: int, c: dict = BERT_BASE) -> float:
+    """Matmul FLOPs of one forward: the layers' matmuls (`model_matmuls`) plus the pooler."""
+    D = c["hidden_size"]
+    layers = sum(2 * math.prod(lhs) * rhs[-1] * count for _, lhs, rhs, count in model_matmuls(B, S, c))
+    return layers + 2 * B * D * D
+
+
 def _timed_model_matmuls(lib: str, B: int, S: int, repeats: int = 5) -> dict:
     """Seconds of one forward's matmuls run alone, one by one, each the best of `repeats`:
-    {name: seconds for all its occurrences, "total": the sum}. jnp.matmul jitted, or
-    torch.matmul (what a library's own matmul allows the forward, with nothing else around it)."""
+    {name: seconds for all its occurrences, "total": the sum} (what a library's own matmul allows
+    the forward, with nothing else around it)."""
     import numpy as np
 
     out = {}
     for name, lhs, rhs, count in model_matmuls(B, S):
         rng = np.random.default_rng(0)
         a, b = (rng.standard_normal(x).astype(np.float32) for x in (lhs, rhs))
-        if lib == "jax":
-            import jax
-            import jax.numpy as jnp
-
-            x, y, mm = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.matmul)
-            run = lambda mm=mm, x=x, y=y: mm(x, y).block_until_ready()
-        else:
-            import torch
-
-            x, y = torch.from_numpy(a), torch.from_numpy(b)
-            run = lambda x=x, y=y: torch.matmul(x, y)
+        run = _matmul_runner(lib, a, b)
         run()
         best = float("inf")
         for _ in range(repeats):

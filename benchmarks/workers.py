@@ -108,7 +108,7 @@ class Worker:
         return self.proc.poll() is None
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.alive:
             self.proc.stdin.close()
             self.proc.wait(timeout=120)
 

@@ -85,6 +85,12 @@ def test_forward_benchmark_lowers_the_jitted_forward():
     assert compiled.memory_analysis().output_size_in_bytes > 0
 
 
+def test_forward_benchmark_flops_are_its_matmuls_plus_the_pooler():
+    B, S, D, I, L = 3, 5, 768, 3072, 12
+    per_layer = 2 * B * S * (4 * D * D + 2 * D * I) + 2 * 2 * B * S * S * D
+    assert bench_forward.model_flops(B, S) == L * per_layer + 2 * B * D * D
+
+
 def test_profile_bytes_and_flops():
     assert profile_forward.nbytes("f32[2,3]{1,0}") == 24
     assert profile_forward.nbytes("(f32[4], bf16[2,2])") == 16 + 8
