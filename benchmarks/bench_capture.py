@@ -81,6 +81,10 @@ ENTRIES = (("bertjax", "forward"), ("bertjax", "all"), ("bertjax", "all_reuse"),
            ("tl", "forward"), ("tl", "all"), ("tl", "patterns"), ("tl", "layer0"),
            ("numpy", "fresh"), ("numpy", "mapped"))
 TL_PATH = {"all_reuse": "all"}  # the TL row a bertjax row is compared with
+# --parts: where `all`'s time goes (bertjax only, timed, no fresh-process memory): the MLM logits
+# alone, and `all` without the names whose compute is not in the forward (every name but these)
+PARTS = {"mlm": ("mlm.logits",), "all_but_mlm": None, "all_but_mlm_head_out": None}
+ALL_BUT = {"all_but_mlm": ("mlm.logits",), "all_but_mlm_head_out": ("mlm.logits", "attn.head_out")}
 
 
 # ---------------------------------------------------------------- helpers (any worker)
@@ -121,12 +125,13 @@ def sample(last, probs0, logits) -> dict:
 
 
 class BertjaxSystem:
-    """bertjax.forward as users call it (params as loaded; stacked once by forward itself)."""
+    """bertjax.forward as users call it, on params loaded stacked (`bertjax.load(..., stacked=True)`:
+    the model in memory once; per-layer params would add the stacked copy forward keeps)."""
 
     def __init__(self, hf_dir: str, model: str):
         import bertjax
 
-        self.config, self.params = bertjax.load(hf_dir)
+        self.config, self.params = bertjax.load(hf_dir, stacked=True)
         self.vocab = MODELS[model]["vocab_size"]
         self.inputs = None
         self.previous = None  # the output `all_reuse` hands to the next call
@@ -155,17 +160,31 @@ class BertjaxSystem:
             if self.previous is not None:
                 kwargs["reuse"] = self.previous
         return bertjax.forward(self.params, ids, self.config, attention_mask=mask,
-                               capture=CAPTURE[path], **kwargs)
+                               capture=self.capture(path), **kwargs)
 
-    def call(self, path: str) -> float:
+    def capture(self, path: str):
+        """The capture of a path: CAPTURE's, PARTS' ("all" without ALL_BUT's names)."""
+        from bertjax.model.capture import resolve
+
+        if path in ALL_BUT:
+            return tuple(sorted(resolve("all", has_pooler="pooler" in self.params)
+                                - set(ALL_BUT[path])))
+        return PARTS[path] if path in PARTS else CAPTURE[path]
+
+    def call(self, path: str, keep: bool = False) -> float:
+        """Seconds of one call of `path`. all_reuse is a loop's next call: the previous output
+        (made untimed first when there is none) is handed to `reuse`; `keep` holds the new one
+        for the next call (in the memory probe's repeated calls), otherwise nothing is held
+        between entries (the other worker's calls get the memory)."""
         import jax
 
+        if path == "all_reuse" and self.previous is None:
+            self.previous = jax.block_until_ready(self._forward("all"))
         t0 = time.perf_counter()
         out = self._forward(path)
         jax.block_until_ready(out)
         elapsed = time.perf_counter() - t0
-        if path == "all_reuse":  # kept (only) for the next all_reuse call, across other entries
-            self.previous = out
+        self.previous = out if path == "all_reuse" and keep else None
         del out
         return elapsed
 
@@ -174,9 +193,8 @@ class BertjaxSystem:
 
         out = self._forward(path)
         jax.block_until_ready(out)
-        if path == "all_reuse":
-            self.previous = out
-        if isinstance(CAPTURE[path], dict):  # an older capture reads a dict as a list of names
+        self.previous = None
+        if isinstance(CAPTURE.get(path), dict):  # an older capture reads a dict as names
             for name, layers in CAPTURE[path].items():
                 if layers is not None and out.acts[name].shape[0] != len(layers):
                     raise NotImplementedError(
@@ -349,13 +367,16 @@ def serve_system(kind: str, args: list[str]) -> None:
 def memory_probe(kind: str, hf_dir: str, model: str, threads: str, path: str, B: str,
                  S: str) -> None:
     """In a fresh process: builds the system, calls `path` twice, reports the process's peak
-    RSS so far and what one more warm call adds."""
+    RSS so far and what one more warm call adds (all_reuse: each call reusing the last's output,
+    as in a loop)."""
     system = (BertjaxSystem(hf_dir, model) if kind == "bertjax"
               else TLSystem(hf_dir, model, int(threads)))
     system.set_shape(int(B), int(S))
-    system.call(path), system.call(path)
+    call = (lambda: system.call(path, keep=True)) if kind == "bertjax" else \
+        (lambda: system.call(path))
+    call(), call()
     process_peak = vm("VmHWM")
-    added = rss_added(lambda: system.call(path))
+    added = rss_added(call)
     reply({"process_peak_bytes": process_peak, "call_added_bytes": added})
 
 
@@ -380,15 +401,17 @@ def compare(a: dict, b: dict) -> dict:
 
 
 def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: str,
-              threads: int, memory: bool, probe_cap: int) -> tuple[dict, dict, dict]:
-    """Agreement, bytes, memory (fresh processes), warm-up, then every entry once per round.
+              threads: int, memory: bool, probe_cap: int,
+              parts: bool = False) -> tuple[dict, dict, dict]:
+    """Agreement, bytes, memory (fresh processes), warm-up, then every entry once per round
+    (with `parts`, PARTS' bertjax entries too, timed only).
     Returns (results per entry, agreement, notes per entry)."""
     for kind in ("bertjax", "tl"):
         if kind in workers:
             workers[kind].request("shape", B=B, S=S)
     notes, info = {}, {}
     entries = []
-    for system, path in ENTRIES:
+    for system, path in ENTRIES + (tuple(("bertjax", p) for p in PARTS) if parts else ()):
         if system == "numpy" or system not in workers:
             continue
         try:
@@ -404,12 +427,20 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             print(f"  ({B}, {S}) {system} {path}: skipped: {notes[system, path]}", flush=True)
     agreement = None
     if "tl" in workers:
-        agreement = compare(workers["bertjax"].request("sample"), workers["tl"].request("sample"))
+        try:
+            agreement = compare(workers["bertjax"].request("sample"),
+                                workers["tl"].request("sample"))
+        except RuntimeError as e:  # a worker killed: no agreement figures for this shape
+            notes["agreement", "sample"] = str(e)
+            for w in workers.values():
+                if not w.alive:
+                    w.restart()
+                    w.request("shape", B=B, S=S)
         print(f"  ({B}, {S}) bertjax vs TL, max abs diff: "
               + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()), flush=True)
     if memory:  # one fresh process at a time, the workers holding no captures meanwhile
         workers["bertjax"].request("shape", B=B, S=S)  # drops the output kept for reuse
-        for system, path in entries:
+        for system, path in [e for e in entries if e[1] not in PARTS]:
             python = TL_PYTHON if system == "tl" else sys.executable
             info[system, path].update(fresh_memory(python, system, hf_dir, model, threads,
                                                    path, B, S))
@@ -420,8 +451,18 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             entries.append(("numpy", path))
             info["numpy", path] = {"captured_bytes": nbytes}
     call = lambda e: workers[e[0]].request("call", path=e[1])["seconds"]
-    timed = timed_rounds(entries, call, rounds)
-    return {e: {**info[e], **timed[e]} for e in entries}, agreement, notes
+
+    def failed(entry, error) -> None:  # killed while timed (for memory, say): skipped from here
+        system, path = entry
+        notes[entry] = str(error).split(": ", 1)[-1] + " (while timed: out of memory?)"
+        print(f"  ({B}, {S}) {system} {path}: dropped: {notes[entry]}", flush=True)
+        if not workers[system].alive:
+            workers[system].restart()
+            workers[system].request("shape", **({"B": B, "S": S} if system != "numpy" else
+                                                {"nbytes": nbytes, "cap": probe_cap}))
+
+    timed = timed_rounds(entries, call, rounds, failed)
+    return {e: {**info[e], **timed[e]} for e in timed}, agreement, notes
 
 
 def rows_for(B: int, S: int, results: dict) -> list[dict]:
@@ -503,7 +544,8 @@ def markdown(result: dict) -> str:
         f"{result['load_start']}, at end {result['load_end']}",
         "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
         f"- {result['rounds']} rounds per shape, every entry once per round (order rotated), "
-        "each system in its own worker process; TL under torch.no_grad()",
+        "each system in its own worker process; TL under torch.no_grad(); bertjax's weights "
+        "loaded stacked (`bertjax.load(hf, stacked=True)`)",
         "- paths: forward = capture=() | TL encoder_output without hooks; all = capture='all' | "
         "TL run_with_cache(use_attn_result=True) (both compute and return the MLM logits); "
         "all_reuse = capture='all' with reuse= the previous output; patterns = "
@@ -512,7 +554,10 @@ def markdown(result: dict) -> str:
         "(0,), 'mlp.post': (0,)} | TL caching hooks on blocks.0 hook_result + hook_post; numpy = "
         "writing as many bytes as capture='all' returns into fresh / already-mapped memory "
         f"(one thread; at most {result['probe_cap_mib']} MiB written, the time scaled to the "
-        "full size)",
+        "full size)" + ("; bertjax alone (--parts): mlm = capture=('mlm.logits',); "
+                        "all_but_mlm = every name of 'all' but mlm.logits; all_but_mlm_head_out "
+                        "= every name but mlm.logits and attn.head_out"
+                        if any(r["path"] in PARTS for r in result["rows"]) else ""),
         "- x TL = TL's median / bertjax's (> 1: bertjax faster); / fwd = time over the same "
         "system's forward; peak RSS = VmHWM of a fresh process after two calls (weights, "
         "libraries and compile included); call adds = what one more warm call adds to the RSS", "",
@@ -560,6 +605,8 @@ def main() -> None:
                         help="cores for every worker (affinity mask) and torch threads")
     parser.add_argument("--no-tl", action="store_true", help="bertjax alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time bertjax's " + ", ".join(PARTS) + " (where all's time goes)")
     parser.add_argument("--probe-cap-mib", type=int, default=1024,
                         help="most MiB the NumPy probe writes (its time scaled to the full size)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -607,14 +654,14 @@ def run(args) -> None:
         for B, S in shapes:
             results, agree, skip = run_shape(workers, B, S, args.rounds, hf_dir, args.model,
                                              args.threads, not args.no_memory,
-                                             args.probe_cap_mib * 2**20)
+                                             args.probe_cap_mib * 2**20, args.parts)
             skipped.update(skip)
             if agree:
                 agreement.append({"B": B, "S": S, **agree})
             rows += rows_for(B, S, results)
             for r in rows[-len(results):]:
                 x = f"x{r['x_tl']:.2f} TL" if r.get("x_tl") else ""
-                print(f"({B:2d}, {S:3d}) {r['path']:9s} {r['system']:7s} median "
+                print(f"({B:2d}, {S:3d}) {r['path']:20s} {r['system']:7s} median "
                       f"{r['median_s'] * 1e3:9.1f} ms  [{r['p25_s'] * 1e3:.1f}-"
                       f"{r['p75_s'] * 1e3:.1f}]  {x}", flush=True)
     finally:

@@ -153,21 +153,43 @@ def parse_shapes(text: str) -> tuple:
         raise SystemExit(f"--shapes wants e.g. 8x128,32x128, got {text!r}") from None
 
 
-def timed_rounds(entries: list, call: Callable, rounds: int) -> dict:
+def timed_rounds(entries: list, call: Callable, rounds: int,
+                 failed: Callable | None = None) -> dict:
     """Two warm-up calls of each entry, then `rounds` rounds that call every entry once, each
     round starting one entry later (so no entry always runs first); call(entry) returns seconds.
-    Returns entry -> {median_s, p25_s, p75_s, min_s, max_s, n, times_s}. (The driver's side: numpy.)"""
+    Returns entry -> {median_s, p25_s, p75_s, min_s, max_s, n, times_s}. (The driver's side: numpy.)
+
+    failed(entry, error): where given, a call raising RuntimeError (its worker killed for memory,
+    say) is handed to it (to restart the worker) and the entry is left out of the rest and of the
+    result; without it the error propagates."""
     import numpy as np
 
+    times, dropped = {e: [] for e in entries}, set()
+
+    def timed(e, keep: bool) -> None:
+        if e in dropped:
+            return
+        try:
+            seconds = call(e)
+        except RuntimeError as error:
+            if failed is None:
+                raise
+            dropped.add(e)
+            failed(e, error)
+            return
+        if keep:
+            times[e].append(seconds)
+
     for e in entries:
-        call(e), call(e)
-    times = {e: [] for e in entries}
+        timed(e, False), timed(e, False)
     for r in range(rounds):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
-            times[e].append(call(e))
+            timed(e, True)
     out = {}
     for e, got in times.items():
+        if e in dropped:
+            continue
         t = np.asarray(got)
         out[e] = {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
                   "p75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),

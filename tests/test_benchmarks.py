@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic (no timings): the instruction-set cap, the profile's HLO
-categories, the GPU check's parity verdicts and the capture benchmark's agreement figures."""
+categories, the GPU check's parity verdicts, the capture benchmark's agreement figures and the load
+benchmark's fresh-process case."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import bertjax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import bench_capture  # noqa: E402
 import bench_forward  # noqa: E402
+import bench_load  # noqa: E402
 import gpu_check  # noqa: E402
 import machine  # noqa: E402
 import profile_forward  # noqa: E402
+import workers  # noqa: E402
 
 
 def test_isa_env_caps_both_libraries_and_rejects_unknown():
@@ -128,3 +131,56 @@ def test_capture_agreement_figures():
     diffs = bench_capture.compare(a, b)
     assert diffs["last_first"] == 0.5 and diffs["probs0"] == 0.0
     assert diffs["last_sum_rel"] == pytest.approx(0.01)
+
+
+def test_load_benchmark_case_reads_its_own_memory(tiny_dir):
+    """One fresh-process case on a tiny checkpoint: the memory figures are read and ordered, and
+    the report shows them (and a tree without `stacked` as not available)."""
+    got = bench_load.run_case("stacked", tiny_dir, None, 2, 8)
+    for stage in ("after_load", "after_forward"):
+        assert got[stage]["hwm"] >= got[stage]["rss"] > 0
+    assert got["after_forward"]["hwm"] >= got["after_load"]["hwm"] >= got["base"]["rss"]
+    row = {"code": "x", "case": "stacked", "source": "hf", "base_rss": got["base"]["rss"],
+           "load_s": got["load_s"], **{f"{s}_{f}": got[s][f] for s in ("after_load", "after_forward")
+                                       for f in ("hwm", "rss")}}
+    report = {"shape": [2, 8], "date": "d", "minutes": 1.0, "command": "c", "rounds": 1,
+              "machine": {"cpu_info": machine.cpu_info()}, "versions": {"jax": jax.__version__},
+              "rows": [row, {"code": "old", "case": "stacked", "source": "hf",
+                             "unavailable": "unexpected keyword argument 'stacked'"}]}
+    text = bench_load.markdown(report)
+    assert f"| {got['after_load']['hwm'] / 2**20:.0f} |" in text
+    assert "| old | stacked | hf | not available in this tree |" in text
+
+
+def test_capture_benchmark_parts_leave_out_their_names(tmp_path):
+    """--parts: `all` without the MLM logits (and head_out), and the logits alone, on the bench's
+    own tiny model loaded stacked."""
+    bench_capture.write_weights(str(tmp_path), "tiny")
+    system = bench_capture.BertjaxSystem(str(tmp_path), "tiny")
+    assert "0" not in system.params["encoder"]["layer"]
+    B, S, c = 2, 8, bench_capture.MODELS["tiny"]
+    system.set_shape(B, S)
+    everything = system.captured_bytes("all")
+    logits = B * S * c["vocab_size"] * 4
+    head_out = c["num_hidden_layers"] * B * S * c["num_attention_heads"] * c["hidden_size"] * 4
+    assert system.captured_bytes("mlm") == logits
+    assert system.captured_bytes("all_but_mlm") == everything - logits
+    assert system.captured_bytes("all_but_mlm_head_out") == everything - logits - head_out
+
+
+def test_timed_rounds_leave_out_an_entry_whose_worker_died():
+    calls = []
+
+    def call(entry):
+        calls.append(entry)
+        if entry == "b" and calls.count("b") == 2:
+            raise RuntimeError("tl worker exited with code -9")
+        return 1.0
+
+    failures = []
+    got = workers.timed_rounds(["a", "b"], call, 3, lambda e, err: failures.append((e, str(err))))
+    assert sorted(got) == ["a"] and got["a"]["n"] == 3
+    assert failures == [("b", "tl worker exited with code -9")] and calls.count("b") == 2
+    calls.clear()
+    with pytest.raises(RuntimeError, match="code -9"):
+        workers.timed_rounds(["a", "b"], call, 3)

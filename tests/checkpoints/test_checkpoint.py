@@ -112,6 +112,43 @@ def test_load_converts_hf_folders_and_bare_files_in_memory(mlm_dir, converted, t
         load(converted, dtype="float64")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_load_stacked_reads_the_layers_stacked(mlm_dir, converted, dtype):
+    """stacked=True gives stack_layers' tree, bit for bit, from a converted and an HF folder, and
+    the same forward."""
+    config, per_layer = load(converted, dtype=dtype)
+    want = bertjax.stack_layers(per_layer)
+    for source in (converted, mlm_dir):
+        _, params = load(source, dtype=dtype, stacked=True)
+        assert "0" not in params["encoder"]["layer"]
+        assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(params))
+        assert_same_bits(params, want)
+    ids = np.arange(12, dtype=np.int32).reshape(2, 6) % config.vocab_size
+    np.testing.assert_array_equal(bertjax.forward(params, ids, config).last_hidden_state,
+                                  bertjax.forward(per_layer, ids, config).last_hidden_state)
+
+
+def test_save_of_stacked_params_writes_the_per_layer_folder(converted, tmp_path):
+    config, params = load(converted, stacked=True)
+    save(tmp_path / "again", config, params)
+    assert ((tmp_path / "again" / PARAMS_FILE).read_bytes()
+            == open(os.path.join(converted, PARAMS_FILE), "rb").read())
+
+
+def test_to_device_empties_the_tree_and_copies_memory_it_does_not_own():
+    """Leaves are moved out of the NumPy tree; an array that is a view of memory someone else
+    holds is copied, so changing that memory later cannot change the parameters."""
+    base = np.arange(12, dtype=np.float32)
+    owned = np.ones((3, 2), np.float32)
+    tree = {"encoder": {"layer": {"0": {"w": owned}, "1": {"w": owned * 2}}}, "view": base[2:8]}
+    out = checkpoint.to_device(tree, stacked=True)
+    assert tree == {}
+    base[:] = -1
+    np.testing.assert_array_equal(out["view"], np.arange(2, 8, dtype=np.float32))
+    np.testing.assert_array_equal(out["encoder"]["layer"]["w"], np.stack([owned, owned * 2]))
+    assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(out))
+
+
 def _flax4_folder(folder, config: BertConfig, tree: dict) -> str:
     """A folder as transformers 4.x's FlaxBert*.save_pretrained writes it."""
     os.makedirs(folder)
