@@ -436,6 +436,7 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
                 if not w.alive:
                     w.restart()
                     w.request("shape", B=B, S=S)
+    if agreement:
         print(f"  ({B}, {S}) bertjax vs TL, max abs diff: "
               + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()), flush=True)
     if memory:  # one fresh process at a time, the workers holding no captures meanwhile
@@ -655,7 +656,8 @@ def run(args) -> None:
             results, agree, skip = run_shape(workers, B, S, args.rounds, hf_dir, args.model,
                                              args.threads, not args.no_memory,
                                              args.probe_cap_mib * 2**20, args.parts)
-            skipped.update(skip)
+            skipped.update({(system, f"{path} at ({B}, {S})"): why
+                            for (system, path), why in skip.items()})
             if agree:
                 agreement.append({"B": B, "S": S, **agree})
             rows += rows_for(B, S, results)
