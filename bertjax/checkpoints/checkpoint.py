@@ -263,8 +263,8 @@ def release_freed_memory() -> None:
     """Hands the C heap's free blocks back to the system (glibc's `malloc_trim`); nothing elsewhere."""
     try:
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: libc's, where it is glibc
-    except (OSError, AttributeError):
-        pass  # not glibc (macOS, musl): its allocator returns memory its own way
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc (macOS, musl, Windows): its allocator returns memory its own way
 
 
 def _write_folder(folder: str, config: BertConfig, params: dict, tokenizer_dir: str | None) -> None:
