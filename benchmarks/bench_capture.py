@@ -83,7 +83,8 @@ ENTRIES = (("bertjax", "forward"), ("bertjax", "all"), ("bertjax", "all_reuse"),
 TL_PATH = {"all_reuse": "all"}  # the TL row a bertjax row is compared with
 # --parts: where `all`'s time goes (bertjax only, timed, no fresh-process memory): the MLM logits
 # alone, and `all` without the names whose compute is not in the forward (every name but these)
-PARTS = {"mlm": ("mlm.logits",), "all_but_mlm": None, "all_but_mlm_head_out": None}
+PARTS = ("mlm", "all_but_mlm", "all_but_mlm_head_out")
+CAPTURE["mlm"] = ("mlm.logits",)
 ALL_BUT = {"all_but_mlm": ("mlm.logits",), "all_but_mlm_head_out": ("mlm.logits", "attn.head_out")}
 
 
@@ -163,13 +164,13 @@ class BertjaxSystem:
                                capture=self.capture(path), **kwargs)
 
     def capture(self, path: str):
-        """The capture of a path: CAPTURE's, PARTS' ("all" without ALL_BUT's names)."""
+        """The capture of a path: CAPTURE's, or "all" without ALL_BUT's names."""
         from bertjax.model.capture import resolve
 
         if path in ALL_BUT:
             return tuple(sorted(resolve("all", has_pooler="pooler" in self.params)
                                 - set(ALL_BUT[path])))
-        return PARTS[path] if path in PARTS else CAPTURE[path]
+        return CAPTURE[path]
 
     def call(self, path: str, keep: bool = False) -> float:
         """Seconds of one call of `path`. all_reuse is a loop's next call: the previous output
@@ -411,6 +412,13 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             workers[kind].request("shape", B=B, S=S)
     notes, info = {}, {}
     entries = []
+    shape_of = {"numpy": {}}  # the numpy worker's shape is set below, once the bytes are known
+
+    def revive(system: str) -> None:  # a worker killed (for memory, say): back, at this shape
+        if not workers[system].alive:
+            workers[system].restart()
+            workers[system].request("shape", **shape_of.get(system, {"B": B, "S": S}))
+
     for system, path in ENTRIES + (tuple(("bertjax", p) for p in PARTS) if parts else ()):
         if system == "numpy" or system not in workers:
             continue
@@ -422,8 +430,7 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
             notes[system, path] = str(e).split(": ", 1)[-1]
             if not workers[system].alive:  # killed (for memory, say): this path is skipped
                 notes[system, path] += " (killed while computing it: out of memory?)"
-                workers[system].restart()
-                workers[system].request("shape", B=B, S=S)
+                revive(system)
             print(f"  ({B}, {S}) {system} {path}: skipped: {notes[system, path]}", flush=True)
     agreement = None
     if "tl" in workers:
@@ -432,10 +439,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
                                 workers["tl"].request("sample"))
         except RuntimeError as e:  # a worker killed: no agreement figures for this shape
             notes["agreement", "sample"] = str(e)
-            for w in workers.values():
-                if not w.alive:
-                    w.restart()
-                    w.request("shape", B=B, S=S)
+            for system in ("bertjax", "tl"):
+                revive(system)
     if agreement:
         print(f"  ({B}, {S}) bertjax vs TL, max abs diff: "
               + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()), flush=True)
@@ -447,7 +452,8 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
                                                    path, B, S))
     nbytes = info.get(("bertjax", "all"), {}).get("captured_bytes")
     if nbytes:
-        workers["numpy"].request("shape", nbytes=nbytes, cap=probe_cap)
+        shape_of["numpy"] = {"nbytes": nbytes, "cap": probe_cap}
+        workers["numpy"].request("shape", **shape_of["numpy"])
         for path in ("fresh", "mapped"):
             entries.append(("numpy", path))
             info["numpy", path] = {"captured_bytes": nbytes}
@@ -457,10 +463,7 @@ def run_shape(workers: dict, B: int, S: int, rounds: int, hf_dir: str, model: st
         system, path = entry
         notes[entry] = str(error).split(": ", 1)[-1] + " (while timed: out of memory?)"
         print(f"  ({B}, {S}) {system} {path}: dropped: {notes[entry]}", flush=True)
-        if not workers[system].alive:
-            workers[system].restart()
-            workers[system].request("shape", **({"B": B, "S": S} if system != "numpy" else
-                                                {"nbytes": nbytes, "cap": probe_cap}))
+        revive(system)
 
     timed = timed_rounds(entries, call, rounds, failed)
     return {e: {**info[e], **timed[e]} for e in timed}, agreement, notes

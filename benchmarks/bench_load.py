@@ -22,7 +22,6 @@ Writes benchmarks/results/load.json and load.md (--out DIR).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,48 +32,45 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from machine import cpu_info, cpu_line, load_average, write_report  # noqa: E402
+from workers import MARK, marked  # noqa: E402
 
-MARK = "LOAD-RESULT "
-
-# Runs in the fresh process: argv = kind, source, B, S. Prints MARK + JSON.
+# Runs in the fresh process: argv = benchmarks folder, kind, source, B, S. Replies (workers.reply).
 CASE = r"""
-import json, sys, time
-kind, src, B, S = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-
-def vm():
-    with open("/proc/self/status") as f:
-        d = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if l.startswith("Vm")}
-    return {"hwm": d["VmHWM"], "rss": d["VmRSS"]}
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from machine import vm
+from workers import reply
+kind, src, B, S = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+memory = lambda: {"hwm": vm("VmHWM"), "rss": vm("VmRSS")}
 
 import numpy as np
 ids = lambda vocab: np.random.default_rng(0).integers(0, vocab, (B, S)).astype(np.int32)
 if kind == "transformers":
     import torch, transformers
-    base = vm()
+    base = memory()
     t0 = time.perf_counter()
     model = transformers.BertForPreTraining.from_pretrained(src).eval()
     load_s = time.perf_counter() - t0
-    after_load = vm()
+    after_load = memory()
     with torch.no_grad():
         for _ in range(2):
             model.bert(torch.from_numpy(ids(model.config.vocab_size)).long())
 else:
     import jax, bertjax
-    base = vm()
+    base = memory()
     kwargs = {"stacked": True} if kind == "stacked" else {}
     t0 = time.perf_counter()
     try:
         config, params = bertjax.load(src, **kwargs)
     except TypeError as e:
-        print("LOAD-RESULT " + json.dumps({"unavailable": str(e)}))
+        reply({"unavailable": str(e)})
         sys.exit(0)
     jax.block_until_ready(params)
     load_s = time.perf_counter() - t0
-    after_load = vm()
+    after_load = memory()
     for _ in range(2):
         jax.block_until_ready(bertjax.forward(params, ids(config.vocab_size), config))
-print("LOAD-RESULT " + json.dumps({"base": base, "after_load": after_load, "after_forward": vm(),
-                                   "load_s": load_s}))
+reply({"base": base, "after_load": after_load, "after_forward": memory(), "load_s": load_s})
 """
 
 
@@ -95,12 +91,11 @@ def run_case(kind: str, src: str, code: str | None, B: int, S: int) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1")
     if code:
         env["PYTHONPATH"] = os.path.abspath(code)
-    proc = subprocess.run([sys.executable, "-c", CASE, kind, src, str(B), str(S)], env=env,
+    proc = subprocess.run([sys.executable, "-c", CASE, HERE, kind, src, str(B), str(S)], env=env,
                           capture_output=True, text=True, cwd=tempfile.gettempdir())
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    if proc.returncode or not lines:
+    if proc.returncode or MARK not in proc.stdout:
         raise RuntimeError(f"{kind} on {src} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1][len(MARK):])
+    return marked(proc.stdout)
 
 
 def describe(code: str) -> str:
@@ -134,11 +129,10 @@ def main() -> None:
     runs: dict = {}
     for _ in range(args.rounds):  # rounds interleaved: each case once per round
         for code, kind, name in cases:
-            key = json.dumps([code, kind, name])
-            runs.setdefault(key, []).append(run_case(kind, sources[name], code, B, S))
+            runs.setdefault((code, kind, name), []).append(run_case(kind, sources[name], code, B, S))
     rows = []
     for code, kind, name in cases:
-        got = runs[json.dumps([code, kind, name])]
+        got = runs[code, kind, name]
         row = {"code": describe(code) if code else "", "case": kind, "source": name}
         if "unavailable" in got[0]:
             row["unavailable"] = got[0]["unavailable"]

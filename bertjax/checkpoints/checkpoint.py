@@ -32,6 +32,7 @@ from bertjax.checkpoints.files import make_public
 from bertjax.checkpoints.readers import CheckpointError, read_weights
 from bertjax.checkpoints.sources import TOKENIZER_FILES, Source, locate
 from bertjax.model.config import BertConfig
+from bertjax.model.encoder import is_stacked
 from bertjax.model.params import Heads, check_params, count_params, flatten, unflatten
 
 PARAMS_FILE = "flax_model.msgpack"
@@ -231,7 +232,7 @@ def _moved(tree: dict, stacked: bool, where: tuple) -> dict:
     out = {}
     for key in list(tree):
         value = tree.pop(key)
-        if where == ("encoder",) and key == "layer" and stacked and "0" in value:
+        if where == ("encoder",) and key == "layer" and stacked and not is_stacked(value):
             out[key] = _stacked_layers(value)
         elif isinstance(value, dict):
             out[key] = _moved(value, stacked, (*where, key))
@@ -341,7 +342,7 @@ def _per_layer(params: dict) -> dict:
     """The tree with stacked `encoder/layer` leaves ([L, ...]) split back into `encoder/layer/<i>`
     (views of host copies, no second copy on CPU); a per-layer tree as it is."""
     layers = params.get("encoder", {}).get("layer")
-    if layers is None or "0" in layers:
+    if layers is None or not is_stacked(layers):
         return params
     host = jax.tree_util.tree_map(np.asarray, layers)
     count = len(jax.tree_util.tree_leaves(host)[0])
