@@ -28,15 +28,14 @@ import numpy as np
 from flax import serialization
 
 from bertjax.checkpoints.convert import check_finite, state_dict_to_params
-from bertjax.checkpoints.files import make_public
+from bertjax.checkpoints.files import CHECKPOINT_FILES, check_out, make_public
 from bertjax.checkpoints.readers import CheckpointError, read_weights
-from bertjax.checkpoints.sources import TOKENIZER_FILES, Source, locate
+from bertjax.checkpoints.sources import Source, locate, tokenizer_files
 from bertjax.model.config import BertConfig
 from bertjax.model.encoder import is_stacked
 from bertjax.model.params import Heads, check_params, count_params, flatten, unflatten
 
-PARAMS_FILE = "flax_model.msgpack"
-CONFIG_FILE = "config.json"
+CONFIG_FILE, PARAMS_FILE = CHECKPOINT_FILES  # "config.json", "flax_model.msgpack"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NDARRAY_EXT = 1  # flax.serialization's msgpack ExtType code for an ndarray
 _MAY_ALIAS = "may_alias" in inspect.signature(jax.device_put).parameters  # absent in older jax
@@ -150,9 +149,53 @@ def _config_for(source: Source, config: BertConfig | None) -> BertConfig:
     return BertConfig.from_json(source.config)
 
 
+def max_msgpack_bytes(config: BertConfig) -> int:
+    """The most bytes a msgpack tree of `config` can take: every head there (pooler, MLM head with
+    an untied decoder, classifier, NSP head), 8 bytes a number (float64), and room for the keys
+    and array headers; computed, not built per layer."""
+    D, V, I, L = (config.hidden_size, config.vocab_size, config.intermediate_size,
+                  config.num_hidden_layers)
+    layer = 4 * (D * D + D) + (D * I + I) + (I * D + D) + 4 * D
+    embeddings = (V + config.max_position_embeddings + config.type_vocab_size) * D + 2 * D
+    heads = (D * D + D) + (D * D + 3 * D + V + D * V) + (D + 1) * config.num_labels + 2 * D + 2
+    leaves = 16 * L + 32
+    return 8 * (embeddings + L * layer + heads) + 512 * leaves + 65536
+
+
+def _check_msgpack_size(path: str, config: BertConfig) -> None:
+    """Refuses, unread, a msgpack far bigger than its config allows (a file read whole first)."""
+    size, most = os.path.getsize(path), max_msgpack_bytes(config)
+    if size > most:
+        raise CheckpointError(f"{path} is {size} bytes, more than the {most} bytes at most that a "
+                              f"model of its config.json needs; the file does not belong to this "
+                              f"config (or is damaged)")
+
+
+def check_layer_keys(params: dict, config: BertConfig, where: str) -> None:
+    """Refuses a tree whose number of encoder layers differs from the config's, before anything
+    is built per layer (a config claiming a billion layers would build a billion)."""
+    layers = params.get("encoder", {}).get("layer") if isinstance(params.get("encoder"), dict) \
+        else None
+    if not isinstance(layers, dict) or not layers:
+        return
+    if all(isinstance(k, str) and k.isdigit() for k in layers):
+        count, which = len(layers), f"{min(map(int, layers))}..{max(map(int, layers))}"
+    else:  # stacked: [L, ...] leaves
+        leaves = jax.tree_util.tree_leaves(layers)
+        if not leaves or not np.ndim(leaves[0]):
+            return
+        count, which = int(np.shape(leaves[0])[0]), "stacked"
+    if count != config.num_hidden_layers:
+        raise CheckpointError(f"{where}: the config says num_hidden_layers="
+                              f"{config.num_hidden_layers} but the weights hold {count} layers "
+                              f"({which}); fix num_hidden_layers in config.json")
+
+
 def _params_from_msgpack(path: str, config: BertConfig, dtype,
                          strict: bool = False) -> tuple[dict, Heads, list[str]]:
+    _check_msgpack_size(path, config)
     params, notes = read_msgpack(path)
+    check_layer_keys(params, config, path)
     try:
         heads = check_params(params, config, where=path)
     except ValueError as e:
@@ -270,31 +313,28 @@ def release_freed_memory() -> None:
         pass  # not glibc (macOS, musl, Windows): its allocator returns memory its own way
 
 
-def _write_folder(folder: str, config: BertConfig, params: dict, tokenizer_dir: str | None) -> None:
+def _write_folder(folder: str, config: BertConfig, params: dict,
+                  tokenizer: list[tuple[str, str]]) -> None:
+    """config.json, the msgpack and the tokenizer files ((name, path) from `tokenizer_files`)."""
     config.to_json(os.path.join(folder, CONFIG_FILE))
     write_msgpack(os.path.join(folder, PARAMS_FILE), params)
-    if tokenizer_dir:
-        for name in TOKENIZER_FILES:
-            path = os.path.join(tokenizer_dir, name)
-            if os.path.isfile(path):
-                shutil.copyfile(path, os.path.join(folder, name))
-
-
-def _refuse_existing(out: str, force: bool) -> None:
-    if os.path.lexists(out) and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True to replace it")
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"{out} exists and is not a folder; not replacing it")
+    for name, path in tokenizer:
+        shutil.copyfile(path, os.path.join(folder, name))
 
 
 def _replace(tmp: str, out: str) -> None:
-    """Moves the finished temporary folder to `out`, replacing an existing `out` (two renames)."""
+    """Moves the finished temporary folder to `out`, replacing an existing `out` (two renames);
+    when either fails, `out` is as it was and no `.<out>.old-*` folder is left."""
     if not os.path.exists(out):
         os.rename(tmp, out)
         return
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
     previous = os.path.join(old, "previous")
-    os.rename(out, previous)
+    try:
+        os.rename(out, previous)
+    except BaseException:
+        os.rmdir(old)
+        raise
     try:
         os.rename(tmp, out)
     except BaseException:
@@ -318,18 +358,20 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
     """Writes a checkpoint folder atomically (temporary sibling, then rename); returns its path.
     The folder holds the contract's per-layer tree whether `params` are per-layer or stacked.
 
-    Raises FileExistsError when `out` exists and force is False, ValueError when `params` do not
-    match `config`.
+    Raises FileExistsError when `out` exists and force is False, or is a folder bertjax did not
+    write, or the current folder or a parent of it (`bertjax.checkpoints.files.check_out`);
+    ValueError when `params` do not match `config`; CheckpointError for tokenizer files that are
+    not regular files inside `tokenizer_dir` (`tokenizer_files`).
     """
-    out = os.path.abspath(os.fspath(out))
-    _refuse_existing(out, force)
+    out = check_out(out, force)
+    tokenizer = tokenizer_files(tokenizer_dir)
     check_params(params, config)
     params = _per_layer(params)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
     try:
-        _write_folder(tmp, config, params, tokenizer_dir)
+        _write_folder(tmp, config, params, tokenizer)
         make_public(tmp)  # private while partial; the umask's mode once complete
         _replace(tmp, out)
     except BaseException:
@@ -362,10 +404,11 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
     Returns a summary: source, out, dtype, parameter count, layers, attention heads, hidden size,
     the heads kept and notes on what was dropped.
     """
-    out = os.path.abspath(os.fspath(out))
-    _refuse_existing(out, force)
+    out = check_out(out, force, ours=False)  # refused before a hub id is downloaded
     source = src if isinstance(src, Source) else locate(src, config if isinstance(config, str) else None)
     _refuse_source_inside(source, out)
+    check_out(out, force)  # whether --force may replace it, once it is known not to be the source
+    tokenizer_files(source.folder)  # refused before anything is read
     loaded = read_checkpoint(source, config if isinstance(config, BertConfig) else None, dtype,
                              strict)
     save(out, loaded.config, loaded.params, loaded.source.folder, force=force)

@@ -25,6 +25,7 @@ with `strict=True`, a CheckpointError.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -61,6 +62,20 @@ def key_table(config: BertConfig, heads: Heads) -> list[tuple[str, str, bool]]:
         key, transposed = torch_key(path)
         table.append((key, path, transposed))
     return table
+
+
+_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+def check_layer_count(keys, config: BertConfig, where: str = "checkpoint") -> None:
+    """Refuses, before `key_table` builds anything per layer, a config whose num_hidden_layers
+    differs from the number of `encoder.layer.<i>.` indices among the (canonical) keys; keys
+    without such layers (another family's naming) are left to `check_keys`."""
+    found = {int(m[1]) for key in keys if (m := _LAYER_KEY.match(key))}
+    if found and len(found) != config.num_hidden_layers:
+        raise CheckpointError(f"{where}: the config says num_hidden_layers="
+                              f"{config.num_hidden_layers} but the weights hold {len(found)} layers "
+                              f"({min(found)}..{max(found)}); fix num_hidden_layers in config.json")
 
 
 @dataclasses.dataclass
@@ -237,6 +252,7 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
     norm = normalize(state)
     keys, untied, decoder_notes = resolve_decoder(state, norm.tensors, config)
     heads = detect_heads(keys, untied)
+    check_layer_count(keys, config, where)
     table = key_table(config, heads)
     check_keys(keys, table)
     check_tensors(state, keys, table, config, heads)

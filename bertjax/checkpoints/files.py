@@ -10,14 +10,26 @@ built privately (`tempfile.mkdtemp` makes it 0700) the mode any other tool would
 `.lock-<tag>` in it, which holds the pid and host of the run. The kernel drops the lock when the
 process dies, however it dies (even `kill -9`), so a lock is never stale: a lock file left behind by
 a killed run is just taken over by the next one.
+
+Guards for untrusted paths and files: `check_out` refuses an OUT that `--force` must not replace (the
+current folder or a parent of it, a folder bertjax did not write), `open_regular` opens only a
+regular file (a FIFO would block the reader forever, a device never end), and `bounded_lines`
+reads a file line by line without ever holding more than `limit` bytes of one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import os
 import socket
+import stat
+
+# The files that make a folder a bertjax checkpoint (= checkpoint.CONFIG_FILE, PARAMS_FILE; that
+# module imports JAX): `--force` replaces only a folder holding both (or an empty one).
+CHECKPOINT_FILES = ("config.json", "flax_model.msgpack")
 
 
 def temp_name(path: str, tag: str) -> str:
@@ -129,3 +141,99 @@ def out_lock(folder: str, tag: str, what: str):
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only when empty
+
+
+def check_out(out, force: bool, what: str = "bertjax checkpoint",
+              marks: tuple[str, ...] = CHECKPOINT_FILES, flag: str = "force=True",
+              ours: bool = True) -> str:
+    """The absolute path of OUT, a folder about to be written (replaced with `force`).
+
+    Refused: an empty OUT (an unset variable, which would mean the current folder: ValueError);
+    the current folder or one of its parents; an existing OUT without `force`, or that is not a
+    folder; with `force` (and `ours`), a non-empty folder lacking any of `marks` (one bertjax did
+    not write): FileExistsError, nothing touched.
+    """
+    out = os.fspath(out)
+    if not out.strip():
+        raise ValueError("OUT is empty (an unset variable?); name the folder to write")
+    out = os.path.abspath(out)
+    real, cwd = os.path.realpath(out), os.path.realpath(os.getcwd())
+    if os.path.commonpath([real, cwd]) == real:
+        raise FileExistsError(f"{out} is the current folder or one of its parents; choose a new "
+                              f"folder for OUT")
+    if not os.path.lexists(out):
+        return out
+    if not force:
+        raise FileExistsError(f"{out} already exists; pass {flag} to replace it")
+    if not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder; not replacing it")
+    if ours and os.listdir(out) and not all(os.path.isfile(os.path.join(out, m)) for m in marks):
+        raise FileExistsError(f"{out} is not a {what} folder (no {' and '.join(marks)}), and only "
+                              f"such a folder is replaced; choose another OUT, or remove it "
+                              f"yourself")
+    return out
+
+
+_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a fifo", stat.S_ISSOCK: "a socket",
+          stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, for messages: "a fifo", "a folder", ..."""
+    return next((kind for test, kind in _KINDS.items() if test(mode)), "not a plain file")
+
+
+def open_regular(path: str, error=ValueError, what: str = "file"):
+    """`path` opened for binary reading, refused (`error`, one line) unless it is a regular file.
+
+    The file is opened non-blocking and checked on the open descriptor: a FIFO's open or read would
+    block forever, a device's never end, and a path swapped after a check would escape it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{what} {path} is not a regular file ({file_kind(mode)})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def check_regular(path: str, error=ValueError, what: str = "file") -> None:
+    """Refuses (`error`) a path that exists and is not a regular file, without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is not a regular file ({file_kind(mode)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongLine:
+    """A line longer than `bounded_lines`' limit, read but not kept: its size and sha256."""
+
+    size: int
+    sha256: bytes
+
+
+def bounded_lines(f, limit: int):
+    """(1-based number, line) for each line of the binary file `f`, the line as bytes (with its
+    newline), or a `LongLine` for one longer than `limit` bytes: such a line is read in blocks of
+    `limit` bytes and dropped, so that memory never holds more than `limit` bytes of one line."""
+    number = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) <= limit:  # the whole line, its newline included
+            yield number, raw
+            continue
+        digest, size = hashlib.sha256(raw), len(raw)
+        while not raw.endswith(b"\n"):
+            raw = f.readline(limit + 1)
+            if not raw:
+                break
+            digest.update(raw)
+            size += len(raw)
+        yield number, LongLine(size, digest.digest())

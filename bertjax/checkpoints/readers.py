@@ -29,6 +29,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from bertjax.checkpoints.files import check_regular
+
 # BF16 is ml_dtypes.bfloat16, imported only when a file has one (`_safetensors_dtype`): importing
 # ml_dtypes costs seconds, which a command that refuses its input before JAX should not pay.
 _SAFETENSORS_DTYPES = {
@@ -269,15 +271,15 @@ def read_bin(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} is a pickled PyTorch checkpoint and reading it needs torch "
                               f"(pip install 'bertjax[torch]'), or convert from .safetensors") from None
     import pickle
-    import zipfile
 
     try:
         sd = _torch_load(path)
     except pickle.UnpicklingError as e:
         raise _unpickling_error(path, e) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  (a damaged pickle stream makes the unpickler raise
+        # IndexError, KeyError, TypeError, struct.error, ... besides torch's own RuntimeError)
         raise CheckpointError(f"cannot read {path}: corrupted or truncated PyTorch file "
-                              f"({_first_line(e)})") from None
+                              f"({type(e).__name__}: {_first_line(e)})") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -416,7 +418,9 @@ def weight_names(path: str) -> list[str]:
 
 
 def read_weights(path: str) -> Mapping[str, np.ndarray]:
-    """name -> array for a `.safetensors`, `.bin` or `*.index.json` file."""
+    """name -> array for a `.safetensors`, `.bin` or `*.index.json` file (a regular file: a FIFO
+    would block the reader forever)."""
+    check_regular(path, CheckpointError, "weights file")
     if not os.path.isfile(path):
         raise CheckpointError(f"no weights file at {path}")
     if path.endswith(".index.json"):

@@ -12,7 +12,9 @@ import dataclasses
 import importlib
 import os
 import re
+import stat
 
+from bertjax.checkpoints.files import file_kind
 from bertjax.checkpoints.readers import CheckpointError
 
 # Hub ids whose weights a pip package ships, for offline use: id -> (module, function -> folder).
@@ -65,6 +67,50 @@ def _from_file(path: str, config: str | None) -> Source:
     if config is None and os.path.isfile(os.path.join(folder, "config.json")):
         config = os.path.join(folder, "config.json")
     return Source(path, config, folder, path)
+
+
+def _link_roots(folder: str) -> tuple[str, ...]:
+    """The folders a tokenizer file of `folder` may resolve into: the folder itself and, for a
+    huggingface_hub snapshot (`<cache>/models--org--name/snapshots/<revision>`, whose files are
+    links into `../../blobs`), its repository's blobs."""
+    real = os.path.realpath(folder)
+    snapshots = os.path.dirname(real)
+    repo = os.path.dirname(snapshots)
+    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith("models--"):
+        return real, os.path.join(repo, "blobs")
+    return (real,)
+
+
+def tokenizer_files(folder: str | None) -> list[tuple[str, str]]:
+    """(name, path to read) of each tokenizer file of `folder` to copy into a converted folder.
+
+    Only regular files inside the source folder are copied: a symlink leading out of it (a
+    `vocab.txt` linking to a secret file would be written into OUT) or anything that is not a
+    regular file (a FIFO blocks the copy forever) is refused with one line (CheckpointError).
+    A huggingface_hub snapshot's links into its own cache are inside (`_link_roots`).
+    """
+    if not folder:
+        return []
+    roots, found = _link_roots(folder), []
+    for name in TOKENIZER_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.lexists(path):
+            continue
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath([real, root]) == root for root in roots):
+            raise CheckpointError(f"{path} is a symlink leading out of the source folder {folder} "
+                                  f"(to {real}); copy the file itself into the folder, or remove "
+                                  f"the link")
+        try:
+            mode = os.stat(real).st_mode
+        except OSError:
+            raise CheckpointError(f"{path} is a broken symlink (to {real}); remove it or restore "
+                                  f"its target") from None
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{path} is not a regular file ({file_kind(mode)}); replace it "
+                                  f"with the tokenizer file, or remove it")
+        found.append((name, real))
+    return found
 
 
 def package_folder(hub_id: str) -> str | None:

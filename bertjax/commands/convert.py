@@ -31,14 +31,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
+    from bertjax.checkpoints.files import check_out
     from bertjax.checkpoints.sources import locate
 
     # What can be refused without JAX is refused before it is imported (seconds of start-up).
-    if os.path.lexists(args.out) and not args.force:
-        raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to "
-                              f"replace it")
+    check_out(args.out, args.force, flag="--force", ours=False)
     source = locate(args.src, args.config)
     if source.config is None:
         raise ValueError(f"{source.weights} has no config.json beside it; pass --config PATH")

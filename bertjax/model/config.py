@@ -10,10 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
+import sys
 from typing import Any
 
 # hidden_act values we implement, each matched to transformers' ACT2FN entry of the same name.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+# Upper bounds on the sizes a config may claim. A config.json is untrusted input, and structures are
+# built per layer (and arrays sized) from it before the weights can disagree: these are far above
+# any real encoder and far below what would exhaust memory. vocab_size: ids are int32.
+LIMITS = {"vocab_size": 2**31 - 1, "hidden_size": 2**16, "num_hidden_layers": 1024,
+          "num_attention_heads": 2**12, "intermediate_size": 2**18,
+          "max_position_embeddings": 2**20, "type_vocab_size": 2**16, "num_labels": 2**20}
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; read no more than this
 
 # Keys whose non-default value describes a model bertjax does not implement: key -> allowed values.
 _UNSUPPORTED = {
@@ -73,6 +83,7 @@ class BertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        _check_limits(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -127,13 +138,7 @@ class BertConfig:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ValueError(f"no config file at {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        d = _read_json(path)
         if not isinstance(d, dict):  # bad file content, not a caller's type error: ValueError
             raise ValueError(f"config file {path} does not hold a JSON object")  # noqa: TRY004
         return cls.from_dict(d)
@@ -154,6 +159,57 @@ class BertConfig:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def _check_limits(config: BertConfig) -> None:
+    for name, most in LIMITS.items():
+        value = getattr(config, name)
+        if value > most:
+            raise ValueError(f"BertConfig.{name}={value} is over the limit of {most} "
+                             f"(bertjax.model.config.LIMITS): no real model is that big; fix the "
+                             f"config")
+
+
+def _read_bytes(path: str) -> bytes:
+    """A config file's bytes: a regular file only (a FIFO would block forever), at most
+    MAX_CONFIG_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"no config file at {path}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a fifo" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else \
+                "a device or socket"
+            raise ValueError(f"config file {path} is not a regular file ({kind}); pass a "
+                             f"config.json file")
+        os.set_blocking(fd, True)
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes; a config.json "
+                         f"is a few KB")
+    return raw
+
+
+def _read_json(path: str):
+    """The JSON value of a config file; one ValueError naming the file for anything unreadable
+    (not UTF-8, invalid or too deeply nested JSON, a number too long for Python's int)."""
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 (byte 0x{raw[e.start]:02x} at "
+                         f"position {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} is not valid JSON: nested too deeply") from None
+    except ValueError:  # int("9" * 5000): Python's limit on digits
+        raise ValueError(f"config file {path} is not valid JSON: a number with more than "
+                         f"{sys.get_int_max_str_digits()} digits") from None
 
 
 def _coerce(name: str, value, kind: str):

@@ -97,3 +97,47 @@ def with_nonfinite(src_folder, dst_folder, values: dict) -> str:
         state[key].reshape(-1)[index] = value
     save_file(state, path)
     return str(dst_folder)
+
+
+def nested_json(depth: int = 100_000, inner: str = "0") -> str:
+    """A JSON text nested `depth` arrays deep: Python's json module recurses once per level."""
+    return "[" * depth + inner + "]" * depth
+
+
+def random_first_half(data: bytes, seed: int) -> bytes:
+    """`data` with its first half replaced by seeded random bytes (a damaged download)."""
+    rng = np.random.default_rng(seed)
+    half = len(data) // 2
+    return rng.integers(0, 256, half, dtype=np.uint8).tobytes() + data[half:]
+
+
+def sparse_file(path, size: int) -> str:
+    """A file of `size` bytes that takes no disk space (a hole): a memory bomb when read whole."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+def fifo(path) -> str:
+    """A named pipe: opening it for reading blocks until a writer comes, which none will."""
+    os.mkfifo(path)
+    return str(path)
+
+
+def config_json(folder, **changes) -> str:
+    """Rewrites folder/config.json with `changes` (raw JSON values) applied; returns its path."""
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(changes)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def copy_folder(src, dst) -> str:
+    """A copy of a checkpoint folder (regular files), to damage without touching the original."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return str(dst)

@@ -294,9 +294,9 @@ def test_missing_and_unexpected_keys_are_listed_by_name(tiny_state):
         state_dict_to_params(state, _tiny_config())
 
 
-def test_fewer_layers_in_the_config_lists_the_extra_layer(tiny_state):
-    with pytest.raises(CheckpointError, match=r"\(unexpected 48: encoder\.layer\.1\.attention\."
-                                              r"output\.LayerNorm\.bias, .* \.\.\.\)"):
+def test_fewer_layers_in_the_config_are_named_before_any_table(tiny_state):
+    with pytest.raises(CheckpointError, match=r"the config says num_hidden_layers=1 but the weights "
+                                              r"hold 4 layers \(0\.\.3\); fix num_hidden_layers"):
         state_dict_to_params(tiny_state, _tiny_config(num_hidden_layers=1))
 
 

@@ -10,12 +10,14 @@ import warnings
 
 import jax
 import numpy as np
+import pytest
 from conftest import TINY
-from hostile import mutations
+from hostile import mutations, nested_json, random_first_half, safetensors_bytes, write
 from safetensors.numpy import save_file
 
 from bertjax.checkpoints.checkpoint import PARAMS_FILE, read_checkpoint, save
 from bertjax.checkpoints.convert import key_table
+from bertjax.checkpoints.readers import CheckpointError, read_weights
 from bertjax.model.config import BertConfig
 from bertjax.model.params import Heads, flatten, param_shapes
 
@@ -102,3 +104,46 @@ def test_fuzz_msgpack(tmp_path):
         payload.append((at, at + leaf.nbytes))
     counts = _fuzz(folder, PARAMS_FILE, payload)
     assert counts["refused"] >= N // 4 and counts["loaded"] > 0, counts
+
+
+BIN_SEEDS = 100  # the unpickler's raw IndexError / KeyError came in about 1 case of 20
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_fuzz_bin_with_a_random_first_half(tmp_path, checkpoint_factory, legacy):
+    """A .bin whose first half is random (a damaged download) is always refused with one
+    CheckpointError naming the file, never the unpickler's own IndexError, KeyError, ..."""
+    import torch
+
+    src = os.path.join(checkpoint_factory("BertModel", safe=False), "pytorch_model.bin")
+    state = torch.load(src, weights_only=True)
+    torch.save(state, tmp_path / "original.bin", _use_new_zipfile_serialization=not legacy)
+    original = (tmp_path / "original.bin").read_bytes()
+    path = tmp_path / "pytorch_model.bin"
+    kinds = set()
+    for seed in range(BIN_SEEDS):
+        path.write_bytes(random_first_half(original, seed))
+        with pytest.raises(CheckpointError) as info:
+            read_weights(str(path))
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"cannot read {path}: corrupted"), \
+            (seed, message)
+        kinds.add(message.split("(")[-1][:20])
+    assert len(kinds) > 1  # the damage reaches the unpickler in different ways
+
+
+@pytest.mark.parametrize("depth", [50, 1_000, 100_000, 1_000_000])
+def test_fuzz_nested_json_everywhere(tmp_path, depth):
+    """JSON nested `depth` deep in a config.json, an index and a safetensors header: one line each
+    (refused or read), never a RecursionError."""
+    text = nested_json(depth)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config file .*config\.json (does not hold a JSON object|"
+                                         r"is not valid JSON: nested too deeply)"):
+        BertConfig.from_json(tmp_path / "config.json")
+    (tmp_path / "m.index.json").write_text(text)
+    with pytest.raises(CheckpointError, match=r"m\.index\.json is not a valid sharded-checkpoint"):
+        read_weights(str(tmp_path / "m.index.json"))
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(text.encode()))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors has a corrupted safetensors header"):
+        read_weights(path)

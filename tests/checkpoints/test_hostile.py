@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 from hostile import (
     Evalling,
+    config_json,
+    copy_folder,
     entry,
+    fifo,
     malicious_bin,
+    nested_json,
     safetensors_bytes,
+    sparse_file,
     with_nonfinite,
     write,
     write_index,
@@ -266,3 +271,235 @@ def test_cli_convert_warns_on_nonfinite_weights_and_strict_refuses(nan_dir, tmp_
     assert re.fullmatch(r"bertjax: error: .*model\.safetensors: " + NAN_MESSAGE
                         + r"; refused \(strict\)\n", err)
     assert not os.path.exists(tmp_path / "strict")
+
+
+# Issue 27: OUT folders --force may replace, symlinked and special files, configs that claim more
+# than the weights hold, files far bigger than the config allows, JSON nested too deep.
+
+@pytest.fixture(scope="module")
+def bare(checkpoint_factory) -> str:
+    """A tiny BertModel folder (config.json and model.safetensors, no tokenizer files)."""
+    return checkpoint_factory("BertModel")
+
+
+@pytest.fixture(scope="module")
+def converted(bare, tmp_path_factory) -> str:
+    """A converted tiny folder (config.json and flax_model.msgpack)."""
+    return convert_checkpoint(bare, tmp_path_factory.mktemp("converted") / "m")["out"]
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"bertjax: error: [^\n]+\n", err), err
+    return err
+
+
+@pytest.mark.parametrize("out", ["", ".", "..", "./", "../..", "{work}", "{parent}"],
+                         ids=["empty", "dot", "dotdot", "dot-slash", "grandparent", "absolute-cwd",
+                              "absolute-parent"])
+def test_convert_force_never_replaces_the_current_folder_or_a_parent(bare, tmp_path, monkeypatch,
+                                                                     capsys, out):
+    work = tmp_path / "thesis" / "chapter"
+    work.mkdir(parents=True)
+    (work / "notes.txt").write_text("years of work")
+    monkeypatch.chdir(work)
+    out = out.format(work=work, parent=work.parent)
+    err = _one_line_error(capsys, ["convert", bare, out, "--force"])
+    if out:
+        assert "is the current folder or one of its parents; choose a new folder for OUT" in err
+    else:
+        assert "OUT is empty (an unset variable?); name the folder to write" in err
+    assert sorted(os.listdir(work)) == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path / "thesis")) == ["chapter"]
+    with pytest.raises((ValueError, FileExistsError)):
+        convert_checkpoint(bare, out, force=True)
+    assert (work / "notes.txt").read_text() == "years of work"
+
+
+def test_force_replaces_only_a_bertjax_checkpoint(bare, converted, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "chapter1.tex").write_text("years of work")
+    err = _one_line_error(capsys, ["convert", bare, str(notes), "--force"])
+    assert (f"{notes} is not a bertjax checkpoint folder (no config.json and flax_model.msgpack), "
+            f"and only such a folder is replaced; choose another OUT, or remove it yourself") in err
+    config, params = bertjax.load(converted)
+    with pytest.raises(FileExistsError, match=r"is not a bertjax checkpoint folder"):
+        bertjax.save(notes, config, params, force=True)
+    assert os.listdir(notes) == ["chapter1.tex"]
+    (tmp_path / "empty").mkdir()  # an empty folder or a checkpoint may be replaced
+    assert main(["convert", bare, str(tmp_path / "empty"), "--force"]) == 0
+    assert main(["convert", bare, str(tmp_path / "empty"), "--force"]) == 0
+    assert sorted(os.listdir(tmp_path / "empty")) == ["config.json", "flax_model.msgpack"]
+    with pytest.raises(ValueError, match=r"OUT is empty"):
+        bertjax.save("", config, params, force=True)
+
+
+def test_a_failed_force_leaves_no_old_folder(bare, converted, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    convert_checkpoint(bare, out)
+    rename = os.rename
+    for failing in (0, 1):  # moving the old folder aside fails, or moving the new one in
+        calls = []
+
+        def flaky(a, b, calls=calls, failing=failing):
+            calls.append(a)
+            if len(calls) == failing + 1:
+                raise PermissionError(f"cannot rename {a}")
+            return rename(a, b)
+
+        monkeypatch.setattr(os, "rename", flaky)
+        with pytest.raises(PermissionError):
+            convert_checkpoint(bare, out, force=True)
+        monkeypatch.setattr(os, "rename", rename)
+        assert sorted(os.listdir(tmp_path)) == ["out"], failing
+        assert sorted(os.listdir(out)) == ["config.json", "flax_model.msgpack"]
+
+
+def _with_tokenizer_link(bare, tmp_path, target) -> str:
+    src = copy_folder(bare, tmp_path / "src")
+    os.symlink(target, os.path.join(src, "vocab.txt"))
+    return src
+
+
+def test_a_tokenizer_symlink_leading_out_of_the_source_is_refused(bare, tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    src = _with_tokenizer_link(bare, tmp_path, secret)
+    message = (r"vocab\.txt is a symlink leading out of the source folder .* \(to .*secret\.txt\); "
+               r"copy the file itself into the folder, or remove the link")
+    with pytest.raises(CheckpointError, match=message):
+        convert_checkpoint(src, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+    config, params = bertjax.load(src)
+    with pytest.raises(CheckpointError, match=message):
+        bertjax.save(tmp_path / "out", config, params, tokenizer_dir=src)
+    assert re.search(message, _one_line_error(capsys, ["convert", src, str(tmp_path / "out")]))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_tokenizer_links_inside_the_source_and_hub_snapshots_are_copied(bare, tmp_path):
+    src = _with_tokenizer_link(bare, tmp_path, "real-vocab.txt")
+    (tmp_path / "src" / "real-vocab.txt").write_text("[PAD]\n")
+    convert_checkpoint(src, tmp_path / "out")
+    assert not os.path.islink(tmp_path / "out" / "vocab.txt")
+    assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n"
+    repo = tmp_path / "hub" / "models--org--tiny"  # huggingface_hub's cache: links into blobs/
+    snapshot = repo / "snapshots" / "abc123"
+    os.makedirs(repo / "blobs")
+    copy_folder(bare, snapshot)
+    (repo / "blobs" / "f00d").write_text("[UNK]\n")
+    os.symlink("../../blobs/f00d", snapshot / "vocab.txt")
+    convert_checkpoint(str(snapshot), tmp_path / "out2")
+    assert (tmp_path / "out2" / "vocab.txt").read_text() == "[UNK]\n"
+
+
+def test_a_tokenizer_file_that_is_not_a_regular_file_is_refused(bare, tmp_path):
+    src = copy_folder(bare, tmp_path / "src")
+    fifo(os.path.join(src, "tokenizer.json"))
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json is not a regular file \(a fifo\)"):
+        convert_checkpoint(src, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def _unblock(path, after: float = 10.0) -> None:
+    """Opens the FIFO `path` for writing after `after` s, so that a reader that blocked on it
+    (the bug) ends instead of hanging the test."""
+    import threading
+    import time
+
+    def write():
+        time.sleep(after)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # nobody reads it: nothing blocked
+            return
+        os.write(fd, b"{}")
+        os.close(fd)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+def test_config_that_is_a_fifo_is_refused_without_blocking(bare, tmp_path, capsys):
+    config = fifo(tmp_path / "config.json")
+    _unblock(config)
+    weights = os.path.join(bare, "model.safetensors")
+    err = _one_line_error(capsys, ["convert", weights, str(tmp_path / "out"), "--config", config])
+    assert "config.json is not a regular file (a fifo); pass a config.json file" in err
+    with pytest.raises(ValueError, match=r"is not a regular file \(a fifo\)"):
+        bertjax.BertConfig.from_json(config)
+
+
+def test_weights_that_are_a_fifo_are_refused(bare, tmp_path):
+    weights = fifo(tmp_path / "w.safetensors")
+    _unblock(weights)
+    with pytest.raises(CheckpointError,
+                       match=r"weights file .*w\.safetensors is not a regular file \(a fifo\)"):
+        read_weights(weights)
+
+
+@pytest.mark.parametrize("content, message", [
+    (nested_json(100_000), r"is not valid JSON: nested too deeply"),
+    (nested_json(100_000, '{"a": 1}').replace("[", '{"a": ', 1), r"is not valid JSON"),
+    (b'{"vocab_size": 101, "name": "\xff\xfe"}', r"is not UTF-8 \(byte 0xff at position \d+\)"),
+    ('{"vocab_size": ' + "9" * 5000 + "}", r"is not valid JSON: a number with more than \d+ digits"),
+], ids=["nested-arrays", "nested-objects", "invalid-utf8", "5000-digit-number"])
+def test_config_json_that_python_cannot_read_gives_one_line(bare, tmp_path, capsys, content, message):
+    src = copy_folder(bare, tmp_path / "src")
+    path = os.path.join(src, "config.json")
+    with open(path, "wb") as f:
+        f.write(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=rf"config file {re.escape(path)} {message}"):
+        bertjax.BertConfig.from_json(path)
+    assert re.search(message, _one_line_error(capsys, ["convert", src, str(tmp_path / "out")]))
+
+
+def test_nested_json_in_a_safetensors_header_and_an_index(tmp_path):
+    path = write(tmp_path / "w.safetensors", safetensors_bytes(nested_json(100_000).encode()))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors has a corrupted safetensors header"):
+        read_weights(path)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(nested_json(100_000))
+    with pytest.raises(CheckpointError, match=r"is not a valid sharded-checkpoint index"):
+        read_weights(str(index))
+
+
+def test_config_sizes_over_the_limits_are_refused():
+    with pytest.raises(ValueError, match=r"BertConfig\.num_hidden_layers=1000000000 is over the "
+                                         r"limit of \d+ \(bertjax\.model\.config\.LIMITS\)"):
+        bertjax.BertConfig(num_hidden_layers=10**9)
+    with pytest.raises(ValueError, match=r"BertConfig\.vocab_size=\d+ is over the limit"):
+        bertjax.BertConfig(vocab_size=2**40)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "msgpack"])
+def test_config_claiming_more_layers_than_the_weights_is_refused_first(bare, converted, tmp_path,
+                                                                      monkeypatch, fmt):
+    from bertjax.model import params as P
+
+    src = copy_folder(bare if fmt == "safetensors" else converted, tmp_path / "src")
+    config_json(src, num_hidden_layers=1000)
+    monkeypatch.setattr(P, "layer_shapes", None)  # nothing may be built per layer
+    with pytest.raises(CheckpointError, match=r"the config says num_hidden_layers=1000 but the "
+                                              r"weights hold 4 layers \(0\.\.3\)"):
+        bertjax.load(src)
+    config_json(src, num_hidden_layers=10**9)
+    with pytest.raises(ValueError, match=r"num_hidden_layers=1000000000 is over the limit"):
+        bertjax.load(src)
+
+
+def test_a_msgpack_bigger_than_the_config_allows_is_refused_unread(converted, tmp_path, monkeypatch):
+    from flax import serialization
+
+    src = copy_folder(converted, tmp_path / "src")
+    sparse_file(os.path.join(src, "flax_model.msgpack"), 64 * 2**20)  # a hole: no disk used
+
+    def restore(*args, **kwargs):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(serialization, "msgpack_restore", restore)
+    with pytest.raises(CheckpointError, match=r"flax_model\.msgpack is 67108864 bytes, more than "
+                                              r"the \d+ bytes at most that a model of its "
+                                              r"config\.json needs"):
+        bertjax.load(src)

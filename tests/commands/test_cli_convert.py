@@ -167,8 +167,8 @@ BAD = {
                        (r"bert\.encoder\.layer\.0\.intermediate\.dense\.bias has shape \(37,\), "
                         r"the config needs \(40,\)")),
     "missing-layer": (lambda t, m: _config_with(t, m, num_hidden_layers=5),
-                      (r"checkpoint does not match a BERT with this config \(missing 16: "
-                       r"encoder\.layer\.4\.attention\.output\.LayerNorm\.bias, ")),
+                      (r"model\.safetensors: the config says num_hidden_layers=5 but the "
+                       r"weights hold 4 layers \(0\.\.3\); fix num_hidden_layers in config\.json")),
     "full-unpickling": (_unpicklable,
                         (r"pytorch_model\.bin: a pickle wanting argparse\.Namespace was refused "
                          r"for safety .*save its state dict as safetensors")),
