@@ -337,27 +337,35 @@ def _weight_map(path: str) -> dict[str, str]:
     return weight_map
 
 
+def contained_file(folder: str, name, where: str, kind: str = "checkpoint folder",
+                   error=CheckpointError) -> str:
+    """The path of `name`, which an untrusted file (an index, a manifest) names: it must be a plain
+    file name in `folder` (no folder part, no `..`, not absolute, no symlink leading out of the
+    folder) and, if it exists, a regular file. `where` and `kind` word the `error` (one line)."""
+    folder = os.path.abspath(folder)
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+            or "\\" in name or "\0" in name or os.path.isabs(name)):
+        raise error(f"{where} is not a plain file name in the {kind} {folder}; names must not hold "
+                    f"a folder part, '..' or an absolute path")
+    full = os.path.join(folder, name)
+    if os.path.dirname(os.path.realpath(full)) != os.path.realpath(folder):
+        raise error(f"{where} is a symlink leading out of the {kind} {folder} "
+                    f"(to {os.path.realpath(full)})")
+    if os.path.lexists(full) and not os.path.isfile(full):
+        raise error(f"{where} is not a regular file")
+    return full
+
+
 def _shard_path(path: str, name: str, shard: str) -> str:
     """The path of a shard the index names: a plain file name of a weights file in the index's own
-    folder (no folder part, no `..`, not the index itself, no symlink leading out of the folder)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    folder (`contained_file`), not the index itself."""
     where = f"{path}: weight_map[{name!r}] = {shard!r}"
-    if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard
-            or os.path.isabs(shard)):
-        raise CheckpointError(f"{where} is not a plain file name in the checkpoint folder "
-                              f"{folder}; shard names must not hold a folder part, '..' or an "
-                              f"absolute path")
-    full = os.path.join(folder, shard)
+    full = contained_file(os.path.dirname(os.path.abspath(path)), shard, where)
     if os.path.realpath(full) == os.path.realpath(path):
         raise CheckpointError(f"{where} names the index file itself")
-    if os.path.dirname(os.path.realpath(full)) != os.path.realpath(folder):
-        raise CheckpointError(f"{where} is a symlink leading out of the checkpoint folder {folder} "
-                              f"(to {os.path.realpath(full)})")
     if not shard.endswith(_SHARD_SUFFIXES):
         raise CheckpointError(f"{where} is not a weights shard (expected a file ending in "
                               f"{', '.join(_SHARD_SUFFIXES)})")
-    if os.path.lexists(full) and not os.path.isfile(full):
-        raise CheckpointError(f"{where} is not a regular file")
     return full
 
 

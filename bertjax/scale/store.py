@@ -33,6 +33,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+from bertjax.checkpoints.readers import contained_file
 from bertjax.model import capture as C
 from bertjax.model.config import BertConfig
 
@@ -87,8 +88,28 @@ def summary_file(index: int, count: int) -> str:
 
 
 def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file of the folder; ValueError naming it when Python cannot read it."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number too long
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def shard_path(folder: str, shard, manifest: str) -> str:
+    """The path of the shard a manifest names: `shards/<plain file name>.safetensors`, inside the
+    store's shards folder (the sharded checkpoint index's rule: `contained_file`)."""
+    where = f"{manifest}: shard {shard!r}"
+    name = shard[len(SHARDS) + 1:] if isinstance(shard, str) and shard.startswith(SHARDS + "/") \
+        else shard if not isinstance(shard, str) else "/" + shard
+    path = contained_file(os.path.join(folder, SHARDS), name, where, "store's shards folder",
+                          ValueError)
+    if not name.endswith(".safetensors"):
+        raise ValueError(f"{where} is not a shard file (shards/<name>.safetensors)")
+    return path
 
 
 def memmap_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -137,7 +158,10 @@ class ActivationStore:
         manifests = sorted(os.listdir(os.path.join(self.folder, MANIFEST)))
         for file in manifests:
             if file.endswith(".json") and not file.startswith("."):
-                chunk = read_json(os.path.join(self.folder, MANIFEST, file))
+                path = os.path.join(self.folder, MANIFEST, file)
+                chunk = read_json(path)
+                if chunk["examples"]:
+                    shard_path(self.folder, chunk["shard"], path)  # checked once, read later
                 self.examples += [{**e, "shard": chunk["shard"]} for e in chunk["examples"]]
         self.lengths = np.array([e["length"] for e in self.examples], np.int64)
         self._starts = {name: self._element_starts(layout) for name, layout in self.layouts.items()}

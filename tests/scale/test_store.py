@@ -173,3 +173,41 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match=r"'attn.probs' has a key axis as long as each example, "
                                          r"so examples do not stack; read them one by one"):
         store.stacked("attn.probs")
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/etc/passwd", "shards/../../x.safetensors",
+                                   "shards/sub/x.safetensors", "shards/", "x.safetensors",
+                                   "shards/00000000.json", 3],
+                         ids=["dotdot", "absolute", "shards-dotdot", "subfolder", "no-name",
+                              "outside-shards", "not-safetensors", "not-a-string"])
+def test_manifest_shard_paths_must_be_plain_names_in_shards(tmp_path, shard):
+    """The same rule as a sharded checkpoint's index: a manifest names a plain file of shards/."""
+    write_folder(tmp_path / "s", {0: [2, 3]}, {"layer.out": "mean"})
+    (tmp_path / "x.safetensors").write_bytes(b"secret")
+    path = manifest_path(str(tmp_path / "s"), 0)
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["shard"] = shard
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(ValueError, match=r"00000000\.json: shard .* is not a plain file name in the "
+                                         r"store's shards folder .*shards|is not a shard file"):
+        ActivationStore(tmp_path / "s")
+
+
+def test_a_shard_linking_out_of_the_store_is_refused(tmp_path):
+    write_folder(tmp_path / "s", {0: [2, 3]}, {"layer.out": "mean"})
+    shard = tmp_path / "s" / shard_name(0)
+    os.replace(shard, tmp_path / "elsewhere.safetensors")
+    os.symlink(tmp_path / "elsewhere.safetensors", shard)
+    with pytest.raises(ValueError, match=r"shard 'shards/00000000\.safetensors' is a symlink leading "
+                                         r"out of the store's shards folder"):
+        ActivationStore(tmp_path / "s")
+
+
+def test_a_manifest_nested_too_deeply_is_one_line(tmp_path):
+    write_folder(tmp_path / "s", {0: [2, 3]}, {"layer.out": "mean"})
+    with open(manifest_path(str(tmp_path / "s"), 0), "w") as f:
+        f.write("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"00000000\.json is not valid JSON \(nested too deeply\)"):
+        ActivationStore(tmp_path / "s")
