@@ -14,7 +14,8 @@ a killed run is just taken over by the next one.
 Guards for untrusted paths and files: `check_out` refuses an OUT that `--force` must not replace (the
 current folder or a parent of it, a folder bertjax did not write), `open_regular` opens only a
 regular file (a FIFO would block the reader forever, a device never end), and `bounded_lines`
-reads a file line by line without ever holding more than `limit` bytes of one line.
+reads a file line by line without ever holding more than `limit` bytes of one line, and
+`lone_surrogate` finds what JSON can hold but no text is (a lone surrogate, which tokenizers refuse).
 """
 
 from __future__ import annotations
@@ -237,3 +238,14 @@ def bounded_lines(f, limit: int):
             digest.update(raw)
             size += len(raw)
         yield number, LongLine(size, digest.digest())
+
+
+def lone_surrogate(text: str, field: str) -> str | None:
+    """Why `text` is not text, when it holds a lone surrogate (JSON's "\\ud800", which no UTF-8
+    and no tokenizer can take), naming the field and the character; None when it is fine."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"field {field!r} holds a lone surrogate ({text[e.start]!r}) at character "
+                f"{e.start}, which is not text")
+    return None

@@ -183,6 +183,10 @@ def _from_hub(hub_id: str) -> Source:
 def locate(src: str | os.PathLike, config: str | None = None) -> Source:
     """A folder, a weights file (config from `config` or a config.json beside it), or a hub id."""
     src = os.fspath(src)
+    if os.path.lexists(src) and not (os.path.isdir(src) or os.path.isfile(src)):
+        mode = os.stat(src).st_mode if os.path.exists(src) else None
+        raise CheckpointError(f"{src} is not a regular file or a folder "
+                              f"({file_kind(mode) if mode is not None else 'a broken symlink'})")
     if os.path.isdir(src):
         found = _from_folder(src, src)
         return dataclasses.replace(found, config=config) if config else found

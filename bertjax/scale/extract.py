@@ -15,9 +15,11 @@ Memory is bounded by one chunk (its tokens and its activations), never by the co
 is described in `bertjax.scale.store`, whose `ActivationStore` reads it.
 
 Bad input: empty (or all-blank) lines are skipped and counted; a line that is not UTF-8 (or, in
-.jsonl, not a JSON object with a string text field) stops the run with its line number, or is
-skipped and counted with `skip_invalid`; texts longer than `max_length` tokens are truncated and
-counted.
+.jsonl, not a JSON object with a string text field, or a text holding a lone surrogate), or longer
+than MAX_LINE_BYTES (read in blocks and dropped, never held whole), stops the run with its line
+number, or is skipped and counted with `skip_invalid`; texts longer than `max_length` tokens are
+truncated and counted. A batch is padded to at most `batch_size` rows and never to more rows than
+its chunk has texts (a power of two), so a huge --batch-size costs nothing.
 
 Multi-host: run the same command in every process after `jax.distributed.initialize()` (the CLI's
 `--distributed`), with OUT on a filesystem they all see. Process i (`jax.process_index()` of
@@ -43,7 +45,15 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
-from bertjax.checkpoints.files import atomic_write, is_leftover, is_lock, out_lock
+from bertjax.checkpoints.files import (
+    LongLine,
+    atomic_write,
+    bounded_lines,
+    is_leftover,
+    is_lock,
+    lone_surrogate,
+    out_lock,
+)
 from bertjax.model import capture as C
 from bertjax.model.encoder import stack_layers
 from bertjax.model.params import Heads
@@ -63,6 +73,7 @@ from bertjax.scale.store import (
 )
 
 REDUCE = ("none", "mean", "cls")
+MAX_LINE_BYTES = 16 * 2**20  # one input line; a longer one is refused (or skipped) unread
 _SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16"}
 
 
@@ -96,23 +107,36 @@ class Line:
 
 
 def _parse_jsonl(text: str, number: int, opts: Options) -> Line:
-    record = json.loads(text)
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get(opts.text_field), str):
         raise ValueError(f"no string field {opts.text_field!r}")
     pair = record.get(opts.pair_field)
     if pair is not None and not isinstance(pair, str):
         raise ValueError(f"field {opts.pair_field!r} is not a string")
+    for field, value in ((opts.text_field, record[opts.text_field]), (opts.pair_field, pair or "")):
+        if why := lone_surrogate(value, field):
+            raise ValueError(why)
     if not record[opts.text_field].strip():
         return Line(number, skipped="empty")
     return Line(number, record[opts.text_field], pair)
 
 
-def parse_line(raw: bytes, number: int, jsonl: bool, opts: Options) -> Line:
+def parse_line(raw: bytes | LongLine, number: int, jsonl: bool, opts: Options) -> Line:
     """One input line: its text (and pair), or why it is skipped.
 
     Raises:
-      ValueError: a line that is not UTF-8 or not a valid record, unless opts.skip_invalid.
+      ValueError: a line that is not UTF-8, not a valid record or longer than MAX_LINE_BYTES,
+        unless opts.skip_invalid.
     """
+    if isinstance(raw, LongLine):
+        if opts.skip_invalid:
+            return Line(number, skipped="invalid")
+        raise ValueError(f"{opts.input}, line {number}: longer than {MAX_LINE_BYTES} bytes "
+                         f"({raw.size} bytes; MAX_LINE_BYTES); split it, or pass --skip-invalid "
+                         f"to skip and count such lines, and rerun: the lines before it are kept")
     try:
         text = raw.decode("utf-8").rstrip("\r\n")
         if not text.strip():
@@ -127,16 +151,16 @@ def parse_line(raw: bytes, number: int, jsonl: bool, opts: Options) -> Line:
                          f"before it are kept") from None
 
 
-def raw_chunks(path: str, chunk_size: int) -> Iterator[list[tuple[int, bytes]]]:
+def raw_chunks(path: str, chunk_size: int) -> Iterator[list[tuple[int, bytes | LongLine]]]:
     """The file in chunks of `chunk_size` (1-based line number, raw bytes) pairs, streamed: one
-    chunk in memory at a time."""
+    chunk in memory at a time; a line over MAX_LINE_BYTES comes as a `LongLine`, unkept."""
     with open(path, "rb") as f:
-        numbered = enumerate(f, start=1)
+        numbered = bounded_lines(f, MAX_LINE_BYTES)
         while chunk := list(itertools.islice(numbered, chunk_size)):
             yield chunk
 
 
-def parse_chunk(chunk: list[tuple[int, bytes]], opts: Options) -> list[Line]:
+def parse_chunk(chunk: list[tuple[int, bytes | LongLine]], opts: Options) -> list[Line]:
     jsonl = opts.input.endswith((".jsonl", ".json"))
     return [parse_line(raw, n, jsonl, opts) for n, raw in chunk]
 
@@ -231,7 +255,7 @@ class _Model:
     max_length: int
 
 
-def _batches(examples: list[Example], model: _Model) -> Iterator[list[int]]:
+def _batches(examples: list[Example], model: _Model, rows: int) -> Iterator[list[int]]:
     """Indices of examples grouped by bucket, in batches of at most `rows` (deterministic)."""
     def bucket(i):
         return bucket_for(len(examples[i].ids), model.buckets)
@@ -239,13 +263,22 @@ def _batches(examples: list[Example], model: _Model) -> Iterator[list[int]]:
     order = sorted(range(len(examples)), key=lambda i: (bucket(i), i))
     for _, group in itertools.groupby(order, key=bucket):
         group = list(group)
-        for start in range(0, len(group), model.rows):
-            yield group[start: start + model.rows]
+        for start in range(0, len(group), rows):
+            yield group[start: start + rows]
 
 
-def _run_batch(model: _Model, batch: list[Example]) -> dict[str, np.ndarray]:
-    ids, mask = pad_batch([e.ids for e in batch], model.buckets, model.pad_id, model.rows)
-    types, _ = pad_batch([e.types for e in batch], model.buckets, 0, model.rows)
+def chunk_rows(model: _Model, count: int) -> int:
+    """The rows a chunk of `count` texts pads its batches to: `model.rows`, or fewer when the chunk
+    has fewer texts (the power of two above, a multiple of the batch axis' devices), so that a
+    huge --batch-size pads to what is there while the shapes stay few."""
+    per = model.mesh.shape["batch"]
+    fewer = -(-(1 << max(count - 1, 0).bit_length()) // per) * per
+    return min(model.rows, fewer)
+
+
+def _run_batch(model: _Model, batch: list[Example], rows: int) -> dict[str, np.ndarray]:
+    ids, mask = pad_batch([e.ids for e in batch], model.buckets, model.pad_id, rows)
+    types, _ = pad_batch([e.types for e in batch], model.buckets, 0, rows)
     (ids, mask, types), _ = shard_batch(model.mesh, ids, mask, types)
     return jax.device_get(model.run(model.params, ids, mask, types))
 
@@ -253,8 +286,9 @@ def _run_batch(model: _Model, batch: list[Example]) -> dict[str, np.ndarray]:
 def run_chunk(model: _Model, examples: list[Example], bar) -> dict[str, np.ndarray]:
     """name -> flat 1-D array: the examples' stored arrays concatenated in input order."""
     flats = {name: [None] * len(examples) for name in model.layouts}
-    for batch in _batches(examples, model):
-        outputs = _run_batch(model, [examples[i] for i in batch])
+    rows = chunk_rows(model, len(examples))
+    for batch in _batches(examples, model, rows):
+        outputs = _run_batch(model, [examples[i] for i in batch], rows)
         for name, layout in model.layouts.items():
             for row, i in enumerate(batch):
                 flats[name][i] = _strip(outputs[name][row], layout, len(examples[i].ids))
@@ -262,11 +296,11 @@ def run_chunk(model: _Model, examples: list[Example], bar) -> dict[str, np.ndarr
     return {name: np.concatenate(parts) for name, parts in flats.items()} if examples else {}
 
 
-def chunk_digest(chunk: list[tuple[int, bytes]]) -> str:
+def chunk_digest(chunk: list[tuple[int, bytes | LongLine]]) -> str:
     """sha256 of a chunk's raw input bytes (kept in its manifest, checked on resume)."""
     digest = hashlib.sha256()
     for _, raw in chunk:
-        digest.update(raw)
+        digest.update(raw.sha256 if isinstance(raw, LongLine) else raw)
     return digest.hexdigest()
 
 
@@ -377,7 +411,7 @@ def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> 
     capture = {name: layers if name in C.LAYER_NAMES else None for name in names}
     run = sharded_forward(mesh, params, pre.config, capture, post=post)
     per = mesh.shape["batch"]
-    rows = -(-opts.batch_size // per) * per
+    rows = -(-min(opts.batch_size, opts.chunk_size) // per) * per  # a batch is at most a chunk
     pad_id = pre.tokenizer.pad_token_id or 0
     layouts = {name: array_layout(name, pre.config, len(layers), opts.reduce) for name in names}
     return _Model(run, params, mesh, pre.tokenizer, bucket_lengths(max_length), rows, pad_id,

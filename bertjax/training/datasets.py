@@ -7,8 +7,10 @@ Formats (one JSON object a line; blank lines are skipped), by task:
                   first word piece carries it, its other pieces and [CLS]/[SEP] are IGNORE
   mlm             {"text": str, "text_pair": str (optional)}  BERT's masking (`mask_tokens`)
 Labels are all names (sorted, they become the config's id2label) or all integers >= 0
-(num_labels = the largest + 1). Bad data (invalid JSON, a missing or empty text, a missing label,
-a label the training set does not have) raises ValueError naming the file and the line.
+(num_labels = the largest + 1), at most MAX_LABELS of them (each is an output of the classifier).
+Bad data (invalid JSON, a missing or empty text, a missing label, a label the training set does not
+have, a line over MAX_LINE_BYTES, a text holding a lone surrogate) raises ValueError naming the
+file and the line.
 
 Batches (`epoch_batches`): each epoch's order is a permutation drawn from (seed, epoch); windows of
 50 batches are sorted by length bucket (`bertjax.scale.buckets`) so that a batch holds similar lengths,
@@ -32,9 +34,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from bertjax.checkpoints.files import LongLine, bounded_lines, lone_surrogate
 from bertjax.scale.buckets import bucket_for, pad_batch
 from bertjax.training.train import IGNORE, TASKS
 
+MAX_LABELS = 10_000  # classes of a classifier: a label of 1e9 would allocate a billion outputs
+MAX_LINE_BYTES = 16 * 2**20  # one record; a longer line is refused without being held whole
 _WINDOW = 50  # batches sorted by length together: similar lengths per batch, still well shuffled
 _DEFAULT_FIELDS = {"classification": ("text", "label"), "tokens": ("tokens", "labels"),
                    "mlm": ("text", None)}
@@ -76,20 +81,31 @@ def _bad(path: str, number: int, what: str) -> ValueError:
 def read_records(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, JSON object) for each non-blank line; ValueError names a bad line."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in bounded_lines(f, MAX_LINE_BYTES):
+            if isinstance(raw, LongLine):
+                raise _bad(path, number, f"longer than {MAX_LINE_BYTES} bytes ({raw.size} bytes; "
+                                         f"datasets.MAX_LINE_BYTES); split or shorten it")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise _bad(path, number, "not UTF-8") from None
             if not text.strip():
                 continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise _bad(path, number, f"invalid JSON ({e.msg})") from None
+            record = _json(text, path, number)
             if not isinstance(record, dict):
                 raise _bad(path, number, "not a JSON object")
             yield number, record
+
+
+def _json(text: str, path: str, number: int):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _bad(path, number, f"invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise _bad(path, number, "invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # a number with more digits than Python's int takes
+        raise _bad(path, number, f"invalid JSON ({e})") from None
 
 
 def _text(record: dict, field: str, path: str, number: int, required: bool = True):
@@ -102,6 +118,8 @@ def _text(record: dict, field: str, path: str, number: int, required: bool = Tru
         raise _bad(path, number, f"field {field!r} is not a string")
     if not value.strip():
         raise _bad(path, number, f"empty text in field {field!r}")
+    if why := lone_surrogate(value, field):
+        raise _bad(path, number, why)
     return value
 
 
@@ -111,6 +129,10 @@ def _check_label(value, path: str, number: int, field: str):
     if isinstance(value, bool) or not isinstance(value, (str, int)) or \
             (isinstance(value, int) and value < 0) or value == "":
         raise _bad(path, number, f"label {value!r} is not a name or an integer >= 0")
+    if isinstance(value, int) and value >= MAX_LABELS:
+        raise _bad(path, number, f"label {value} is over the limit: integer labels must be < "
+                                 f"{MAX_LABELS} (datasets.MAX_LABELS), one classifier output each; "
+                                 f"renumber them, or use names")
     return value
 
 
@@ -120,6 +142,8 @@ def _words(record: dict, fields: Fields, path: str, number: int) -> tuple[list[s
     if not isinstance(words, list) or not words or \
             not all(isinstance(w, str) and w.strip() for w in words):
         raise _bad(path, number, f"field {text_field!r} must be a non-empty list of non-empty words")
+    if why := next(filter(None, (lone_surrogate(w, text_field) for w in words)), None):
+        raise _bad(path, number, why)
     if labels is None:
         raise _bad(path, number, f"missing labels (no field {label_field!r})")
     if not isinstance(labels, list) or len(labels) != len(words):
@@ -160,6 +184,9 @@ def label_names(rows: list, path: str) -> tuple[tuple[str, ...], int]:
             seen.add(value)
     if str in first:
         names = tuple(sorted(seen))
+        if len(names) > MAX_LABELS:
+            raise ValueError(f"{path}: {len(names)} label names, over the limit of {MAX_LABELS} "
+                             f"(datasets.MAX_LABELS) classifier outputs")
         return names, len(names)
     return (), max(seen) + 1
 

@@ -437,6 +437,9 @@ def test_weights_that_are_a_fifo_are_refused(bare, tmp_path):
     with pytest.raises(CheckpointError,
                        match=r"weights file .*w\.safetensors is not a regular file \(a fifo\)"):
         read_weights(weights)
+    with pytest.raises(CheckpointError, match=r"w\.safetensors is not a regular file or a folder "
+                                              r"\(a fifo\)"):
+        convert_checkpoint(weights, tmp_path / "out", config=os.path.join(bare, "config.json"))
 
 
 @pytest.mark.parametrize("content, message", [

@@ -535,3 +535,51 @@ def test_cli_progress_and_summary(tiny_bert, tmp_path, capsys):
     assert captured.out.startswith(f"extract: 3 examples in {tmp_path / 'o'} (3 this run), "
                                    f"1 truncated, skipped 1 empty and 0 invalid lines; ")
     assert captured.out.rstrip().endswith("examples/s")
+
+
+def test_a_line_over_the_limit_is_never_held_whole(tiny_bert, tmp_path, monkeypatch):
+    """A line longer than MAX_LINE_BYTES stops the run naming it and the limit, or is skipped and
+    counted with --skip-invalid; it is read in blocks and dropped, never held whole."""
+    from bertjax.scale import extract as X
+
+    monkeypatch.setattr(X, "MAX_LINE_BYTES", 64)
+    corpus = b"w1 w2\n" + b"w3 " * 100 + b"\nw4\n"
+    with pytest.raises(ValueError, match=r"c\.txt, line 2: longer than 64 bytes \(301 bytes; "
+                                         r"MAX_LINE_BYTES\); split it, or pass --skip-invalid"):
+        _run(tiny_bert, tmp_path, corpus)
+    s = _run(tiny_bert, tmp_path / "b", corpus, skip_invalid=True)
+    assert (s["written"], s["invalid"]) == (2, 1)
+    assert [ActivationStore(tmp_path / "b" / "out").line(i) for i in range(2)] == [1, 3]
+
+
+@pytest.mark.parametrize("line, why", [
+    (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", r"nested too deeply"),
+    (b'{"text": "w1 \\ud800 w2"}', r"field 'text' holds a lone surrogate \('\\ud800'\) at "
+                                   r"character 3, which is not text"),
+    (b'{"text": "w1", "text_pair": "\\udfff"}', r"field 'text_pair' holds a lone surrogate"),
+    (b'{"text": "w1", "n": ' + b"9" * 5000 + b"}", r"Exceeds the limit"),
+], ids=["nested", "surrogate", "surrogate-pair-field", "5000-digits"])
+def test_jsonl_lines_python_or_the_tokenizer_cannot_take(tiny_bert, tmp_path, line, why):
+    corpus = b'{"text": "w1 w2"}\n' + line + b'\n{"text": "w3"}\n'
+    with pytest.raises(ValueError, match=r"c\.jsonl, line 2: not a valid record \(.*" + why):
+        _run(tiny_bert, tmp_path, corpus, name="c.jsonl")
+    s = _run(tiny_bert, tmp_path / "b", corpus, name="c.jsonl", skip_invalid=True)
+    assert (s["written"], s["invalid"]) == (2, 1)
+
+
+def test_a_huge_batch_size_pads_only_to_the_texts(tiny_bert, tmp_path, monkeypatch):
+    """--batch-size 50000 on three texts: batches are padded to a few rows, not to 50000."""
+    from bertjax.scale import extract as X
+
+    rows, pad_batch = [], X.pad_batch
+
+    def spy(sequences, buckets, pad_id=0, batch_size=None):
+        rows.append(batch_size)
+        return pad_batch(sequences, buckets, pad_id, batch_size)
+
+    monkeypatch.setattr(X, "pad_batch", spy)
+    s = _run(tiny_bert, tmp_path, b"w1\nw2 w3\nw4\n", batch_size=50_000)
+    assert s["written"] == 3 and rows and max(rows) <= 4, rows
+    rows.clear()
+    s = _run(tiny_bert, tmp_path / "b", b"w1\nw2 w3\nw4\nw5\nw6\n", batch_size=50_000, chunk_size=2)
+    assert s["written"] == 5 and max(rows) <= 2, rows

@@ -440,3 +440,50 @@ def test_finetune_over_two_devices_equals_one(tiny, tmp_path):
     # to lr where |g| is near eps: measured 0.4 % of the elements off by more than 1e-5, the
     # largest by 1.9e-4 (0.2 lr).
     assert result["loss"] <= 1e-5 and result["over"] <= 0.01 and result["max"] <= 1e-3, result
+
+
+@pytest.mark.parametrize("label", [1_000_000_000, 2**70])
+def test_integer_labels_are_bounded(tmp_path, label):
+    """One label of 1e9 would make a billion-class classifier; 2**70 a JAX overflow."""
+    path = _write(tmp_path, ['{"text": "good", "label": 1}', f'{{"text": "bad", "label": {label}}}'])
+    with pytest.raises(ValueError, match=rf"data\.jsonl, line 2: label {label} is over the limit: "
+                                         rf"integer labels must be < {D.MAX_LABELS} "
+                                         rf"\(datasets\.MAX_LABELS\)"):
+        D.parse(path, D.Fields.for_task("classification"))
+    tokens = _write(tmp_path, [f'{{"tokens": ["good"], "labels": [{label}]}}'], "t.jsonl")
+    with pytest.raises(ValueError, match=r"t\.jsonl, line 1: label .* is over the limit"):
+        D.parse(tokens, D.Fields.for_task("tokens"))
+
+
+def test_label_names_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "MAX_LABELS", 3)
+    path = _write(tmp_path, [f'{{"text": "w{i}", "label": "n{i}"}}' for i in range(5)])
+    rows = D.parse(path, D.Fields.for_task("classification"))
+    with pytest.raises(ValueError, match=r"data\.jsonl: 5 label names, over the limit of 3 "
+                                         r"\(datasets\.MAX_LABELS\)"):
+        D.label_names(rows, path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "a"}',
+     r"line 2: invalid JSON \(nested too deeply\)"),
+    ('{"text": "w1 \\ud800", "label": "a"}',
+     r"line 2: field 'text' holds a lone surrogate \('\\ud800'\) at character 3"),
+    ('{"tokens": ["w1", "\\udc00"], "labels": ["a", "b"]}',
+     r"line 2: field 'tokens' holds a lone surrogate"),
+    ('{"text": "w1", "label": ' + "9" * 5000 + "}", r"line 2: invalid JSON \(Exceeds the limit"),
+], ids=["nested", "surrogate", "surrogate-word", "5000-digits"])
+def test_lines_python_or_the_tokenizer_cannot_take(tmp_path, line, message):
+    task = "tokens" if "tokens" in line else "classification"
+    first = '{"tokens": ["w0"], "labels": ["a"]}' if task == "tokens" else '{"text": "w0", "label": "a"}'
+    path = _write(tmp_path, [first, line])
+    with pytest.raises(ValueError, match=r"data\.jsonl, " + message):
+        D.parse(path, D.Fields.for_task(task))
+
+
+def test_a_line_over_the_limit_is_never_held_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "MAX_LINE_BYTES", 64)
+    path = _write(tmp_path, ['{"text": "w0", "label": "a"}', '{"text": "' + "w1 " * 100 + '"}'])
+    with pytest.raises(ValueError, match=r"data\.jsonl, line 2: longer than 64 bytes \(\d+ bytes; "
+                                         r"datasets\.MAX_LINE_BYTES\); split or shorten it"):
+        D.parse(path, D.Fields.for_task("classification"))
