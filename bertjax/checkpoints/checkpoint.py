@@ -11,6 +11,7 @@ returns, without building the whole file, and every array's bytes in memory a se
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -368,6 +369,7 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
     check_params(params, config)
     params = _per_layer(params)
     parent = os.path.dirname(out)
+    created = _missing_folders(parent)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
     try:
@@ -376,8 +378,20 @@ def save(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # nothing partial: the parents made for OUT go too, when empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         raise
     return out
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def _per_layer(params: dict) -> dict:

@@ -357,6 +357,18 @@ def test_a_failed_force_leaves_no_old_folder(bare, converted, tmp_path, monkeypa
         assert sorted(os.listdir(out)) == ["config.json", "flax_model.msgpack"]
 
 
+def test_a_failed_save_leaves_none_of_the_folders_it_made(bare, tmp_path, monkeypatch):
+    from bertjax.checkpoints import checkpoint
+
+    def full_disk(path, params):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_msgpack", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        convert_checkpoint(bare, tmp_path / "a" / "b" / "out")
+    assert os.listdir(tmp_path) == []
+
+
 def _with_tokenizer_link(bare, tmp_path, target) -> str:
     src = copy_folder(bare, tmp_path / "src")
     os.symlink(target, os.path.join(src, "vocab.txt"))
