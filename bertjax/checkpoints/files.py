@@ -29,8 +29,10 @@ import socket
 import stat
 
 # The files that make a folder a bertjax checkpoint (= checkpoint.CONFIG_FILE, PARAMS_FILE; that
-# module imports JAX): `--force` replaces only a folder holding both (or an empty one).
+# module imports JAX), and the tokenizer files it may hold beside them (sources.TOKENIZER_FILES):
+# `--force` replaces only a folder holding both of the first, or nothing but these names.
 CHECKPOINT_FILES = ("config.json", "flax_model.msgpack")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def temp_name(path: str, tag: str) -> str:
@@ -146,13 +148,13 @@ def out_lock(folder: str, tag: str, what: str):
 
 def check_out(out, force: bool, what: str = "bertjax checkpoint",
               marks: tuple[str, ...] = CHECKPOINT_FILES, flag: str = "force=True",
-              ours: bool = True) -> str:
+              ours: bool = True, names: tuple[str, ...] = CHECKPOINT_FILES + TOKENIZER_FILES) -> str:
     """The absolute path of OUT, a folder about to be written (replaced with `force`).
 
     Refused: an empty OUT (an unset variable, which would mean the current folder: ValueError);
     the current folder or one of its parents; an existing OUT without `force`, or that is not a
-    folder; with `force` (and `ours`), a non-empty folder lacking any of `marks` (one bertjax did
-    not write): FileExistsError, nothing touched.
+    folder; with `force` (and `ours`), a folder bertjax did not write: one lacking any of `marks`
+    and holding anything but `names` (FileExistsError, nothing touched).
     """
     out = os.fspath(out)
     if not out.strip():
@@ -168,8 +170,10 @@ def check_out(out, force: bool, what: str = "bertjax checkpoint",
         raise FileExistsError(f"{out} already exists; pass {flag} to replace it")
     if not os.path.isdir(out):
         raise FileExistsError(f"{out} exists and is not a folder; not replacing it")
-    if ours and os.listdir(out) and not all(os.path.isfile(os.path.join(out, m)) for m in marks):
-        raise FileExistsError(f"{out} is not a {what} folder (no {' and '.join(marks)}), and only "
+    other = sorted(set(os.listdir(out)) - set(names))
+    if ours and other and not all(os.path.isfile(os.path.join(out, m)) for m in marks):
+        raise FileExistsError(f"{out} is not a {what} folder (no {' and '.join(marks)}; it holds "
+                              f"{', '.join(other[:3])}{' ...' if len(other) > 3 else ''}), and only "
                               f"such a folder is replaced; choose another OUT, or remove it "
                               f"yourself")
     return out

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 
-from bertjax.checkpoints.files import file_kind
+from bertjax.checkpoints.files import TOKENIZER_FILES, file_kind
 from bertjax.checkpoints.readers import CheckpointError
 
 # Hub ids whose weights a pip package ships, for offline use: id -> (module, function -> folder).
@@ -30,7 +30,6 @@ PYTORCH_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "py
 # Weight files of a local folder, in order of preference: the PyTorch weights (the reference a
 # conversion can be verified against), then a Flax msgpack (a bertjax folder, or transformers 4.x's).
 WEIGHT_FILES = (*PYTORCH_WEIGHT_FILES, "flax_model.msgpack")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _HUB_PATTERNS = ["config.json", *TOKENIZER_FILES]
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".msgpack", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

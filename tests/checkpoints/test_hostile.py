@@ -322,8 +322,9 @@ def test_force_replaces_only_a_bertjax_checkpoint(bare, converted, tmp_path, cap
     notes.mkdir()
     (notes / "chapter1.tex").write_text("years of work")
     err = _one_line_error(capsys, ["convert", bare, str(notes), "--force"])
-    assert (f"{notes} is not a bertjax checkpoint folder (no config.json and flax_model.msgpack), "
-            f"and only such a folder is replaced; choose another OUT, or remove it yourself") in err
+    assert (f"{notes} is not a bertjax checkpoint folder (no config.json and flax_model.msgpack; it "
+            f"holds chapter1.tex), and only such a folder is replaced; choose another OUT, or remove "
+            f"it yourself") in err
     config, params = bertjax.load(converted)
     with pytest.raises(FileExistsError, match=r"is not a bertjax checkpoint folder"):
         bertjax.save(notes, config, params, force=True)
@@ -332,6 +333,10 @@ def test_force_replaces_only_a_bertjax_checkpoint(bare, converted, tmp_path, cap
     assert main(["convert", bare, str(tmp_path / "empty"), "--force"]) == 0
     assert main(["convert", bare, str(tmp_path / "empty"), "--force"]) == 0
     assert sorted(os.listdir(tmp_path / "empty")) == ["config.json", "flax_model.msgpack"]
+    (tmp_path / "tok").mkdir()  # only tokenizer files: what a checkpoint holds (toy_mlm's case)
+    (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n")
+    bertjax.save(tmp_path / "tok", config, params, tokenizer_dir=str(tmp_path / "tok"), force=True)
+    assert (tmp_path / "tok" / "vocab.txt").read_text() == "[PAD]\n"
     with pytest.raises(ValueError, match=r"OUT is empty"):
         bertjax.save("", config, params, force=True)
 
