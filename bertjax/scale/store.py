@@ -122,7 +122,14 @@ def memmap_safetensors(path: str) -> dict[str, np.ndarray]:
 def _memmap_safetensors(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        if n > size - 8:
+            raise ValueError(f"{path} is not a safetensors shard (header length {n}, file size "
+                             f"{size}): corrupted or truncated")
+        try:
+            header = json.loads(f.read(n))
+        except (RecursionError, ValueError) as e:
+            raise ValueError(f"{path} has a corrupted safetensors header "
+                             f"({type(e).__name__})") from None
     header.pop("__metadata__", None)
     out = {}
     for key, info in header.items():

@@ -211,3 +211,13 @@ def test_a_manifest_nested_too_deeply_is_one_line(tmp_path):
         f.write("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match=r"00000000\.json is not valid JSON \(nested too deeply\)"):
         ActivationStore(tmp_path / "s")
+
+
+@pytest.mark.parametrize("header", [b"[" * 100_000 + b"]" * 100_000, b"{not json"],
+                         ids=["nested", "invalid"])
+def test_a_shard_header_python_cannot_read_is_one_line(tmp_path, header):
+    write_folder(tmp_path / "s", {0: [2, 3]}, {"layer.out": "mean"})
+    shard = tmp_path / "s" / shard_name(0)
+    shard.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ValueError, match=r"00000000\.safetensors has a corrupted safetensors header"):
+        ActivationStore(tmp_path / "s")[0]
