@@ -8,7 +8,9 @@ An extract folder holds:
   examples' arrays (padding stripped) concatenated in input order.
 * `manifest/<chunk>.json`: one file per chunk, written atomically after its shard: the chunk's
   counts and, for each example, its input line, shard, offset (row within the shard), length and
-  token ids. A chunk exists for readers exactly when its manifest file does.
+  token ids. A chunk exists for readers exactly when its manifest file does. The shard a manifest
+  names must be `shards/<plain name>.safetensors` inside the folder (`shard_path`: the sharded
+  checkpoint index's rule, no `..`, absolute path or symlink leading out).
 * `summary.json`: the closing counts, written when the whole input has been processed (with n
   processes, `summary-<i>-of-<n>.json` from each process i instead).
 
