@@ -32,11 +32,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
+    import os
+
     from bertjax.checkpoints.files import check_out
     from bertjax.checkpoints.sources import locate
 
-    # What can be refused without JAX is refused before it is imported (seconds of start-up).
-    check_out(args.out, args.force, flag="--force", ours=False)
+    # What can be refused without JAX is refused before it is imported (seconds of start-up), and
+    # before a hub id is downloaded; whether --force may replace an OUT that holds a local source
+    # is left to convert_checkpoint, which names the source.
+    check_out(args.out, args.force, flag="--force", ours=not os.path.exists(args.src))
     source = locate(args.src, args.config)
     if source.config is None:
         raise ValueError(f"{source.weights} has no config.json beside it; pass --config PATH")

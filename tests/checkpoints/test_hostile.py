@@ -325,6 +325,8 @@ def test_force_replaces_only_a_bertjax_checkpoint(bare, converted, tmp_path, cap
     assert (f"{notes} is not a bertjax checkpoint folder (no config.json and flax_model.msgpack; it "
             f"holds chapter1.tex), and only such a folder is replaced; choose another OUT, or remove "
             f"it yourself") in err
+    err = _one_line_error(capsys, ["convert", "org/some-model", str(notes), "--force"])
+    assert "is not a bertjax checkpoint folder" in err  # refused before a hub id is looked up
     config, params = bertjax.load(converted)
     with pytest.raises(FileExistsError, match=r"is not a bertjax checkpoint folder"):
         bertjax.save(notes, config, params, force=True)
