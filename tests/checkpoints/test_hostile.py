@@ -525,3 +525,26 @@ def test_a_msgpack_bigger_than_the_config_allows_is_refused_unread(converted, tm
                                               r"the \d+ bytes at most that a model of its "
                                               r"config\.json needs"):
         bertjax.load(src)
+
+
+def test_bounded_lines_never_reads_more_than_the_limit_of_one_line():
+    import io
+
+    from bertjax.checkpoints.files import LongLine, bounded_lines
+
+    class Counting(io.BytesIO):
+        most = 0
+
+        def readline(self, size=-1):
+            line = super().readline(size)
+            Counting.most = max(Counting.most, len(line))
+            return line
+
+    data = b"ab\n" + b"x" * 1000 + b"\n\ncd" + b"y" * 2000
+    lines = list(bounded_lines(Counting(data), 16))
+    assert Counting.most <= 17 and [n for n, _ in lines] == [1, 2, 3, 4]
+    assert lines[0][1] == b"ab\n" and lines[2][1] == b"\n"
+    for (_, long), size in ((lines[1], 1001), (lines[3], 2002)):
+        assert isinstance(long, LongLine) and long.size == size
+    assert list(bounded_lines(io.BytesIO(b"x" * 16 + b"\n"), 16))[0][1].size == 17  # newline counts
+    assert list(bounded_lines(io.BytesIO(b"x" * 15 + b"\n"), 16)) == [(1, b"x" * 15 + b"\n")]
