@@ -55,10 +55,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from bertjax.analysis.tables import check_index
 from bertjax.model.config import BertConfig
 from bertjax.model.encoder import stack_layers
+from bertjax.model.params import check_params, check_tree
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["left", "right"], meta_fields=[])
@@ -90,12 +93,42 @@ class FactoredMatrix:
         return _frobenius(_core(self.left, self.right))
 
     def rows(self, index) -> Array:
-        """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices."""
-        return jnp.take(self.left, jnp.asarray(index), axis=-2) @ self.right
+        """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices.
+        Indices in [-M, M), negative ones from the end as in Python; others raise ValueError."""
+        index = _in_range("rows: index", index, self.left.shape[-2])
+        return jnp.take(self.left, index, axis=-2) @ self.right
 
     def __getitem__(self, index) -> FactoredMatrix:
-        """Selects along the batch axes, e.g. `circuit[layer, head]`."""
+        """Selects along the batch axes, e.g. `circuit[layer, head]` (negative indices from the end,
+        as in Python; an index out of range raises ValueError instead of being clamped)."""
+        index = index if isinstance(index, tuple) else (index,)
+        batch = self.left.shape[:-2]
+        if len(index) > len(batch) and Ellipsis not in index:
+            raise ValueError(f"index {index} has more axes than the batch axes {batch}")
+        if Ellipsis not in index:
+            index = tuple(i if isinstance(i, slice) or i is None else
+                          _in_range(f"index {i} is out of range for axis {axis} of size "
+                                    f"{batch[axis]}; index", i, batch[axis])
+                          for axis, i in enumerate(index))
         return FactoredMatrix(self.left[index], self.right[index])
+
+
+def _in_range(what: str, index, size: int):
+    """An int, ints or a concrete int array in [-size, size), negative ones made non-negative;
+    ValueError otherwise. Traced indices pass unchanged (their values cannot be read)."""
+    if isinstance(index, jax.core.Tracer):
+        return index
+    if isinstance(index, (bool, np.bool_)) or not (
+            isinstance(index, (int, np.integer)) or np.issubdtype(np.asarray(index).dtype,
+                                                                   np.integer)):
+        raise ValueError(f"{what} must be an int or int array, got {index!r}")
+    values = np.asarray(index)
+    bad = values[(values < -size) | (values >= size)]
+    if bad.size:
+        raise ValueError(f"{what} {int(bad.flat[0])} is out of range [-{size}, {size})"
+                         if what.startswith("rows") else f"{what} out of range [-{size}, {size})")
+    return int(values) % size if values.ndim == 0 and isinstance(index, (int, np.integer)) \
+        else jnp.asarray(values % size)
 
 
 def _frobenius(x: Array) -> Array:
@@ -147,6 +180,10 @@ def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L 
     Returns:
       {"q", "k", "v": float [L, N, D, H] (W_Q,h, W_K,h, W_V,h), "o": float [L, N, H, D] (W_O,h)}.
     """
+    if "embeddings" in params:  # the checks `forward` runs: shapes against the config
+        check_params(params, config)
+    else:
+        check_tree(params, config, "encoder")
     layers = stack_layers(params)
     layers = (layers["encoder"] if "encoder" in layers else layers)["layer"]
     N, H = config.num_attention_heads, config.head_size
@@ -199,6 +236,8 @@ def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
     if W_U.shape != (config.hidden_size, W_E.shape[0]):
         raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
                          f"got {tuple(W_U.shape)}")
+    layer = check_index("layer", layer, config.num_hidden_layers)
+    head = check_index("head", head, config.num_attention_heads)
     ov = ov_circuit(params, config)[layer, head]
     return FactoredMatrix(W_E @ ov.left, ov.right @ W_U)
 
@@ -235,6 +274,10 @@ def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
         raise ValueError(f"token_ids must be int [n], got {token_ids.dtype} {tuple(token_ids.shape)}")
+    V = W_E.shape[0]
+    if token_ids.size and not (0 <= int(jnp.min(token_ids)) and int(jnp.max(token_ids)) < V):
+        bad = int(jnp.min(token_ids)) if int(jnp.min(token_ids)) < 0 else int(jnp.max(token_ids))
+        raise ValueError(f"token_ids must be in [0, {V}) (the vocabulary), got {bad}")
     return _copying(ov_circuit(params, config), W_E, W_U, token_ids, k)
 
 

@@ -149,7 +149,7 @@ def _clean_values(clean_acts: dict, name: str, config: BertConfig | None = None)
     return clean
 
 
-def ablate_heads(config: BertConfig, heads: Iterable[tuple[int, int]],
+def ablate_heads(config: BertConfig, heads: Iterable[tuple],
                  scale: float = 0.0) -> Float[Array, "L N"]:
     """A head_mask [L, N] of ones with `scale` (0: ablate) at each (layer, head) in `heads`."""
     mask = np.ones((config.num_hidden_layers, config.num_attention_heads), np.float32)
@@ -165,7 +165,7 @@ def ablate_heads(config: BertConfig, heads: Iterable[tuple[int, int]],
     return jnp.asarray(mask)
 
 
-def keep_heads(config: BertConfig, heads: Iterable[tuple[int, int]]) -> Float[Array, "L N"]:
+def keep_heads(config: BertConfig, heads: Iterable[tuple]) -> Float[Array, "L N"]:
     """A head_mask [L, N] that keeps only the (layer, head) pairs in `heads` (all others 0)."""
     return 1.0 - ablate_heads(config, heads)
 
