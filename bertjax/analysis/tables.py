@@ -49,8 +49,12 @@ _COUNTED = {"layer": "the model has {} layers", "head": "the model has {} heads"
             "batch": "the batch has {} examples"}
 
 
-def check_index(name: str, index: int, count: int) -> int:
-    """A layer, head or batch index in [-count, count), returned as a non-negative index."""
+def check_index(name: str, index, count: int) -> int:
+    """A layer, head or batch index in [-count, count), returned as a non-negative Python int
+    (NumPy ints are taken; floats and bools refused)."""
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer index, got {type(index).__name__} {index!r}")
+    index = int(index)
     if not -count <= index < count:
         raise ValueError(f"{name} {index} is out of range: {_COUNTED[name].format(count)} "
                          f"(0..{count - 1}, or negative from the end)")
