@@ -95,7 +95,7 @@ class FactoredMatrix:
     def rows(self, index) -> Array:
         """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices.
         Indices in [-M, M), negative ones from the end as in Python; others raise ValueError."""
-        index = _in_range("rows: index", index, self.left.shape[-2])
+        index = _in_range("rows", index, self.left.shape[-2])
         return jnp.take(self.left, index, axis=-2) @ self.right
 
     def __getitem__(self, index) -> FactoredMatrix:
@@ -107,8 +107,7 @@ class FactoredMatrix:
             raise ValueError(f"index {index} has more axes than the batch axes {batch}")
         if Ellipsis not in index:
             index = tuple(i if isinstance(i, slice) or i is None else
-                          _in_range(f"index {i} is out of range for axis {axis} of size "
-                                    f"{batch[axis]}; index", i, batch[axis])
+                          _in_range(f"circuit axis {axis} (size {batch[axis]})", i, batch[axis])
                           for axis, i in enumerate(index))
         return FactoredMatrix(self.left[index], self.right[index])
 
@@ -118,17 +117,15 @@ def _in_range(what: str, index, size: int):
     ValueError otherwise. Traced indices pass unchanged (their values cannot be read)."""
     if isinstance(index, jax.core.Tracer):
         return index
-    if isinstance(index, (bool, np.bool_)) or not (
-            isinstance(index, (int, np.integer)) or np.issubdtype(np.asarray(index).dtype,
-                                                                   np.integer)):
-        raise ValueError(f"{what} must be an int or int array, got {index!r}")
     values = np.asarray(index)
+    if isinstance(index, (bool, np.bool_)) or values.dtype.kind not in "iu":
+        raise ValueError(f"{what}: indices must be ints, got {index!r}")
     bad = values[(values < -size) | (values >= size)]
     if bad.size:
-        raise ValueError(f"{what} {int(bad.flat[0])} is out of range [-{size}, {size})"
-                         if what.startswith("rows") else f"{what} out of range [-{size}, {size})")
-    return int(values) % size if values.ndim == 0 and isinstance(index, (int, np.integer)) \
-        else jnp.asarray(values % size)
+        raise ValueError(f"{what}: index {int(bad.flat[0])} is out of range [-{size}, {size})")
+    if values.ndim == 0:
+        return int(values) % size
+    return jnp.asarray(values % size)
 
 
 def _frobenius(x: Array) -> Array:

@@ -333,13 +333,19 @@ def _real_shape(where: str, x) -> tuple[int, ...]:
             dtype = np.asarray(x).dtype
         except (ValueError, TypeError):  # ragged lists
             dtype = np.dtype(object)
-    import jax.numpy as jnp
-
-    if dtype == object or not (dtype == bool or jnp.issubdtype(dtype, jnp.integer)
-                               or jnp.issubdtype(dtype, jnp.floating)):
+    if not is_real_dtype(dtype):
         got = "None" if x is None else f"{type(x).__name__} of dtype {dtype}"
         raise ValueError(f"{where} must be a real number or array (bool, int or float), got {got}")
     return tuple(np.shape(x))
+
+
+def is_real_dtype(dtype) -> bool:
+    """Whether a dtype is bool, int or float (bfloat16 included), not complex, string or object."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    return dtype.kind in "biuf" or jnp.issubdtype(dtype, jnp.floating)
 
 
 def _boolean_mask(where: str, mask):
@@ -348,7 +354,7 @@ def _boolean_mask(where: str, mask):
     import jax.numpy as jnp
     import numpy as np
 
-    if getattr(mask, "dtype", None) == bool or isinstance(mask, bool):
+    if isinstance(mask, bool) or np.dtype(getattr(mask, "dtype", object)).kind == "b":
         return mask
     if isinstance(mask, jax.core.Tracer):
         return mask != 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
@@ -79,13 +80,13 @@ def _interventions(config: BertConfig, input_ids, patch, edit, heads: Heads | No
     edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
     if head_mask is not None:
         try:
-            head_mask = _as_array(head_mask)
-        except (TypeError, ValueError):
+            dtype = head_mask.dtype if hasattr(head_mask, "dtype") else np.asarray(head_mask).dtype
+        except (TypeError, ValueError):  # ragged
+            dtype = np.dtype(object)
+        if not C.is_real_dtype(dtype):
             raise ValueError(f"head_mask must be a float [L, N] array, got "
-                             f"{type(head_mask).__name__} {str(head_mask)[:60]}") from None
-        if not (jnp.issubdtype(head_mask.dtype, jnp.floating)
-                or jnp.issubdtype(head_mask.dtype, jnp.integer) or head_mask.dtype == bool):
-            raise ValueError(f"head_mask must be a float [L, N] array, got dtype {head_mask.dtype}")
+                             f"{type(head_mask).__name__} of dtype {dtype}")
+        head_mask = _as_array(head_mask)
     return patch, edit, head_mask
 
 
@@ -112,16 +113,20 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
         only, stacked in the given order (`bertjax.model.capture.layer_selection`).
       rng: PRNG key; turns dropout on (training). None is deterministic inference.
       head_mask: float [L, N] multiplying each head's attention probabilities, or None.
-      patch: activation name -> (new, mask) replacing that activation where mask is True and
+      patch: activation name -> (new, mask) replacing that activation where mask is True (a bool
+        mask, or 0/1 values; new values of every layer, not a layer-selected capture) and
         letting the change flow downstream; per-layer names take [L, ...] arrays (see
         `bertjax.model.capture.Taps` and the builders in `bertjax.analysis.interventions`).
         New values and masks do not recompile.
       edit: activation name -> (mul, add): the activation becomes value * mul + add before
         anything downstream reads it (captured values are the edited ones). mul and add broadcast
-        to the stacked shape ([L, ...] for per-layer names; see `capture.check_operands`). New
-        values do not recompile.
-      reuse: an earlier BertOutput of the same shapes and capture: its buffers are donated to
-        this call, which may write into them; it is invalid afterwards (reading it raises).
+        to the stacked shape ([L, ...] for per-layer names; see `capture.check_operands`), or
+        name their axes: `{"attn.probs": ({"N": scale}, 0.0)}` scales each head whatever S is
+        (a positional [N] operand is aligned to the trailing axis T, and warns when S == N).
+        Real numbers only (no None, strings or complex). New values do not recompile.
+      reuse: an earlier BertOutput of the same shapes, capture and `offload`, not donated
+        before and not also passed as a patch or edit value: its buffers are donated to this
+        call, which may write into them; it is invalid afterwards (reading it raises).
       offload: place the captured activations in host memory (JAX memory kind "pinned_host")
         from inside the program, so that captures larger than device memory fit (static; for
         inference: outputs in host memory are not meant for differentiation).

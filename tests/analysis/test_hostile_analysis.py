@@ -340,10 +340,13 @@ def test_ablate_heads_refuses_non_pairs_of_ints(heads):
 # --- 10: circuits ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,match", [
-    (lambda p: circuits.ov_circuit(p, CONFIG)[4, 0], r"index 4 is out of range for axis 0 of "
-                                                      r"size 4"),
-    (lambda p: circuits.qk_circuit(p, CONFIG)[0, -4], r"index -4 is out of range for axis 1"),
-    (lambda p: circuits.ov_circuit(p, CONFIG)[0, 0].rows([V]), r"rows: index 101 is out of range"),
+    (lambda p: circuits.ov_circuit(p, CONFIG)[4, 0], r"circuit axis 0 \(size 4\): index 4 is out "
+                                                      r"of range \[-4, 4\)"),
+    (lambda p: circuits.qk_circuit(p, CONFIG)[0, -4], r"circuit axis 1 \(size 3\): index -4"),
+    (lambda p: circuits.qk_circuit(p, CONFIG)[0, 1.0], r"circuit axis 1 \(size 3\): indices must "
+                                                        r"be ints"),
+    (lambda p: circuits.ov_circuit(p, CONFIG)[0, 0].rows([V]),
+     r"rows: index 101 is out of range \[-15, 15\)"),
     (lambda p: circuits.full_ov_circuit(p, CONFIG, 4, 0), r"layer 4 is out of range"),
     (lambda p: circuits.full_ov_circuit(p, CONFIG, 0, 3), r"head 3 is out of range"),
     (lambda p: circuits.copying_scores(p, CONFIG, [1, V]), r"token_ids must be in \[0, 101\)"),
@@ -353,7 +356,7 @@ def test_ablate_heads_refuses_non_pairs_of_ints(heads):
      r"params: .* the config needs"),
     (lambda p: circuits.circuit_spectra(p, bertjax.BertConfig(**{**TINY, "num_hidden_layers": 3})),
      r"config says num_hidden_layers=3"),
-], ids=["layer", "head", "rows", "full-ov-layer", "full-ov-head", "copying", "copying-negative",
+], ids=["layer", "head", "float", "rows", "full-ov-layer", "full-ov-head", "copying", "copying-negative",
         "sizes-config", "layers-config"])
 def test_circuits_guard_indices_and_config(model, call, match):
     params, _, _, _ = model
