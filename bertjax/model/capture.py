@@ -244,7 +244,16 @@ def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,
     (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for)."""
     if isinstance(capture, Taps):
         return capture
-    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch), check_edit(edit))
+    patch, edit = check_patch(patch), check_edit(edit)
+    for what, pairs, labels in (("patch", patch, ("new", "mask")), ("edit", edit, ("mul", "add"))):
+        for name, operands in pairs.items():
+            for label, x in zip(labels, operands):
+                if isinstance(x, dict):
+                    raise ValueError(f"{what}[{name!r}] {label}: named-axes operands are placed by "
+                                     f"bertjax.forward; give a part arrays that broadcast to "
+                                     f"{name}")
+                _real_shape(f"{what}[{name!r}] {label}", x)
+    return Taps(as_frozenset(capture, has_pooler, has_mlm), patch, edit)
 
 
 def _check_pairs(what: str, pairs: dict | None, pair: str, heads_ok: bool) -> dict:

@@ -415,3 +415,15 @@ def test_config_refuses_gaps_in_id2label():
     with pytest.raises(ValueError, match=r"id2label keys must be the ids 0..1 without gaps, got "
                                          r"\['0', '2'\]"):
         bertjax.BertConfig.from_dict({**TINY, "id2label": {"0": "a", "2": "b"}})
+
+
+@pytest.mark.parametrize("mul,match", [(1j, r"must be a real number or array"),
+                                       ({"D": np.ones(D)}, r"named-axes operands are placed by "
+                                                           r"bertjax.forward")],
+                         ids=["complex", "named"])
+def test_parts_check_their_operands_too(model, mul, match):
+    from bertjax.model.embeddings import embeddings
+
+    params, _, ids, _ = model
+    with pytest.raises(ValueError, match=rf"edit\['embed.out'\] mul(: | ){match}"):
+        embeddings(params["embeddings"], ids, CONFIG, edit={"embed.out": (mul, 0.0)})
