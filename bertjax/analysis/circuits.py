@@ -217,6 +217,15 @@ def unembedding(params: dict) -> Float[Array, "D V"]:
     return jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"]).T
 
 
+def _unembed(params: dict, config: BertConfig, unembed, W_E: Array) -> Array:
+    """The [D, V] unembedding: `unembed`, shape-checked, or the model's own (`unembedding`)."""
+    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    if W_U.shape != (config.hidden_size, W_E.shape[0]):
+        raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
+                         f"got {tuple(W_U.shape)}")
+    return W_U
+
+
 def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
                     unembed: Float[Array, "D V"] | None = None) -> FactoredMatrix:
     """One head's token-to-logit OV circuit W_E W_V,h W_O,h W_U, [V, V], as [V, H] @ [H, V].
@@ -229,10 +238,7 @@ def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
       the factored circuit: `.rows(token_ids)` gives the logits each token, attended to, adds.
     """
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
-    if W_U.shape != (config.hidden_size, W_E.shape[0]):
-        raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
-                         f"got {tuple(W_U.shape)}")
+    W_U = _unembed(params, config, unembed, W_E)
     layer = check_index("layer", layer, config.num_hidden_layers)
     head = check_index("head", head, config.num_attention_heads)
     ov = ov_circuit(params, config)[layer, head]
@@ -243,7 +249,7 @@ def full_ov_singular_values(params: dict, config: BertConfig,
                             unembed: Float[Array, "D V"] | None = None) -> Float[Array, "L N H"]:
     """The singular values of every head's full OV circuit, [L, N, H], from the factors."""
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    W_U = _unembed(params, config, unembed, W_E)
     return _full_ov_spectrum(ov_circuit(params, config), W_E, W_U)
 
 
@@ -267,7 +273,7 @@ def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
     the caveats of the full OV circuit (module docstring). token_ids: int [n]; returns [L, N].
     """
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    W_U = _unembed(params, config, unembed, W_E)
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
         raise ValueError(f"token_ids must be int [n], got {token_ids.dtype} {tuple(token_ids.shape)}")

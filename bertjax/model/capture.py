@@ -9,7 +9,9 @@ over layers on axis 0 by `encoder`.
 `capture` may also be a dict `{name or glob: layers}` (`layer_selection`): a per-layer name is then
 captured at the selected layers only, stacked in the given order, and the encoder never writes it
 at the other layers. Edits (`value * mul + add`) and patches (`where(mask, new, value)`) go through
-the same `Taps`; `check_operands` checks their shapes against the activation's stacked shape.
+the same `Taps`; `check_operands` checks their shapes against the activation's stacked shape
+(real numbers only, patch masks boolean or 0/1) and places operands that name their axes
+(`{"N": x}`: `named_operand`), warning on a positional one whose axes are ambiguous.
 
 Name strings live only in this module.
 """

@@ -351,13 +351,15 @@ def test_ablate_heads_refuses_non_pairs_of_ints(heads):
     (lambda p: circuits.full_ov_circuit(p, CONFIG, 0, 3), r"head 3 is out of range"),
     (lambda p: circuits.copying_scores(p, CONFIG, [1, V]), r"token_ids must be in \[0, 101\)"),
     (lambda p: circuits.copying_scores(p, CONFIG, [-1]), r"token_ids must be in \[0, 101\)"),
+    (lambda p: circuits.copying_scores(p, CONFIG, [1], unembed=jnp.zeros((D, V - 1))),
+     r"unembed must have shape \[D, V\]=\(15, 101\), got \(15, 100\)"),
     # (5 heads of 3 for 3 of 5 has the same kernel shapes: what no shape check can tell apart)
     (lambda p: circuits.qk_circuit(p, bertjax.BertConfig(**{**TINY, "intermediate_size": 36})),
      r"params: .* the config needs"),
     (lambda p: circuits.circuit_spectra(p, bertjax.BertConfig(**{**TINY, "num_hidden_layers": 3})),
      r"config says num_hidden_layers=3"),
-], ids=["layer", "head", "float", "rows", "full-ov-layer", "full-ov-head", "copying", "copying-negative",
-        "sizes-config", "layers-config"])
+], ids=["layer", "head", "float", "rows", "full-ov-layer", "full-ov-head", "copying",
+        "copying-negative", "unembed", "sizes-config", "layers-config"])
 def test_circuits_guard_indices_and_config(model, call, match):
     params, _, _, _ = model
     with pytest.raises(ValueError, match=match):
