@@ -9,6 +9,8 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
 import warnings
 
 import jax
@@ -429,3 +431,33 @@ def test_parts_check_their_operands_too(model, mul, match):
     params, _, ids, _ = model
     with pytest.raises(ValueError, match=rf"edit\['embed.out'\] mul(: | ){match}"):
         embeddings(params["embeddings"], ids, CONFIG, edit={"embed.out": (mul, 0.0)})
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="no node to run the pages' scripts")
+@pytest.mark.parametrize("view", ["head_view", "model_view", "neuron_view"])
+def test_page_scripts_run_with_missing_values(tmp_path, view):
+    """The page's own script runs to the end on data with NaN (written as null), and the hostile
+    tokens reach the drawing as plain text."""
+    path = tmp_path / "page.html"
+    with pytest.warns(RuntimeWarning, match=r"not finite"):
+        path.write_text(PAGES[view](nan=True), encoding="utf-8")
+    run = subprocess.run([NODE, os.path.join(os.path.dirname(__file__), "dom_stub.js"), str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    drawn = json.loads(run.stdout)
+    assert XSS in drawn and "<!--<script>" in drawn
+    if view == "neuron_view":
+        assert "missing" in drawn  # the softmax column of the NaN entry
+
+
+@pytest.mark.skipif(NODE is None, reason="no node to run the pages' scripts")
+def test_model_view_shows_the_selected_layer_numbers(tmp_path):
+    path = tmp_path / "page.html"
+    path.write_text(views.model_view_html(_probs()[:2], TOKENS, layers=(3, 1)), encoding="utf-8")
+    run = subprocess.run([NODE, os.path.join(os.path.dirname(__file__), "dom_stub.js"), str(path)],
+                         capture_output=True, text=True, timeout=60)
+    drawn = json.loads(run.stdout)
+    assert "layer 3" in drawn and "layer 1" in drawn and "layer 0" not in drawn
