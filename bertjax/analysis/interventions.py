@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from bertjax.analysis.tables import as_int
 from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
@@ -67,9 +68,12 @@ def _select(what: str, which, size: int) -> np.ndarray:
     chosen = np.zeros(size, bool)
     if which is None:
         return ~chosen
-    for i in np.ravel(np.asarray(which, dtype=object)):
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+    items = (which if isinstance(which, (list, tuple)) else [which] if np.ndim(which) == 0
+             else list(np.ravel(np.asarray(which))))
+    for i in items:
+        if as_int(i) is None:
             raise ValueError(f"{what} must be ints, got {i!r}")
+        i = as_int(i)
         if not 0 <= i < size:
             raise ValueError(f"{what} must be in [0, {size}), got {int(i)}")
         chosen[i] = True
@@ -155,10 +159,9 @@ def ablate_heads(config: BertConfig, heads: Iterable[tuple],
     mask = np.ones((config.num_hidden_layers, config.num_attention_heads), np.float32)
     for pair in heads:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
-                isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
-                for i in pair)):
+                as_int(i) is not None for i in pair)):
             raise ValueError(f"heads must be (layer, head) pairs of ints, got {pair!r}")
-        layer, head = pair
+        layer, head = (as_int(i) for i in pair)
         _select("layer", layer, config.num_hidden_layers)
         _select("head", head, config.num_attention_heads)
         mask[layer, head] = scale

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from bertjax.analysis.tables import as_int
 from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
@@ -134,12 +135,11 @@ class PruneCurve:
         """The head_mask [L, N] of step `step` (1 kept, 0 masked); an int in [-K, K), negative
         from the end."""
         K = len(self.pruned)
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or not (
-                -K <= step < K):
+        if as_int(step) is None or not -K <= as_int(step) < K:
             raise ValueError(f"step must be an int in [-{K}, {K}) (the curve has {K} steps), got "
                              f"{step!r}")
         L, N = self.importance.shape
-        return _masks(self.order, self.pruned[[int(step)]], L, N)[0]
+        return _masks(self.order, self.pruned[[as_int(step)]], L, N)[0]
 
 
 def _masks(order: np.ndarray, pruned: np.ndarray, L: int, N: int) -> np.ndarray:

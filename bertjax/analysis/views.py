@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertjax.analysis.tables import check_index, example_attention, real_positions
+from bertjax.analysis.tables import as_int, check_index, example_attention, real_positions
 from bertjax.checkpoints.files import atomic_write
 from bertjax.model import capture as C
 
@@ -91,23 +91,21 @@ def _b_start(start, count: int) -> int | None:
     """sentence_b_start checked against the `count` tokens shown: None, or an int in [1, count)."""
     if start is None:
         return None
-    if isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer)) or not (
-            1 <= start < count):
+    if as_int(start) is None or not 1 <= as_int(start) < count:
         raise ValueError(f"sentence_b_start must be an int in [1, {count}) (the first token of "
                          f"sentence B among the {count} tokens shown) or None, got {start!r}")
-    return int(start)
+    return as_int(start)
 
 
 def _layer_names(layers, count: int) -> list[int]:
     """The layer numbers shown for the `count` layers of the data (None: 0 .. count - 1)."""
     if layers is None:
         return list(range(count))
-    names = list(np.ravel(np.asarray(layers, dtype=object))) if not isinstance(layers, int) else []
-    if len(names) != count or not all(isinstance(i, (int, np.integer)) and not isinstance(
-            i, (bool, np.bool_)) and i >= 0 for i in names):
+    names = [as_int(i) for i in layers] if isinstance(layers, (tuple, list, np.ndarray)) else []
+    if len(names) != count or not all(i is not None and i >= 0 for i in names):
         raise ValueError(f"layers must name the {count} layers of probs (the layer numbers of a "
                          f"layer-selected capture, in its order), got {layers!r}")
-    return [int(i) for i in names]
+    return names
 
 
 def sentence_b_start(token_type_ids, batch: int = 0) -> int | None:

@@ -461,3 +461,24 @@ def test_model_view_shows_the_selected_layer_numbers(tmp_path):
                          capture_output=True, text=True, timeout=60)
     drawn = json.loads(run.stdout)
     assert "layer 3" in drawn and "layer 1" in drawn and "layer 0" not in drawn
+
+
+@pytest.mark.parametrize("index", [np.int64(2), jnp.int32(2), jnp.asarray(2)],
+                         ids=["np.int64", "jnp.int32", "jax-scalar"])
+def test_integer_scalars_are_indices_everywhere(model, index):
+    """NumPy and JAX integer scalars are taken wherever a Python int is (views, builders, curve)."""
+    _, _, _, clean = model
+    page = views.model_view_html(_probs(), TOKENS, layer=index, head=index, sentence_b_start=index,
+                                 layers=[index, 0, 1, 3])
+    data = _strict(_script_payloads(page)[0])
+    assert (data["layer"], data["head"], data["sentence_b_start"]) == (2, 2, 2)
+    assert data["layer_names"] == [2, 0, 1, 3]
+    _, mask = interventions.patch_from(clean.acts, "attn.probs", layers=index, heads=[index],
+                                       config=CONFIG)
+    assert np.asarray(mask)[2, :, 2].all() and not np.asarray(mask)[1].any()
+    assert interventions.ablate_heads(CONFIG, [(index, index)])[2, 2] == 0
+    curve = pruning.PruneCurve(pruned=np.arange(0, 13), share=np.arange(13) / 12,
+                               values=np.zeros(13), order=np.stack([np.arange(12) // 3,
+                                                                    np.arange(12) % 3], 1),
+                               importance=np.zeros((L, N)))
+    assert curve.mask(index).sum() == L * N - 2
