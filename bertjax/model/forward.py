@@ -18,6 +18,7 @@ from bertjax.model.config import BertConfig
 from bertjax.model.embeddings import embeddings
 from bertjax.model.encoder import encoder, is_stacked, stacked_once
 from bertjax.model.heads import mlm_logits, pooler
+from bertjax.model.operands import check_operands, is_real_dtype
 from bertjax.model.params import Heads, check_params
 
 
@@ -75,15 +76,15 @@ def _interventions(config: BertConfig, input_ids, patch, edit, heads: Heads | No
             if name in edit and not has:
                 raise ValueError(f"cannot edit {name!r}: this model has no {what}")
     sizes = _sizes(config, input_ids)
-    patch = C.check_operands("patch", patch, sizes, ("new", "mask"))
-    edit = C.check_operands("edit", edit, sizes, ("mul", "add"))
+    patch = check_operands("patch", patch, sizes, ("new", "mask"))
+    edit = check_operands("edit", edit, sizes, ("mul", "add"))
     edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
     if head_mask is not None:
         try:
             dtype = head_mask.dtype if hasattr(head_mask, "dtype") else np.asarray(head_mask).dtype
         except (TypeError, ValueError):  # ragged
             dtype = np.dtype(object)
-        if not C.is_real_dtype(dtype):
+        if not is_real_dtype(dtype):
             raise ValueError(f"head_mask must be a float [L, N] array, got "
                              f"{type(head_mask).__name__} of dtype {dtype}")
         head_mask = _as_array(head_mask)
@@ -120,7 +121,7 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
         New values and masks do not recompile.
       edit: activation name -> (mul, add): the activation becomes value * mul + add before
         anything downstream reads it (captured values are the edited ones). mul and add broadcast
-        to the stacked shape ([L, ...] for per-layer names; see `capture.check_operands`), or
+        to the stacked shape ([L, ...] for per-layer names; see `bertjax.model.operands`), or
         name their axes: `{"attn.probs": ({"N": scale}, 0.0)}` scales each head whatever S is
         (a positional [N] operand is aligned to the trailing axis T, and warns when S == N).
         Real numbers only (no None, strings or complex). New values do not recompile.

@@ -19,6 +19,7 @@ from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.forward import forward
+from bertjax.model.operands import check_operands
 from bertjax.model.params import Heads
 
 # forward's keyword arguments that are arrays (traced); `capture` is static.
@@ -72,7 +73,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     for what, pair in (("edit", ("mul", "add")), ("patch", ("new", "mask"))):
         if arrays.get(what):  # checked here, on concrete values, not inside the trace
             checked = (C.check_edit if what == "edit" else C.check_patch)(arrays[what])
-            arrays[what] = C.check_operands(what, checked, sizes, pair)
+            arrays[what] = check_operands(what, checked, sizes, pair)
     zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
     grads = _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
                    capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
