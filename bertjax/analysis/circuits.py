@@ -55,10 +55,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from bertjax.analysis.tables import check_index
 from bertjax.model.config import BertConfig
 from bertjax.model.encoder import stack_layers
+from bertjax.model.params import check_params, check_tree
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["left", "right"], meta_fields=[])
@@ -90,12 +93,39 @@ class FactoredMatrix:
         return _frobenius(_core(self.left, self.right))
 
     def rows(self, index) -> Array:
-        """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices."""
-        return jnp.take(self.left, jnp.asarray(index), axis=-2) @ self.right
+        """Rows `index` of the product: left[..., index, :] @ right, e.g. [n, N] for n indices.
+        Indices in [-M, M), negative ones from the end as in Python; others raise ValueError."""
+        index = _in_range("rows", index, self.left.shape[-2])
+        return jnp.take(self.left, index, axis=-2) @ self.right
 
     def __getitem__(self, index) -> FactoredMatrix:
-        """Selects along the batch axes, e.g. `circuit[layer, head]`."""
+        """Selects along the batch axes, e.g. `circuit[layer, head]` (negative indices from the end,
+        as in Python; an index out of range raises ValueError instead of being clamped)."""
+        index = index if isinstance(index, tuple) else (index,)
+        batch = self.left.shape[:-2]
+        if len(index) > len(batch) and Ellipsis not in index:
+            raise ValueError(f"index {index} has more axes than the batch axes {batch}")
+        if Ellipsis not in index:
+            index = tuple(i if isinstance(i, slice) or i is None else
+                          _in_range(f"circuit axis {axis} (size {batch[axis]})", i, batch[axis])
+                          for axis, i in enumerate(index))
         return FactoredMatrix(self.left[index], self.right[index])
+
+
+def _in_range(what: str, index, size: int):
+    """An int, ints or a concrete int array in [-size, size), negative ones made non-negative;
+    ValueError otherwise. Traced indices pass unchanged (their values cannot be read)."""
+    if isinstance(index, jax.core.Tracer):
+        return index
+    values = np.asarray(index)
+    if isinstance(index, (bool, np.bool_)) or values.dtype.kind not in "iu":
+        raise ValueError(f"{what}: indices must be ints, got {index!r}")
+    bad = values[(values < -size) | (values >= size)]
+    if bad.size:
+        raise ValueError(f"{what}: index {int(bad.flat[0])} is out of range [-{size}, {size})")
+    if values.ndim == 0:
+        return int(values) % size
+    return jnp.asarray(values % size)
 
 
 def _frobenius(x: Array) -> Array:
@@ -147,6 +177,10 @@ def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L 
     Returns:
       {"q", "k", "v": float [L, N, D, H] (W_Q,h, W_K,h, W_V,h), "o": float [L, N, H, D] (W_O,h)}.
     """
+    if "embeddings" in params:  # the checks `forward` runs: shapes against the config
+        check_params(params, config)
+    else:
+        check_tree(params, config, "encoder")
     layers = stack_layers(params)
     layers = (layers["encoder"] if "encoder" in layers else layers)["layer"]
     N, H = config.num_attention_heads, config.head_size
@@ -183,6 +217,15 @@ def unembedding(params: dict) -> Float[Array, "D V"]:
     return jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"]).T
 
 
+def _unembed(params: dict, config: BertConfig, unembed, W_E: Array) -> Array:
+    """The [D, V] unembedding: `unembed`, shape-checked, or the model's own (`unembedding`)."""
+    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    if W_U.shape != (config.hidden_size, W_E.shape[0]):
+        raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
+                         f"got {tuple(W_U.shape)}")
+    return W_U
+
+
 def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
                     unembed: Float[Array, "D V"] | None = None) -> FactoredMatrix:
     """One head's token-to-logit OV circuit W_E W_V,h W_O,h W_U, [V, V], as [V, H] @ [H, V].
@@ -195,10 +238,9 @@ def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
       the factored circuit: `.rows(token_ids)` gives the logits each token, attended to, adds.
     """
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
-    if W_U.shape != (config.hidden_size, W_E.shape[0]):
-        raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
-                         f"got {tuple(W_U.shape)}")
+    W_U = _unembed(params, config, unembed, W_E)
+    layer = check_index("layer", layer, config.num_hidden_layers)
+    head = check_index("head", head, config.num_attention_heads)
     ov = ov_circuit(params, config)[layer, head]
     return FactoredMatrix(W_E @ ov.left, ov.right @ W_U)
 
@@ -207,7 +249,7 @@ def full_ov_singular_values(params: dict, config: BertConfig,
                             unembed: Float[Array, "D V"] | None = None) -> Float[Array, "L N H"]:
     """The singular values of every head's full OV circuit, [L, N, H], from the factors."""
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    W_U = _unembed(params, config, unembed, W_E)
     return _full_ov_spectrum(ov_circuit(params, config), W_E, W_U)
 
 
@@ -231,10 +273,14 @@ def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
     the caveats of the full OV circuit (module docstring). token_ids: int [n]; returns [L, N].
     """
     W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    W_U = _unembed(params, config, unembed, W_E)
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
         raise ValueError(f"token_ids must be int [n], got {token_ids.dtype} {tuple(token_ids.shape)}")
+    V = W_E.shape[0]
+    if token_ids.size and not (0 <= int(jnp.min(token_ids)) and int(jnp.max(token_ids)) < V):
+        bad = int(jnp.min(token_ids)) if int(jnp.min(token_ids)) < 0 else int(jnp.max(token_ids))
+        raise ValueError(f"token_ids must be in [0, {V}) (the vocabulary), got {bad}")
     return _copying(ov_circuit(params, config), W_E, W_U, token_ids, k)
 
 

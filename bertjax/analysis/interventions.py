@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from bertjax.analysis.tables import as_int
 from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
@@ -62,11 +63,17 @@ def _check_shape(config: BertConfig | None, name: str, axes: list[str], shape: t
 
 
 def _select(what: str, which, size: int) -> np.ndarray:
-    """None -> all of the axis; an int or ints -> a bool vector [size] with those set."""
+    """None -> all of the axis; an int or ints (NumPy ints too; no floats or bools) -> a bool vector
+    [size] with those set."""
     chosen = np.zeros(size, bool)
     if which is None:
         return ~chosen
-    for i in np.atleast_1d(np.asarray(which, dtype=int)):
+    items = (which if isinstance(which, (list, tuple)) else [which] if np.ndim(which) == 0
+             else list(np.ravel(np.asarray(which))))
+    for i in items:
+        if as_int(i) is None:
+            raise ValueError(f"{what} must be ints, got {i!r}")
+        i = as_int(i)
         if not 0 <= i < size:
             raise ValueError(f"{what} must be in [0, {size}), got {int(i)}")
         chosen[i] = True
@@ -124,32 +131,44 @@ def patch_from(clean_acts: dict, name: str, *, layers=None, heads=None, position
     `forward(..., patch={name: patch_from(clean.acts, name, layers=[3], heads=[5])})` replaces
     layer 3 head 5's activation by the clean run's. The selections are those of `patch_where`.
     """
-    clean = _clean_values(clean_acts, name)
+    clean = _clean_values(clean_acts, name, config)
     mask = patch_where(config, name, clean.shape, layers=layers, heads=heads,
                        positions=positions, batch=batch)
     return clean, mask
 
 
-def _clean_values(clean_acts: dict, name: str) -> Array:
+def _clean_values(clean_acts: dict, name: str, config: BertConfig | None = None) -> Array:
+    """clean_acts[name] as an array; with `config`, refused unless it has every layer (a
+    layer-selected capture, [k, ...], would be patched into the wrong layers)."""
     axes_of(name)
     if name not in clean_acts:
         raise ValueError(f"the clean activations have no {name!r}: capture it in the clean run "
                          f"(have: {', '.join(sorted(clean_acts)) or 'none'})")
-    return jnp.asarray(clean_acts[name])
+    clean = jnp.asarray(clean_acts[name])
+    L = None if config is None else config.num_hidden_layers
+    if L is not None and name in C.LAYER_NAMES and (clean.ndim == 0 or clean.shape[0] != L):
+        got = clean.shape[0] if clean.ndim else 0
+        raise ValueError(f"clean_acts[{name!r}] has {got} layers but the model has {L}: a "
+                         f"layer-selected capture? capture every layer of {name} in the clean run")
+    return clean
 
 
-def ablate_heads(config: BertConfig, heads: Iterable[tuple[int, int]],
+def ablate_heads(config: BertConfig, heads: Iterable[tuple],
                  scale: float = 0.0) -> Float[Array, "L N"]:
     """A head_mask [L, N] of ones with `scale` (0: ablate) at each (layer, head) in `heads`."""
     mask = np.ones((config.num_hidden_layers, config.num_attention_heads), np.float32)
-    for layer, head in heads:
+    for pair in heads:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+                as_int(i) is not None for i in pair)):
+            raise ValueError(f"heads must be (layer, head) pairs of ints, got {pair!r}")
+        layer, head = (as_int(i) for i in pair)
         _select("layer", layer, config.num_hidden_layers)
         _select("head", head, config.num_attention_heads)
         mask[layer, head] = scale
     return jnp.asarray(mask)
 
 
-def keep_heads(config: BertConfig, heads: Iterable[tuple[int, int]]) -> Float[Array, "L N"]:
+def keep_heads(config: BertConfig, heads: Iterable[tuple]) -> Float[Array, "L N"]:
     """A head_mask [L, N] that keeps only the (layer, head) pairs in `heads` (all others 0)."""
     return 1.0 - ablate_heads(config, heads)
 
@@ -201,7 +220,7 @@ def patch_sweep(params: dict, config: BertConfig, corrupted_inputs: dict, clean_
     """
     axes, letter = _sweep_axes(name, over)
     inputs = _inputs(config, corrupted_inputs)
-    clean = _clean_values(clean_acts, name)
+    clean = _clean_values(clean_acts, name, config)
     return _sweep(params, inputs, clean, config=config, name=name, metric=metric, axes=tuple(axes),
                   letter=letter, capture=C.resolve(capture, has_mlm="cls" in params,
                                                    has_pooler="pooler" in params),
@@ -243,7 +262,7 @@ def attribution_patch(params: dict, config: BertConfig, corrupted_inputs: dict, 
     """
     axes, letter = _sweep_axes(name, over)
     inputs = _inputs(config, corrupted_inputs)
-    clean = _clean_values(clean_acts, name)
+    clean = _clean_values(clean_acts, name, config)
     capture = C.resolve(capture, has_mlm="cls" in params, has_pooler="pooler" in params)
     return _attribution(params, inputs, clean, config=config, name=name, metric=metric,
                         axes=tuple(axes), letter=letter, capture=capture)

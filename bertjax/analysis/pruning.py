@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterable
 
 import jax
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from bertjax.analysis.tables import as_int
 from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
@@ -98,6 +100,14 @@ def head_importance(params: dict, config: BertConfig, batches: Iterable[dict],
                                           capture=names)))
              for inputs, extra, _ in batches]
     scores = _weighted_mean(grads, [rows for *_, rows in batches])  # [L, N]
+    if not np.isfinite(scores).all():
+        raise ValueError("head importance is NaN or Inf: the metric or its gradient with respect to "
+                         "the head mask is not finite on these batches; check the metric (a loss) "
+                         "or pass importance= yourself")
+    if not scores.any():
+        warnings.warn("head importance is all zero: the metric's gradient with respect to the head "
+                      "mask is zero everywhere (e.g. an argmax accuracy); use a differentiable "
+                      "metric (a loss) for importance", RuntimeWarning, stacklevel=2)
     if normalize:
         scores = scores / (np.linalg.norm(scores, axis=1, keepdims=True) + 1e-20)
     return scores
@@ -121,10 +131,15 @@ class PruneCurve:
     order: np.ndarray
     importance: np.ndarray
 
-    def mask(self, step: int) -> np.ndarray:
-        """The head_mask [L, N] of step `step` (1 kept, 0 masked)."""
+    def mask(self, step) -> np.ndarray:
+        """The head_mask [L, N] of step `step` (1 kept, 0 masked); an int in [-K, K), negative
+        from the end."""
+        K = len(self.pruned)
+        if as_int(step) is None or not -K <= as_int(step) < K:
+            raise ValueError(f"step must be an int in [-{K}, {K}) (the curve has {K} steps), got "
+                             f"{step!r}")
         L, N = self.importance.shape
-        return _masks(self.order, self.pruned[step:step + 1], L, N)[0]
+        return _masks(self.order, self.pruned[[as_int(step)]], L, N)[0]
 
 
 def _masks(order: np.ndarray, pruned: np.ndarray, L: int, N: int) -> np.ndarray:
@@ -137,6 +152,17 @@ def _masks(order: np.ndarray, pruned: np.ndarray, L: int, N: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))
 def _curve(params, inputs, extra, masks, *, config, metric, capture):
     return jax.lax.map(lambda m: _run(params, inputs, extra, m, config, metric, capture), masks)
+
+
+def _check_importance(importance: np.ndarray) -> None:
+    """Refuses an order that means nothing: NaN or Inf scores, or all zero."""
+    if not np.issubdtype(importance.dtype, np.number) or not np.isfinite(importance).all():
+        raise ValueError("importance= holds NaN or Inf (or is not numeric): the order of the heads "
+                         "would be arbitrary; give finite scores")
+    if not importance.any():
+        raise ValueError("importance= is all zero, so every order is a tie (the metric's gradient "
+                         "is zero everywhere, e.g. argmax accuracy): pass importance_metric= a "
+                         "differentiable loss, or importance= your own scores")
 
 
 def prune_curve(params: dict, config: BertConfig, batches: Iterable[dict], metric: Callable,
@@ -164,6 +190,7 @@ def prune_curve(params: dict, config: BertConfig, batches: Iterable[dict], metri
     importance = np.asarray(importance)
     if importance.shape != (L, N):
         raise ValueError(f"importance must have shape [L, N]={(L, N)}, got {importance.shape}")
+    _check_importance(importance)
     flat = np.argsort(importance.ravel(), kind="stable")  # least important first
     order = np.stack([flat // N, flat % N], axis=1)  # [L * N, 2]
     pruned = np.unique(np.r_[np.arange(0, L * N, step), L * N])

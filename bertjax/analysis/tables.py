@@ -11,6 +11,7 @@ Axis letters: L layers, B batch, N heads, S query positions, T key positions, D 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,8 +50,23 @@ _COUNTED = {"layer": "the model has {} layers", "head": "the model has {} heads"
             "batch": "the batch has {} examples"}
 
 
-def check_index(name: str, index: int, count: int) -> int:
-    """A layer, head or batch index in [-count, count), returned as a non-negative index."""
+def as_int(value) -> int | None:
+    """An int, NumPy int or integer scalar array as a Python int; None for anything else (floats,
+    bools, strings, arrays of several values)."""
+    if isinstance(value, (bool, np.bool_)) or np.dtype(getattr(value, "dtype", object)).kind == "b":
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_index(name: str, index, count: int) -> int:
+    """A layer, head or batch index in [-count, count), returned as a non-negative Python int
+    (NumPy ints are taken; floats and bools refused)."""
+    if as_int(index) is None:
+        raise ValueError(f"{name} must be an integer index, got {type(index).__name__} {index!r}")
+    index = as_int(index)
     if not -count <= index < count:
         raise ValueError(f"{name} {index} is out of range: {_COUNTED[name].format(count)} "
                          f"(0..{count - 1}, or negative from the end)")

@@ -9,7 +9,8 @@ over layers on axis 0 by `encoder`.
 `capture` may also be a dict `{name or glob: layers}` (`layer_selection`): a per-layer name is then
 captured at the selected layers only, stacked in the given order, and the encoder never writes it
 at the other layers. Edits (`value * mul + add`) and patches (`where(mask, new, value)`) go through
-the same `Taps`; `check_operands` checks their shapes against the activation's stacked shape.
+the same `Taps`; `bertjax.model.operands.check_operands` checks their operands against the
+activation's stacked shape (`stacked_shape`) before anything is traced.
 
 Name strings live only in this module.
 """
@@ -242,9 +243,20 @@ def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,
              has_mlm: bool = False, edit: dict | None = None) -> Taps:
     """The Taps of a call: `capture` itself when a caller passes its Taps down, else a new one
     (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for)."""
+    from bertjax.model.operands import real_shape  # operands imports this module
+
     if isinstance(capture, Taps):
         return capture
-    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch), check_edit(edit))
+    patch, edit = check_patch(patch), check_edit(edit)
+    for what, pairs, labels in (("patch", patch, ("new", "mask")), ("edit", edit, ("mul", "add"))):
+        for name, operands in pairs.items():
+            for label, x in zip(labels, operands):
+                if isinstance(x, dict):
+                    raise ValueError(f"{what}[{name!r}] {label}: named-axes operands are placed by "
+                                     f"bertjax.forward; give a part arrays that broadcast to "
+                                     f"{name}")
+                real_shape(f"{what}[{name!r}] {label}", x)
+    return Taps(as_frozenset(capture, has_pooler, has_mlm), patch, edit)
 
 
 def _check_pairs(what: str, pairs: dict | None, pair: str, heads_ok: bool) -> dict:
@@ -276,26 +288,3 @@ def stacked_shape(name: str, sizes: dict[str, int]) -> tuple[int, ...]:
     """An activation's stacked shape from axis sizes (letters of `SHAPES`; T is S)."""
     sizes = {**sizes, "T": sizes["S"]}
     return tuple(sizes[letter] for letter in SHAPES[name].split())
-
-
-def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[str, str]) -> None:
-    """Raises ValueError unless each operand of `pairs` broadcasts to its activation's stacked
-    shape without changing it (NumPy broadcasting: trailing axes aligned, each either 1 or the
-    activation's size; missing leading axes are broadcast).
-
-    Args:
-      what: "edit" or "patch" (named in the message).
-      pairs: name -> two operands; sizes: axis letter -> size (L, B, S, N, H, D, I, V).
-      labels: the operands' names in the message, e.g. ("mul", "add").
-    """
-    import numpy as np
-
-    for name, operands in pairs.items():
-        target = stacked_shape(name, sizes)
-        for label, x in zip(labels, operands):
-            shape = tuple(np.shape(x))
-            if len(shape) > len(target) or any(
-                    a not in (1, b) for a, b in zip(shape[::-1], target[::-1])):
-                raise ValueError(
-                    f"{what}[{name!r}] {label} has shape {shape}, which does not broadcast to "
-                    f"{name}'s stacked shape [{', '.join(SHAPES[name].split())}]={target}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import stat
 import sys
@@ -97,8 +98,8 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
         for name in ("layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
-            if not (_is_number(value) and value > 0):
-                raise ValueError(f"BertConfig.{name} must be a number > 0, got {value!r}")
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"BertConfig.{name} must be a finite number > 0, got {value!r}")
         if self.id2label and len(self.id2label) != self.num_labels:
             raise ValueError(f"BertConfig.id2label has {len(self.id2label)} names but "
                              f"num_labels={self.num_labels}")
@@ -240,6 +241,9 @@ def _label_names(id2label) -> tuple[str, ...]:
             order = sorted(id2label, key=int)
         except (TypeError, ValueError):
             raise ValueError(f"config id2label keys must be label ids, got {sorted(id2label)!r}") from None
+        if [int(k) for k in order] != list(range(len(order))):  # a gap would renumber the labels
+            raise ValueError(f"config id2label keys must be the ids 0..{len(order) - 1} without "
+                             f"gaps, got {order!r}")
         return tuple(str(id2label[k]) for k in order)
     if isinstance(id2label, (list, tuple)):
         return tuple(str(x) for x in id2label)

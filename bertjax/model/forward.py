@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
@@ -17,7 +18,8 @@ from bertjax.model.config import BertConfig
 from bertjax.model.embeddings import embeddings
 from bertjax.model.encoder import encoder, is_stacked, stacked_once
 from bertjax.model.heads import mlm_logits, pooler
-from bertjax.model.params import check_params
+from bertjax.model.operands import check_operands, is_real_dtype
+from bertjax.model.params import Heads, check_params
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["last_hidden_state",
@@ -63,20 +65,36 @@ def _sizes(config: BertConfig, input_ids) -> dict[str, int]:
             "V": config.vocab_size}
 
 
-def _interventions(config: BertConfig, input_ids, patch, edit) -> tuple[dict, dict]:
-    """Checked patch and edit, operands as arrays, before anything is traced."""
+def _interventions(config: BertConfig, input_ids, patch, edit, heads: Heads | None = None,
+                   head_mask=None) -> tuple[dict, dict, Any]:
+    """Checked patch, edit and head_mask, operands as arrays (named ones placed), before anything is
+    traced; `heads`: the model's heads (an edit at a head it lacks would do nothing)."""
     patch, edit = C.check_patch(patch), C.check_edit(edit)
-    edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
+    if heads is not None:
+        for name, has, what in ((C.MLM_LOGITS, heads.mlm, "MLM head"),
+                                (C.POOLER_OUT, heads.pooler, "pooler")):
+            if name in edit and not has:
+                raise ValueError(f"cannot edit {name!r}: this model has no {what}")
     sizes = _sizes(config, input_ids)
-    C.check_operands("patch", patch, sizes, ("new", "mask"))
-    C.check_operands("edit", edit, sizes, ("mul", "add"))
-    return patch, edit
+    patch = check_operands("patch", patch, sizes, ("new", "mask"))
+    edit = check_operands("edit", edit, sizes, ("mul", "add"))
+    edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
+    if head_mask is not None:
+        try:
+            dtype = head_mask.dtype if hasattr(head_mask, "dtype") else np.asarray(head_mask).dtype
+        except (TypeError, ValueError):  # ragged
+            dtype = np.dtype(object)
+        if not is_real_dtype(dtype):
+            raise ValueError(f"head_mask must be a float [L, N] array, got "
+                             f"{type(head_mask).__name__} of dtype {dtype}")
+        head_mask = _as_array(head_mask)
+    return patch, edit, head_mask
 
 
 def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
             token_type_ids: ArrayLike | None = None, attention_mask: ArrayLike | None = None,
             position_ids: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
-            head_mask: ArrayLike | None = None, patch: dict | None = None,
+            head_mask: ArrayLike | list | None = None, patch: dict | None = None,
             edit: dict | None = None, reuse: BertOutput | None = None,
             offload: bool = False) -> BertOutput:
     """Runs BERT and returns its outputs and the captured activations.
@@ -96,16 +114,20 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
         only, stacked in the given order (`bertjax.model.capture.layer_selection`).
       rng: PRNG key; turns dropout on (training). None is deterministic inference.
       head_mask: float [L, N] multiplying each head's attention probabilities, or None.
-      patch: activation name -> (new, mask) replacing that activation where mask is True and
+      patch: activation name -> (new, mask) replacing that activation where mask is True (a bool
+        mask, or 0/1 values; new values of every layer, not a layer-selected capture) and
         letting the change flow downstream; per-layer names take [L, ...] arrays (see
         `bertjax.model.capture.Taps` and the builders in `bertjax.analysis.interventions`).
         New values and masks do not recompile.
       edit: activation name -> (mul, add): the activation becomes value * mul + add before
         anything downstream reads it (captured values are the edited ones). mul and add broadcast
-        to the stacked shape ([L, ...] for per-layer names; see `capture.check_operands`). New
-        values do not recompile.
-      reuse: an earlier BertOutput of the same shapes and capture: its buffers are donated to
-        this call, which may write into them; it is invalid afterwards (reading it raises).
+        to the stacked shape ([L, ...] for per-layer names; see `bertjax.model.operands`), or
+        name their axes: `{"attn.probs": ({"N": scale}, 0.0)}` scales each head whatever S is
+        (a positional [N] operand is aligned to the trailing axis T, and warns when S == N).
+        Real numbers only (no None, strings or complex). New values do not recompile.
+      reuse: an earlier BertOutput of the same shapes, capture and `offload`, not donated
+        before and not also passed as a patch or edit value: its buffers are donated to this
+        call, which may write into them; it is invalid afterwards (reading it raises).
       offload: place the captured activations in host memory (JAX memory kind "pinned_host")
         from inside the program, so that captures larger than device memory fit (static; for
         inference: outputs in host memory are not meant for differentiation).
@@ -122,17 +144,22 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     names, layers, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                                      position_ids, capture)
-    patch, edit = _interventions(config, arrays[0], patch, edit)
+    patch, edit, head_mask = _interventions(config, arrays[0], patch, edit, Heads.of(params),
+                                            head_mask)
     args = (_with_stacked_layers(params), *arrays, rng, head_mask, patch, edit)
     static = dict(config=config, capture=names, layers=layers, offload=offload)
     if reuse is None:
         return _forward(*args, **static)
-    _check_reuse(reuse, jax.eval_shape(functools.partial(_forward, **static), *args))
+    _check_reuse(reuse, jax.eval_shape(functools.partial(_forward, **static), *args), offload,
+                 args)
     return _forward_reusing(*args, reuse, **static)
 
 
-def _check_reuse(reuse, expected: BertOutput) -> None:
-    """Raises ValueError unless `reuse` has the structure, shapes and dtypes of this call's output."""
+def _check_reuse(reuse, expected: BertOutput, offload: bool = False, inputs=()) -> None:
+    """Raises ValueError unless `reuse` can be donated to this call: the structure, shapes and
+    dtypes of its output, live buffers (not donated before), each in the memory (device or host,
+    `offload`) and on the devices this call writes it to, and none of them also an input of the
+    call (a patch value, say). XLA aborts the process, or fails with a long log, on each of these."""
     if not isinstance(reuse, BertOutput):
         raise ValueError(f"reuse must be a BertOutput of an earlier forward, got "
                          f"{type(reuse).__name__}")
@@ -141,6 +168,48 @@ def _check_reuse(reuse, expected: BertOutput) -> None:
     if got != want:
         raise ValueError(f"reuse must have this call's output shapes and capture: expected "
                          f"{want}, got {got}")
+    leaves = jax.tree_util.tree_leaves_with_path(reuse)
+    if any(isinstance(x, jax.Array) and x.is_deleted() for _, x in leaves):
+        raise ValueError("reuse: its buffers were already donated to an earlier call (an output "
+                         "given as reuse= is invalid afterwards): pass the latest output")
+    devices = _devices(inputs)
+    taken = {id(x) for x in jax.tree_util.tree_leaves(inputs)}
+    for path, x in leaves:
+        where = jax.tree_util.keystr(path).lstrip(".")
+        if not isinstance(x, jax.Array):
+            raise ValueError(f"reuse: {where} is a {type(x).__name__}, not a jax.Array of an "
+                             f"earlier forward")
+        if id(x) in taken:
+            raise ValueError(f"reuse: {where} is also passed as an input of this call (a patch or "
+                             f"edit value?): donating it would free an input; pass a copy "
+                             f"(jnp.array(x)) or another output as reuse")
+        memory = x.sharding.memory_kind
+        want = "pinned_host" if offload and where.startswith("acts") else _device_memory(x)
+        if memory is not None and memory != want:
+            raise ValueError(f"reuse: {where} is in {memory} memory, this call writes it to {want} "
+                             f"memory: reuse an output of a call with the same offload="
+                             f"{offload}")
+        if devices and not x.sharding.device_set <= devices:
+            raise ValueError(f"reuse: {where} is on {sorted(map(str, x.sharding.device_set))}, "
+                             f"this call runs on {sorted(map(str, devices))}: reuse an output of a "
+                             f"call on the same devices")
+
+
+def _device_memory(x) -> str | None:
+    """The default memory kind of x's devices ("device" on CPU and GPU)."""
+    try:
+        return next(iter(x.sharding.device_set)).default_memory().kind
+    except Exception:  # noqa: BLE001 (platforms without memory kinds)
+        return x.sharding.memory_kind
+
+
+def _devices(inputs) -> set:
+    """The devices of the call's concrete array inputs (empty when it has none to go by)."""
+    devices = set()
+    for x in jax.tree_util.tree_leaves(inputs):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+            devices |= x.sharding.device_set
+    return devices
 
 
 def _with_stacked_layers(params: dict) -> dict:
@@ -203,7 +272,8 @@ def checked_forward(params: dict, input_ids: ArrayLike, config: BertConfig,
     """
     names, layers, arrays = _prepare(params, input_ids, config, token_type_ids, attention_mask,
                                      position_ids, capture, values=False)
-    patch, edit = _interventions(config, arrays[0], patch, edit)
+    patch, edit, head_mask = _interventions(config, arrays[0], patch, edit, Heads.of(params),
+                                            head_mask)
     return _checked(_with_stacked_layers(params), *arrays, rng, head_mask, patch, edit,
                     config=config, capture=names, layers=layers)
 

@@ -19,6 +19,7 @@ from bertjax.model import capture as C
 from bertjax.model.checks import check_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.forward import forward
+from bertjax.model.operands import check_operands
 from bertjax.model.params import Heads
 
 # forward's keyword arguments that are arrays (traced); `capture` is static.
@@ -34,7 +35,8 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
       params, input_ids, config: as for `bertjax.forward`.
       metric: BertOutput -> float scalar, jittable. It is a static argument: pass the same function
         object again to reuse the compiled program.
-      names: activation names or globs ("all", "attn.*"), as for `capture`.
+      names: activation names or globs ("all", "attn.*"), as for `capture`; a dict
+        `{name: layers}` gives the gradients at those layers only ([len(layers), ...]).
       **forward_kwargs: any other `forward` argument (token_type_ids, attention_mask, capture for
         what the metric reads, head_mask, patch, edit, rng); not `reuse`. A name also in `edit`
         gets the gradient at its edited value.
@@ -46,6 +48,8 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
       ValueError: unknown names, `reuse` given, or any error `forward` raises.
     """
     heads = Heads.of(params)
+    selection = dict(C.layer_selection(names, config.num_hidden_layers, has_pooler=heads.pooler,
+                                       has_mlm=heads.mlm))
     names = C.resolve(names, has_pooler=heads.pooler, has_mlm=heads.mlm)
     unknown = set(forward_kwargs) - set(_ARRAY_KWARGS) - {"capture"}
     if unknown:
@@ -66,9 +70,16 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
              "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
              "V": config.vocab_size}
+    for what, pair in (("edit", ("mul", "add")), ("patch", ("new", "mask"))):
+        if arrays.get(what):  # checked here, on concrete values, not inside the trace
+            checked = (C.check_edit if what == "edit" else C.check_patch)(arrays[what])
+            arrays[what] = check_operands(what, checked, sizes, pair)
     zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
-    return _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
-                  capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
+    grads = _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
+                   capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
+    # a dict `names` selects layers, as for capture: those layers, in the given order
+    return {name: grads[name][jnp.asarray(selection[name])] if name in selection else grads[name]
+            for name in grads}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))

@@ -84,7 +84,7 @@ def test_other_model_type_is_refused():
     ("hidden_dropout_prob", 1.0, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.0"),
     ("attention_probs_dropout_prob", "0.1", r"attention_probs_dropout_prob must be of type float"),
     ("classifier_dropout", -0.5, r"classifier_dropout must be a number in \[0, 1\), got -0.5"),
-    ("layer_norm_eps", 0, r"layer_norm_eps must be a number > 0, got 0.0"),
+    ("layer_norm_eps", 0, r"layer_norm_eps must be a finite number > 0, got 0.0"),
     ("tie_word_embeddings", "yes", r"tie_word_embeddings must be of type bool, got 'yes'"),
 ])
 def test_bad_values_name_the_field(key, value, match):
