@@ -13,6 +13,8 @@ The package is laid out in wings; each may import only the wings before it in th
   checkpoints/  reading, converting, verifying and saving checkpoints (imports model)
   analysis/     tables, views, plots, attribution, interventions, circuits (model, checkpoints)
   scale/        sharding, corpus extraction, activation store, buckets (model, checkpoints)
+  probing/      probes, control tasks, MDL, structural probes, integrated gradients
+                (model, checkpoints, analysis, scale)
   training/     losses, train step, fine-tuning, data sets (the four above)
   commands/     the `bertjax` command line (anything)
 
@@ -36,6 +38,7 @@ _EXPORTS = {
     "checked_forward": "bertjax.model.forward",
     "classifier_logits": "bertjax.model.heads",
     "composition_scores": "bertjax.analysis.circuits",
+    "control_labels": "bertjax.probing.control",
     "convert_checkpoint": "bertjax.checkpoints.checkpoint",
     "embeddings": "bertjax.model.embeddings",
     "enable_compilation_cache": "bertjax.scale.compile_cache",
@@ -53,6 +56,8 @@ _EXPORTS = {
     "pad_batch": "bertjax.scale.buckets",
     "param_shapes": "bertjax.model.params",
     "pooler": "bertjax.model.heads",
+    "probe_layers": "bertjax.probing.linear",
+    "ProbeResult": "bertjax.probing.linear",
     "prune_curve": "bertjax.analysis.pruning",
     "qk_circuit": "bertjax.analysis.circuits",
     "resolve_capture": "bertjax.model.capture:resolve",
