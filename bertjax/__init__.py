@@ -60,11 +60,13 @@ _EXPORTS = {
     "ProbeResult": "bertjax.probing.linear",
     "prune_curve": "bertjax.analysis.pruning",
     "qk_circuit": "bertjax.analysis.circuits",
+    "read_conllu": "bertjax.probing.treebank",
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
     "site_grads": "bertjax.model.site_grads",
     "stack_layers": "bertjax.model.encoder",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
+    "word_features": "bertjax.probing.words",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
