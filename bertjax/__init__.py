@@ -40,6 +40,8 @@ _EXPORTS = {
     "composition_scores": "bertjax.analysis.circuits",
     "control_labels": "bertjax.probing.control",
     "convert_checkpoint": "bertjax.checkpoints.checkpoint",
+    "depth_probe": "bertjax.probing.structural",
+    "distance_probe": "bertjax.probing.structural",
     "embeddings": "bertjax.model.embeddings",
     "enable_compilation_cache": "bertjax.scale.compile_cache",
     "encoder": "bertjax.model.encoder",
@@ -65,6 +67,7 @@ _EXPORTS = {
     "save": "bertjax.checkpoints.checkpoint",
     "site_grads": "bertjax.model.site_grads",
     "stack_layers": "bertjax.model.encoder",
+    "StructuralResult": "bertjax.probing.structural",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
     "word_features": "bertjax.probing.words",
 }
