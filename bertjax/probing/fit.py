@@ -24,13 +24,14 @@ import optax
 class FitOptions(NamedTuple):
     """Training options (static). C: inverse L2 strength as in scikit-learn; optimizer: "lbfgs"
     or "adam"; max_iter: steps; tol: stop when max |gradient| of the scaled objective is below
-    it; patience: held-out steps without improvement before stopping (None: no early stopping);
+    it (max_iter and tol as scikit-learn's defaults, whose lbfgs also scales the loss by 1/n);
+    patience: held-out steps without improvement before stopping (None: no early stopping);
     learning_rate: Adam's step size."""
 
     C: float = 1.0
     optimizer: str = "lbfgs"
-    max_iter: int = 200
-    tol: float = 1e-5
+    max_iter: int = 100
+    tol: float = 1e-4
     patience: int | None = None
     learning_rate: float = 1e-2
 
