@@ -1,5 +1,6 @@
 """probe_layers: every layer's probe in one program, against scikit-learn; control tasks; MDL."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,3 +118,12 @@ def test_errors(data):
         split(10, np.array([3, 10]), 0)
     with pytest.raises(ValueError, match="holds out every item"):
         split(3, np.arange(3), 0)
+
+
+def test_vmapped_and_mapped_layers_agree(data, result):
+    """parallel=True (the accelerator default: layers in lockstep) and the CPU default (layers
+    mapped one after the other inside the program) reach the same probes."""
+    x, y = data
+    other = bertjax.probe_layers(x, y, C=0.5, parallel=jax.default_backend() == "cpu")
+    np.testing.assert_allclose(other.accuracy, result.accuracy, atol=0.01)
+    np.testing.assert_allclose(other.params["W"], result.params["W"], atol=2e-2, rtol=2e-2)

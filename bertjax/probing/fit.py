@@ -1,10 +1,11 @@
-"""`fit_linear`: linear softmax probes for every layer, trained together in one compiled program.
+"""`fit_linear`: linear softmax probes for every layer, trained in one compiled program.
 
 The objective is scikit-learn's `LogisticRegression(C=C)` (multinomial, L2 on the weights, not the
 bias): C * sum_i w_i CE_i + |W|^2 / 2, divided here by C * sum_i w_i (the same minimiser, better
 scaled for the line search). Full-batch L-BFGS (optax, zoom line search) or Adam, vmapped over the
-layer axis: one layer's loop stops on its own (a batched `while_loop` keeps finished layers' state)
-when its gradient is below `tol`, after `max_iter` steps, or, with early stopping, when its held-out
+layer axis (accelerators) or mapped over it inside the program (CPU; see FitOptions.parallel): one
+layer's loop stops on its own (a batched `while_loop` keeps finished layers' state) when its
+gradient is below `tol`, after `max_iter` steps, or, with early stopping, when its held-out
 loss has not improved for `patience` steps (off by default: L-BFGS then converges to scikit-learn's
 optimum); the parameters with the best held-out loss are kept.
 Parameters start at zero, so a fit is deterministic.
@@ -26,7 +27,10 @@ class FitOptions(NamedTuple):
     or "adam"; max_iter: steps; tol: stop when max |gradient| of the scaled objective is below
     it (max_iter and tol as scikit-learn's defaults, whose lbfgs also scales the loss by 1/n);
     patience: held-out steps without improvement before stopping (None: no early stopping);
-    learning_rate: Adam's step size."""
+    learning_rate: Adam's step size. parallel: vmap the layers (they step in lockstep, so the
+    batched line search runs every layer until the slowest is done: the way to fill a GPU) or
+    map over them inside the program (each layer's loop alone: on CPU no more than L times one
+    layer); None picks vmap on accelerators and map on CPU."""
 
     C: float = 1.0
     optimizer: str = "lbfgs"
@@ -34,6 +38,7 @@ class FitOptions(NamedTuple):
     tol: float = 1e-4
     patience: int | None = None
     learning_rate: float = 1e-2
+    parallel: bool | None = None
 
 
 def options(**train_options) -> FitOptions:
@@ -111,14 +116,20 @@ def fit_linear(x, y, w, x_dev, y_dev, *, k: int, opts: FitOptions):
       ({"W": [L, D, K], "b": [L, K]}, steps int [L]).
     """
     patience = np.int32(0 if opts.patience is None else opts.patience)
-    return _fit(x, y, w, x_dev, y_dev, patience, k=k, opts=opts._replace(patience=None))
+    parallel = opts.parallel if opts.parallel is not None else jax.default_backend() != "cpu"
+    return _fit(x, y, w, x_dev, y_dev, patience, k=k,
+                opts=opts._replace(patience=None, parallel=None), parallel=parallel)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "opts"))
-def _fit(x, y, w, x_dev, y_dev, patience, *, k: int, opts: FitOptions):
-    y_axis = 0 if y.ndim == 2 else None
+@functools.partial(jax.jit, static_argnames=("k", "opts", "parallel"))
+def _fit(x, y, w, x_dev, y_dev, patience, *, k: int, opts: FitOptions, parallel: bool):
     one = functools.partial(_fit_one, k=k, opts=opts)
-    return jax.vmap(one, in_axes=(0, y_axis, None, 0, None, None))(x, y, w, x_dev, y_dev, patience)
+    if parallel:  # all layers in lockstep: the loop runs until the slowest layer stops
+        y_axis = 0 if y.ndim == 2 else None
+        return jax.vmap(one, in_axes=(0, y_axis, None, 0, None, None))(x, y, w, x_dev, y_dev,
+                                                                        patience)
+    ys = y if y.ndim == 2 else jnp.broadcast_to(y, (x.shape[0],) + y.shape)
+    return jax.lax.map(lambda a: one(a[0], a[1], w, a[2], y_dev, patience), (x, ys, x_dev))
 
 
 @jax.jit
