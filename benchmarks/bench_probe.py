@@ -6,8 +6,8 @@ layer, and integrated gradients against the batched forward + backward passes it
 
 Probes: features [L=13, N, D=768] with class structure growing with the layer (Gaussian class
 centres scaled by the layer, plus noise), the same held-out split and the same L2 (C) for both;
-bertjax's `probe_layers` (L-BFGS, vmapped over layers, compiled once: the first call's time is
-reported apart) against `sklearn.linear_model.LogisticRegression(C=C)` (lbfgs, its defaults: tol
+bertjax's `probe_layers` (L-BFGS, compiled once: the first call's time is reported apart; warm
+times are the best of 2) against `sklearn.linear_model.LogisticRegression(C=C)` (lbfgs, its defaults: tol
 1e-4, max_iter 100) fitted on each layer in turn. Also one layer alone (the per-layer overhead:
 13 layers together should cost at most 1.2x the 13 layers fitted alone on CPU), and the layers
 vmapped in lockstep (`parallel=True`, the accelerator default) for comparison.
@@ -59,9 +59,9 @@ def bench_probes(L, n, d, k, C):
     held = np.sort(np.random.default_rng(1).permutation(n)[: n // 5])
     train = np.setdiff1d(np.arange(n), held)
     first, _ = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C))
-    ours, r = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C))
+    ours, r = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C), 2)
     bertjax.probe_layers(x[:1], y, dev=held, C=C)  # compile the one-layer program
-    singles = [timed(lambda lay=lay: bertjax.probe_layers(x[lay:lay + 1], y, dev=held, C=C))[0]
+    singles = [timed(lambda lay=lay: bertjax.probe_layers(x[lay:lay + 1], y, dev=held, C=C), 2)[0]
                for lay in range(L)]
     bertjax.probe_layers(x, y, dev=held, C=C, parallel=True)
     lockstep, _ = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C, parallel=True))
