@@ -13,6 +13,8 @@ The package is laid out in wings; each may import only the wings before it in th
   checkpoints/  reading, converting, verifying and saving checkpoints (imports model)
   analysis/     tables, views, plots, attribution, interventions, circuits (model, checkpoints)
   scale/        sharding, corpus extraction, activation store, buckets (model, checkpoints)
+  probing/      probes, control tasks, MDL, structural probes, integrated gradients
+                (model, checkpoints, analysis, scale)
   training/     losses, train step, fine-tuning, data sets (the four above)
   commands/     the `bertjax` command line (anything)
 
@@ -30,22 +32,28 @@ _EXPORTS = {
     "ActivationStore": "bertjax.scale.store",
     "ALL_NAMES": "bertjax.model.capture",
     "attention": "bertjax.model.attention",
+    "attention_relevance": "bertjax.probing.relevance",
     "BertConfig": "bertjax.model.config",
     "BertOutput": "bertjax.model.forward",
     "bucket_lengths": "bertjax.scale.buckets",
     "checked_forward": "bertjax.model.forward",
     "classifier_logits": "bertjax.model.heads",
     "composition_scores": "bertjax.analysis.circuits",
+    "control_labels": "bertjax.probing.control",
     "convert_checkpoint": "bertjax.checkpoints.checkpoint",
+    "depth_probe": "bertjax.probing.structural",
+    "distance_probe": "bertjax.probing.structural",
     "embeddings": "bertjax.model.embeddings",
     "enable_compilation_cache": "bertjax.scale.compile_cache",
     "encoder": "bertjax.model.encoder",
     "encoder_layer": "bertjax.model.layer",
     "forward": "bertjax.model.forward",
     "full_ov_circuit": "bertjax.analysis.circuits",
+    "gradient_x_activation": "bertjax.probing.integrated_gradients",
     "head_importance": "bertjax.analysis.pruning",
     "Heads": "bertjax.model.params",
     "init_params": "bertjax.model.params",
+    "integrated_gradients": "bertjax.probing.integrated_gradients",
     "load": "bertjax.checkpoints.checkpoint",
     "load_pretrained": "bertjax.checkpoints.pretrained",
     "mlm_logits": "bertjax.model.heads",
@@ -53,13 +61,18 @@ _EXPORTS = {
     "pad_batch": "bertjax.scale.buckets",
     "param_shapes": "bertjax.model.params",
     "pooler": "bertjax.model.heads",
+    "probe_layers": "bertjax.probing.linear",
+    "ProbeResult": "bertjax.probing.linear",
     "prune_curve": "bertjax.analysis.pruning",
     "qk_circuit": "bertjax.analysis.circuits",
+    "read_conllu": "bertjax.probing.treebank",
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
     "site_grads": "bertjax.model.site_grads",
     "stack_layers": "bertjax.model.encoder",
+    "StructuralResult": "bertjax.probing.structural",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
+    "word_features": "bertjax.probing.words",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)

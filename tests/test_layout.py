@@ -1,4 +1,4 @@
-"""The package layout: six wings, each importing only the wings it may (see bertjax/__init__.py),
+"""The package layout: seven wings, each importing only the wings it may (see bertjax/__init__.py),
 and the module paths of the flat layout before the wings still importable."""
 
 import ast
@@ -19,8 +19,9 @@ ALLOWED = {
     "checkpoints": {"model"},
     "analysis": {"model", "checkpoints"},
     "scale": {"model", "checkpoints"},
-    "training": {"model", "checkpoints", "analysis", "scale"},
-    "commands": {"model", "checkpoints", "analysis", "scale", "training"},
+    "probing": {"model", "checkpoints", "analysis", "scale"},
+    "training": {"model", "checkpoints", "analysis", "scale", "probing"},
+    "commands": {"model", "checkpoints", "analysis", "scale", "training", "probing"},
 }
 
 

@@ -6,3 +6,4 @@ May import: anything of bertjax.
 
 # Module names under bertjax.commands, in the order `bertjax --help` lists them.
 COMMANDS = ("convert", "inspect", "fill_mask", "extract", "finetune")
+COMMANDS += ("probe",)  # bertjax.commands.probe (the probing wing)
