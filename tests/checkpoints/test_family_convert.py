@@ -16,6 +16,7 @@ from bertjax.checkpoints.readers import CheckpointError
 from bertjax.commands.cli import main
 from bertjax.model.params import Heads, flatten
 
+_CLASS = {"albert": "Albert", "mpnet": "MPNet", "electra": "Electra", "distilbert": "DistilBert"}
 # (family, task) covering every head form and key dialect.
 MODELS = [("bert", "ForPreTraining"), ("roberta", "ForMaskedLM"), ("xlm-roberta", "ForMaskedLM"),
           ("camembert", "ForSequenceClassification"), ("distilbert", "ForMaskedLM"),
@@ -114,15 +115,19 @@ def test_config_that_disagrees_with_the_weights(family_folder):
                                                  relative_attention_num_buckets=32))
 
 
-@pytest.mark.parametrize("family,task", [("albert", "ForPreTraining"), ("mpnet", "ForMaskedLM")])
-def test_cli_convert_then_load(family_folder, tmp_path, family, task):
+@pytest.mark.parametrize("family,task", [("albert", "ForPreTraining"), ("mpnet", "ForMaskedLM"),
+                                         ("electra", "ForPreTraining"),
+                                         ("distilbert", "ForSequenceClassification")])
+def test_cli_convert_verify_then_load(family_folder, tmp_path, capsys, family, task):
     folder, _ = family_folder(family, task)
     out = tmp_path / "out"
-    assert main(["convert", str(folder), str(out)]) == 0
+    assert main(["convert", str(folder), str(out), "--verify"]) == 0
+    report = capsys.readouterr().out
+    assert "verify: OK" in report and f"transformers {_CLASS[family]}{task}" in report
     config, params = bertjax.load(out)
     ref_config, ref = bertjax.load(folder)
     assert config == ref_config
     ids, types, mask = inputs(family)
-    a = bertjax.forward(params, ids, config, types, mask, capture="mlm.logits")
-    b = bertjax.forward(ref, ids, ref_config, types, mask, capture="mlm.logits")
-    np.testing.assert_array_equal(np.asarray(a.acts["mlm.logits"]), np.asarray(b.acts["mlm.logits"]))
+    a = bertjax.forward(params, ids, config, types, mask)
+    b = bertjax.forward(ref, ids, ref_config, types, mask)
+    np.testing.assert_array_equal(np.asarray(a.last_hidden_state), np.asarray(b.last_hidden_state))
