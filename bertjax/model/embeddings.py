@@ -59,6 +59,9 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
         token_type = taps(C.EMBED_TOKEN_TYPE,
                           params["token_type_embeddings"]["embedding"][token_type_ids])  # [B, S, E]
     position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]
+    if config.padding_aware_positions:  # nn.Embedding(padding_idx=pad): no gradient to that row
+        at_pad = (jnp.reshape(position_ids, (-1, S)) == config.position_pad_id)[..., None]
+        position = jnp.where(at_pad, jax.lax.stop_gradient(position), position)
     position = taps(C.EMBED_POSITION, jnp.broadcast_to(position, word.shape))  # [B, S, E]
     # transformers' order of addition: (word + token type) + position
     summed = (word + token_type) + position if config.has_token_types else word + position

@@ -134,3 +134,21 @@ def test_roberta_sequence_length_counts_the_pad_offset(family_model):
     ids = np.full((1, 33), 5, np.int32)
     with pytest.raises(ValueError, match=r"sequence length 33 exceeds 32, the longest a roberta"):
         bertjax.forward(params, ids, config)
+
+
+@pytest.mark.parametrize("family", ["roberta", "mpnet"])
+def test_padding_position_row_gets_no_gradient(family_model, family):
+    """As nn.Embedding(padding_idx=pad) in transformers: the embedding gradients match torch's."""
+    import jax
+
+    config, params, model = family_model(family, "ForMaskedLM")
+    ids, types, mask = inputs(family)
+    model.zero_grad()
+    model(torch.as_tensor(ids, dtype=torch.long),
+          attention_mask=torch.as_tensor(mask, dtype=torch.long)).logits.sum().backward()
+    grads = jax.grad(lambda p: bertjax.forward(p, ids, config, attention_mask=mask,
+                                               capture="mlm.logits").acts["mlm.logits"].sum())(params)
+    emb = model.base_model.embeddings
+    for name in ("position_embeddings", "word_embeddings"):
+        want = getattr(emb, name).weight.grad.numpy()
+        assert_close(f"{family} d{name}", grads["embeddings"][name]["embedding"], want, atol=1e-4)
