@@ -203,8 +203,8 @@ def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.nda
         ref = {"embeddings": out.hidden_states[0]}
         for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
             ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
-        if heads.pooler:
-            ref["pooler"] = out.pooler_output
+        if heads.pooler and getattr(out, "pooler_output", None) is not None:
+            ref["pooler"] = out.pooler_output  # (a task model without one drops a stored pooler)
         top = model(**args) if model is not base else None
         if heads.mlm:
             logits = getattr(top, "prediction_logits", None)
