@@ -43,6 +43,7 @@ _EXPORTS = {
     "convert_checkpoint": "bertjax.checkpoints.checkpoint",
     "depth_probe": "bertjax.probing.structural",
     "distance_probe": "bertjax.probing.structural",
+    "disc_logits": "bertjax.model.heads",
     "embeddings": "bertjax.model.embeddings",
     "enable_compilation_cache": "bertjax.scale.compile_cache",
     "encoder": "bertjax.model.encoder",
@@ -69,8 +70,10 @@ _EXPORTS = {
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
     "site_grads": "bertjax.model.site_grads",
+    "sop_logits": "bertjax.model.heads",
     "stack_layers": "bertjax.model.encoder",
     "StructuralResult": "bertjax.probing.structural",
+    "token_classifier_logits": "bertjax.model.heads",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
     "word_features": "bertjax.probing.words",
 }

@@ -48,7 +48,7 @@ def _position_axis(axes: list[str]) -> str:
 
 
 def _config_sizes(config: BertConfig) -> dict[str, int]:
-    return {"L": config.num_hidden_layers, "N": config.num_attention_heads,
+    return {"L": config.num_layers, "N": config.num_attention_heads,
             "D": config.hidden_size, "H": config.head_size, "I": config.intermediate_size}
 
 
@@ -145,7 +145,7 @@ def _clean_values(clean_acts: dict, name: str, config: BertConfig | None = None)
         raise ValueError(f"the clean activations have no {name!r}: capture it in the clean run "
                          f"(have: {', '.join(sorted(clean_acts)) or 'none'})")
     clean = jnp.asarray(clean_acts[name])
-    L = None if config is None else config.num_hidden_layers
+    L = None if config is None else config.num_layers
     if L is not None and name in C.LAYER_NAMES and (clean.ndim == 0 or clean.shape[0] != L):
         got = clean.shape[0] if clean.ndim else 0
         raise ValueError(f"clean_acts[{name!r}] has {got} layers but the model has {L}: a "
@@ -156,13 +156,13 @@ def _clean_values(clean_acts: dict, name: str, config: BertConfig | None = None)
 def ablate_heads(config: BertConfig, heads: Iterable[tuple],
                  scale: float = 0.0) -> Float[Array, "L N"]:
     """A head_mask [L, N] of ones with `scale` (0: ablate) at each (layer, head) in `heads`."""
-    mask = np.ones((config.num_hidden_layers, config.num_attention_heads), np.float32)
+    mask = np.ones((config.num_layers, config.num_attention_heads), np.float32)
     for pair in heads:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
                 as_int(i) is not None for i in pair)):
             raise ValueError(f"heads must be (layer, head) pairs of ints, got {pair!r}")
         layer, head = (as_int(i) for i in pair)
-        _select("layer", layer, config.num_hidden_layers)
+        _select("layer", layer, config.num_layers)
         _select("head", head, config.num_attention_heads)
         mask[layer, head] = scale
     return jnp.asarray(mask)

@@ -154,8 +154,8 @@ def max_msgpack_bytes(config: BertConfig) -> int:
     """The most bytes a msgpack tree of `config` can take: every head there (pooler, MLM head with
     an untied decoder, classifier, NSP head), 8 bytes a number (float64), and room for the keys
     and array headers; computed, not built per layer."""
-    D, V, I, L = (config.hidden_size, config.vocab_size, config.intermediate_size,
-                  config.num_hidden_layers)
+    D, V, I, L = (max(config.hidden_size, config.embed_size), config.vocab_size,
+                  config.intermediate_size, config.num_param_layers)
     layer = 4 * (D * D + D) + (D * I + I) + (I * D + D) + 4 * D
     embeddings = (V + config.max_position_embeddings + config.type_vocab_size) * D + 2 * D
     heads = (D * D + D) + (D * D + 3 * D + V + D * V) + (D + 1) * config.num_labels + 2 * D + 2
@@ -172,6 +172,14 @@ def _check_msgpack_size(path: str, config: BertConfig) -> None:
                               f"config (or is damaged)")
 
 
+def _layer_fields(config: BertConfig) -> str:
+    """The config fields that count the stored layers, with their values."""
+    if config.num_param_layers == config.num_hidden_layers:
+        return f"num_hidden_layers={config.num_hidden_layers}"
+    return (f"num_hidden_groups={config.num_hidden_groups} x inner_group_num="
+            f"{config.inner_group_num} stored layers")
+
+
 def check_layer_keys(params: dict, config: BertConfig, where: str) -> None:
     """Refuses a tree whose number of encoder layers differs from the config's, before anything
     is built per layer (a config claiming a billion layers would build a billion)."""
@@ -186,10 +194,9 @@ def check_layer_keys(params: dict, config: BertConfig, where: str) -> None:
         if not leaves or not np.ndim(leaves[0]):
             return
         count, which = int(np.shape(leaves[0])[0]), "stacked"
-    if count != config.num_hidden_layers:
-        raise CheckpointError(f"{where}: the config says num_hidden_layers="
-                              f"{config.num_hidden_layers} but the weights hold {count} layers "
-                              f"({which}); fix num_hidden_layers in config.json")
+    if count != config.num_param_layers:
+        raise CheckpointError(f"{where}: the config says {_layer_fields(config)} but the weights "
+                              f"hold {count} layers ({which}); fix config.json")
 
 
 def _params_from_msgpack(path: str, config: BertConfig, dtype,
@@ -429,7 +436,8 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
     c = loaded.config
     return {
         "source": loaded.source.origin, "out": out, "dtype": np.dtype(_dtype(dtype)).name,
-        "parameters": count_params(loaded.params), "layers": c.num_hidden_layers,
+        "parameters": count_params(loaded.params), "layers": c.num_layers,
         "attention_heads": c.num_attention_heads, "hidden_size": c.hidden_size,
-        "heads": dataclasses.asdict(loaded.heads), "notes": loaded.notes,
+        "heads": {name: present for name, present in dataclasses.asdict(loaded.heads).items()
+                  if isinstance(present, bool)}, "notes": loaded.notes,
     }

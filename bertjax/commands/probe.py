@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_pretrained(args.model)
     if model.tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files (vocab.txt or tokenizer.json)")
-    layers = parse_layers(args.layers, model.config.num_hidden_layers + 1)
+    layers = parse_layers(args.layers, model.config.num_layers + 1)
     feats = sentence_features(model.params, model.config, model.tokenizer,
                               [s.words for s in sentences], pool=args.pool,
                               progress=not args.no_progress)

@@ -48,9 +48,8 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
       ValueError: unknown names, `reuse` given, or any error `forward` raises.
     """
     heads = Heads.of(params)
-    selection = dict(C.layer_selection(names, config.num_hidden_layers, has_pooler=heads.pooler,
-                                       has_mlm=heads.mlm))
-    names = C.resolve(names, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    selection = dict(C.layer_selection(names, config.num_layers, config=config, heads=heads))
+    names = C.resolve(names, config=config, heads=heads)
     unknown = set(forward_kwargs) - set(_ARRAY_KWARGS) - {"capture"}
     if unknown:
         raise ValueError(f"site_grads takes forward's keyword arguments "
@@ -67,9 +66,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
         capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
                                for k, v in capture.items()))
     B, S = input_ids.shape
-    sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
-             "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
-             "V": config.vocab_size}
+    sizes = C.axis_sizes(config, B, S)
     for what, pair in (("edit", ("mul", "add")), ("patch", ("new", "mask"))):
         if arrays.get(what):  # checked here, on concrete values, not inside the trace
             checked = (C.check_edit if what == "edit" else C.check_patch)(arrays[what])

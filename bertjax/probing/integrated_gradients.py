@@ -64,7 +64,7 @@ def _integrate(params, input_ids, arrays, x, baseline, alphas, weights, *, confi
     user_edit = arrays.pop("edit", None) or {}
 
     def run(point):
-        edit = _edit_for(site, layer, config.num_hidden_layers, point, user_edit)
+        edit = _edit_for(site, layer, config.num_layers, point, user_edit)
         return metric(forward(params, input_ids, config, edit=edit, capture=capture, **arrays))
 
     def grad_at(alpha):
@@ -86,8 +86,8 @@ def _check_site(site: str, layer, config) -> None:
     if site not in C.ALL_NAMES:
         raise ValueError(f"site must be one activation name ({', '.join(C.ALL_NAMES)}), got {site!r}")
     per_layer = site in C.LAYER_NAMES
-    if per_layer and (not isinstance(layer, int) or not 0 <= layer < config.num_hidden_layers):
-        raise ValueError(f"site {site!r} is per layer: pass layer=0..{config.num_hidden_layers - 1}, "
+    if per_layer and (not isinstance(layer, int) or not 0 <= layer < config.num_layers):
+        raise ValueError(f"site {site!r} is per layer: pass layer=0..{config.num_layers - 1}, "
                          f"got {layer!r}")
     if not per_layer and layer is not None:
         raise ValueError(f"site {site!r} is not per layer: leave layer None, got {layer!r}")
