@@ -48,7 +48,7 @@ def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[
                     a not in (1, b) for a, b in zip(shape[::-1], target[::-1])):
                 raise ValueError(
                     f"{where} has shape {shape}, which does not broadcast to "
-                    f"{name}'s stacked shape [{', '.join(SHAPES[name].split())}]={target}")
+                    f"{name}'s stacked shape [{', '.join(_letters(name, sizes))}]={target}")
             if label == "mask":
                 x = _boolean_mask(where, x)
             if label == "new" and name in LAYER_NAMES and len(shape) == len(target) and (
@@ -61,6 +61,13 @@ def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[
             placed.append(x)
         checked[name] = tuple(placed)
     return checked
+
+
+
+def _letters(name: str, sizes: dict[str, int]) -> list[str]:
+    """The axis letters of `name`, E written D where the embeddings are D wide (BERT)."""
+    same = sizes.get("E", sizes.get("D")) == sizes.get("D")
+    return ["D" if letter == "E" and same else letter for letter in SHAPES[name].split()]
 
 
 def real_shape(where: str, x) -> tuple[int, ...]:
