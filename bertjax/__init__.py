@@ -57,6 +57,7 @@ _EXPORTS = {
     "qk_circuit": "bertjax.analysis.circuits",
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
+    "save_transformers": "bertjax.checkpoints.export",
     "site_grads": "bertjax.model.site_grads",
     "stack_layers": "bertjax.model.encoder",
     "tokenizer_for": "bertjax.checkpoints.pretrained",

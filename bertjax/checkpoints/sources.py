@@ -28,7 +28,11 @@ PYTORCH_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "py
 # Weight files of a local folder, in order of preference: the PyTorch weights (the reference a
 # conversion can be verified against), then a Flax msgpack (a bertjax folder, or transformers 4.x's).
 WEIGHT_FILES = (*PYTORCH_WEIGHT_FILES, "flax_model.msgpack")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The tokenizer files a folder may hold (WordPiece's vocab.txt, byte-level BPE's vocab.json and
+# merges.txt, SentencePiece's models, the fast tokenizer's tokenizer.json), copied on conversion.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                   "added_tokens.json")
 _HUB_PATTERNS = ["config.json", *TOKENIZER_FILES]
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".msgpack", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -5,4 +5,4 @@ May import: anything of bertjax.
 """
 
 # Module names under bertjax.commands, in the order `bertjax --help` lists them.
-COMMANDS = ("convert", "inspect", "fill_mask", "extract", "finetune")
+COMMANDS = ("convert", "export", "inspect", "fill_mask", "extract", "finetune")
