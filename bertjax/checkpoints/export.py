@@ -76,16 +76,17 @@ def _model_type(config: BertConfig) -> str:
 
 
 def infer_task(config: BertConfig, params: dict) -> str:
-    """The task a tree's heads serve: "classification" for a classifier (a token head where the
-    family's sequence head has another form: RoBERTa's dense + out_proj, DistilBERT's
-    pre_classifier), "pretraining" for ELECTRA's discriminator or ALBERT's SOP head, "mlm" for an
+    """The task a tree's heads serve: "classification" for a classifier ("tokens" where it cannot
+    be the family's sequence head: BERT's or ALBERT's without a pooler, a plain classifier where the
+    family's has another form, RoBERTa's dense + out_proj or DistilBERT's pre_classifier),
+    "pretraining" for ELECTRA's discriminator or ALBERT's SOP head, "mlm" for an
     MLM head, else "model"."""
     model_type = _model_type(config)
     if "classifier" in params:
         classifier = params["classifier"]
-        if model_type in _POOLED or "dense" in classifier or "pre_classifier" in params:
-            return "classification"
-        return "tokens"
+        if model_type in _POOLED:  # BERT's and ALBERT's sequence head reads the pooler
+            return "classification" if "pooler" in params else "tokens"
+        return "classification" if "dense" in classifier or "pre_classifier" in params else "tokens"
     if "discriminator_predictions" in params or "sop_classifier" in params:
         return "pretraining"
     return "mlm" if "cls" in params else "model"
