@@ -35,8 +35,9 @@ def cache(tmp_path_factory) -> str:
 
 def test_the_studies_are_numbered_in_order():
     """The six studies of the analysis issue, fine-tuning (07), then the studies of the analysis-depth
-    issue (08 steering and site gradients, 09 circuits, 10 head importance), one number each."""
-    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 11)]
+    issue (08 steering and site gradients, 09 circuits, 10 head importance), then the encoder
+    family's attention (11), one number each."""
+    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 12)]
 
 
 @pytest.mark.slow
