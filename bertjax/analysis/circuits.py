@@ -295,7 +295,7 @@ def composition_scores(params: dict, config: BertConfig) -> dict[str, Float[Arra
     # Q: W_V1 W_O1 W_Q2 W_K2^T; K: the transpose of W_Q2 W_K2^T W_O1^T W_V1^T, i.e.
     # W_V1 W_O1 W_K2 W_Q2^T (same norm); V: W_V1 W_O1 W_V2 W_O2.
     raw = jnp.stack([composed(w["q"], rk), composed(w["k"], rq), composed(w["v"], ro)], -1)
-    L = config.num_hidden_layers
+    L = config.num_layers
     later = (jnp.arange(L)[:, None] < jnp.arange(L)[None, :])[:, None, :, None]  # [L, 1, L, 1]
     norms = {"q": ov_norm[:, :, None, None] * qk_norm[None, None],
              "k": ov_norm[:, :, None, None] * qk_norm[None, None],

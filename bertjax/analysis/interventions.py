@@ -47,7 +47,7 @@ def _position_axis(axes: list[str]) -> str:
 
 
 def _config_sizes(config: BertConfig) -> dict[str, int]:
-    return {"L": config.num_hidden_layers, "N": config.num_attention_heads,
+    return {"L": config.num_layers, "N": config.num_attention_heads,
             "D": config.hidden_size, "H": config.head_size, "I": config.intermediate_size}
 
 
@@ -141,9 +141,9 @@ def _clean_values(clean_acts: dict, name: str) -> Array:
 def ablate_heads(config: BertConfig, heads: Iterable[tuple[int, int]],
                  scale: float = 0.0) -> Float[Array, "L N"]:
     """A head_mask [L, N] of ones with `scale` (0: ablate) at each (layer, head) in `heads`."""
-    mask = np.ones((config.num_hidden_layers, config.num_attention_heads), np.float32)
+    mask = np.ones((config.num_layers, config.num_attention_heads), np.float32)
     for layer, head in heads:
-        _select("layer", layer, config.num_hidden_layers)
+        _select("layer", layer, config.num_layers)
         _select("head", head, config.num_attention_heads)
         mask[layer, head] = scale
     return jnp.asarray(mask)

@@ -58,7 +58,7 @@ def _prepared(params: dict, config: BertConfig, batches: Iterable[dict], capture
     if not batches:
         raise ValueError("batches is empty: give at least one batch")
     heads = Heads.of(params)
-    names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    names = C.resolve(capture, config=config, heads=heads)
     return stack_layers(params), batches, names
 
 
@@ -93,7 +93,7 @@ def head_importance(params: dict, config: BertConfig, batches: Iterable[dict],
       float64 [L, N], NumPy.
     """
     params, batches, names = _prepared(params, config, batches, capture)
-    ones = jnp.ones((config.num_hidden_layers, config.num_attention_heads), jnp.float32)
+    ones = jnp.ones((config.num_layers, config.num_attention_heads), jnp.float32)
     grads = [np.abs(np.asarray(_mask_grad(params, inputs, extra, ones, config=config, metric=metric,
                                           capture=names)))
              for inputs, extra, _ in batches]
@@ -155,7 +155,7 @@ def prune_curve(params: dict, config: BertConfig, batches: Iterable[dict], metri
     Returns:
       a `PruneCurve`; step k's metric comes from one jitted program over all K masks per batch.
     """
-    L, N = config.num_hidden_layers, config.num_attention_heads
+    L, N = config.num_layers, config.num_attention_heads
     if not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a positive int (heads masked per step), got {step!r}")
     batches = list(batches)

@@ -372,7 +372,7 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
     c = loaded.config
     return {
         "source": loaded.source.origin, "out": out, "dtype": np.dtype(_dtype(dtype)).name,
-        "parameters": count_params(loaded.params), "layers": c.num_hidden_layers,
+        "parameters": count_params(loaded.params), "layers": c.num_layers,
         "attention_heads": c.num_attention_heads, "hidden_size": c.hidden_size,
         "heads": dataclasses.asdict(loaded.heads), "notes": loaded.notes,
     }

@@ -195,7 +195,7 @@ def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dic
     capture = (C.EMBED_OUT, C.LAYER_OUT, C.ATTN_PROBS) + ((C.MLM_LOGITS,) if heads.mlm else ())
     out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
     ours = {"embeddings": out.acts[C.EMBED_OUT]}
-    for i in range(config.num_hidden_layers):
+    for i in range(config.num_layers):
         ours[f"layer {i} hidden"] = out.acts[C.LAYER_OUT][i]
         ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
     if heads.pooler:

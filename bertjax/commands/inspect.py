@@ -37,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if model.tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files (vocab.txt or tokenizer.json)")
     config = model.config
-    layer = check_index("layer", args.layer, config.num_hidden_layers)
+    layer = check_index("layer", args.layer, config.num_layers)
     if args.head is not None:
         check_index("head", args.head, config.num_attention_heads)
     names = _capture_names(model.params, args.capture)
     tokens, types, acts = _run_model(model, args.text, args.pair, names | {ATTN_PROBS})
-    print(f"model: {model.folder or args.model} ({config.num_hidden_layers} layers x "
+    print(f"model: {model.folder or args.model} ({config.num_layers} layers x "
           f"{config.num_attention_heads} heads, hidden {config.hidden_size})")
     print(f"tokens ({len(tokens)}): {' '.join(tokens)}")
     print("activations:")

@@ -82,7 +82,8 @@ def _group_size(B: int, N: int, S: int, T: int) -> int:
 def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
               attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
               head_mask: Float[ArrayLike, "N"] | None = None,
-              patch: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+              patch: dict | None = None,
+              extra: Float[ArrayLike, "N S T"] | None = None) -> tuple[Float[Array, "B S D"], dict]:
     """Self-attention of one layer, through the output dense (before residual and LayerNorm).
 
     Args:
@@ -94,6 +95,8 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
       rng: PRNG key for dropout on the probabilities; None for inference.
       head_mask: float [N] multiplying each head's probabilities (after dropout), or None.
       patch: name -> (new, mask) replacing attn.* activations (see `bertjax.model.capture.Taps`).
+      extra: float [N, S, T], a score term added to q.k / sqrt(H) before the padding mask on
+        every path (MPNet's relative position bias, `attn.rel_bias`), or None.
 
     Returns:
       attn.out, float [B, S, D], and the captured activations (one layer's shapes).
@@ -106,23 +109,24 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
     k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]
     v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
     bias = mask_bias(attention_mask)
+    extra = None if extra is None else jnp.asarray(extra, jnp.float32)[None]  # [1, N, S, T]
     active = rng is not None and config.attention_probs_dropout_prob > 0.0
     explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active
     if explicit or head_mask is not None:
-        context = _context(q, k, v, bias, config, taps, rng, head_mask)
+        context = _context(q, k, v, bias, config, taps, rng, head_mask, extra)
     elif _fused_here():
-        context = _fused_context(q, k, v, bias, attention_mask)
+        context = _fused_context(q, k, v, bias, attention_mask, extra)
     else:
-        context = _grouped_context(q, k, v, bias, config)
+        context = _grouped_context(q, k, v, bias, config, extra)
     context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
     return _output(params["output"]["dense"], context, config, taps), taps.acts
 
 
 def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
              config: BertConfig, taps: C.Taps, rng: jax.Array | None,
-             head_mask: ArrayLike | None) -> jax.Array:
+             head_mask: ArrayLike | None, extra: jax.Array | None = None) -> jax.Array:
     """probs @ v step by step, through the attn.scores and attn.probs taps: [B, N, S, H]."""
-    scores = taps(C.ATTN_SCORES, _scores(q, k, bias, config))  # [B, N, S, T], float32
+    scores = taps(C.ATTN_SCORES, _scores(q, k, bias, config, extra))  # [B, N, S, T], float32
     probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(q.dtype))  # [B, N, S, T]
     weights = dropout(rng, probs, config.attention_probs_dropout_prob)
     if head_mask is not None:
@@ -130,21 +134,25 @@ def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
     return jnp.einsum("BNST,BNTH->BNSH", weights, v)  # [B, N, S, H]
 
 
-def _scores(q: jax.Array, k: jax.Array, bias: jax.Array | None, config: BertConfig) -> jax.Array:
-    """q.k / sqrt(H) plus the padding bias, in float32: [B, N, S, T]."""
+def _scores(q: jax.Array, k: jax.Array, bias: jax.Array | None, config: BertConfig,
+            extra: jax.Array | None = None) -> jax.Array:
+    """q.k / sqrt(H), plus the extra score term [1, N, S, T] when given, plus the padding bias,
+    in float32: [B, N, S, T]."""
     scores = jnp.einsum("BNSH,BNTH->BNST", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(config.head_size))
+    if extra is not None:
+        scores = scores + extra
     return scores if bias is None else scores + bias
 
 
 def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-                     config: BertConfig) -> jax.Array:
+                     config: BertConfig, extra: jax.Array | None = None) -> jax.Array:
     """`_context`'s arithmetic (nothing tapped) over batch groups of `_group_size`: [B, N, S, H]."""
     B, N, S, _ = q.shape
     G = _group_size(B, N, S, k.shape[2])
 
     def context(q, k, v, bias):
-        probs = jax.nn.softmax(_scores(q, k, bias, config), axis=-1).astype(q.dtype)
+        probs = jax.nn.softmax(_scores(q, k, bias, config, extra), axis=-1).astype(q.dtype)
         return jnp.einsum("BNST,BNTH->BNSH", probs, v)
 
     if G == B:
@@ -155,7 +163,8 @@ def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
 
 
 def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-                   attention_mask: ArrayLike | None = None) -> jax.Array:
+                   attention_mask: ArrayLike | None = None,
+                   extra: jax.Array | None = None) -> jax.Array:
     """The same context through `jax.nn.dot_product_attention`, when neither scores nor probs are
     captured or patched and there is no dropout or head mask, off CPU.
 
@@ -165,10 +174,14 @@ def _fused_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | N
     row is only guaranteed uniform on the path below.
 
     Otherwise the same float32 arithmetic as `_context`: scaled scores plus the same additive bias,
-    float32 softmax, so a fully padded row is uniform here too. [B, N, S, H] in, [B, N, S, H] out.
+    float32 softmax, so a fully padded row is uniform here too. An extra score term [1, N, S, T]
+    (MPNet's relative bias) joins the additive bias, never the boolean-mask kernel.
+    [B, N, S, H] in, [B, N, S, H] out.
     """
     to_bsnh = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, S, H] <-> [B, S, N, H]
-    if fused_implementation(q.dtype) == "cudnn":
+    if extra is not None:
+        bias = extra if bias is None else extra + bias  # [B or 1, N, S, T]
+    elif fused_implementation(q.dtype) == "cudnn":
         mask = None if attention_mask is None else \
             (jnp.asarray(attention_mask) != 0)[:, None, None, :]  # [B, 1, 1, T]
         try:

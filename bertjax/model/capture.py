@@ -44,6 +44,10 @@ ATTN_LN_STD = "attn.ln_std"
 LAYER_LN_STD = "layer.ln_std"
 POOLER_OUT = "pooler.out"
 MLM_LOGITS = "mlm.logits"
+EMBED_PROJ = "embed.proj"
+ATTN_REL_BIAS = "attn.rel_bias"
+DISC_LOGITS = "disc.logits"
+SOP_LOGITS = "sop.logits"
 
 EMBED_NAMES = (EMBED_WORD, EMBED_POSITION, EMBED_TOKEN_TYPE, EMBED_SUM, EMBED_OUT, EMBED_LN_STD)
 ATTENTION_NAMES = (ATTN_Q, ATTN_K, ATTN_V, ATTN_SCORES, ATTN_PROBS, ATTN_CONTEXT, ATTN_HEAD_OUT,
@@ -54,12 +58,22 @@ LAYER_NAMES = ATTENTION_NAMES + (ATTN_RESID, ATTN_NORM, MLP_PRE, MLP_POST, MLP_O
 # sqrt(var + eps) of each LayerNorm's input, float32, one value per token.
 LN_STD_NAMES = (EMBED_LN_STD, ATTN_LN_STD, LAYER_LN_STD)
 HEAD_NAMES = (POOLER_OUT, MLM_LOGITS)
+# BERT's names (the contract's first table).
 ALL_NAMES = EMBED_NAMES + LAYER_NAMES + HEAD_NAMES
+# The other families' names (the contract's "The encoder family"): what the embeddings part
+# produces, what the encoder produces once for every layer (not stacked), and model outputs.
+EMBEDDING_NAMES = EMBED_NAMES + (EMBED_PROJ,)
+ENCODER_NAMES = (ATTN_REL_BIAS,)
+OUTPUT_NAMES = HEAD_NAMES + (DISC_LOGITS, SOP_LOGITS)
+# Every name of every family, in one order: `model_names` picks a model's own from it.
+EVERY_NAME = EMBEDDING_NAMES + ENCODER_NAMES + LAYER_NAMES + OUTPUT_NAMES
 
-# Shapes in the package's axis letters (per-layer names carry a leading L once stacked).
+# Shapes in the package's axis letters (per-layer names carry a leading L once stacked; E is the
+# embedding size, D for BERT; C the number of labels).
 SHAPES = {
-    EMBED_WORD: "B S D", EMBED_POSITION: "B S D", EMBED_TOKEN_TYPE: "B S D", EMBED_SUM: "B S D",
-    EMBED_OUT: "B S D", ATTN_Q: "L B N S H", ATTN_K: "L B N T H", ATTN_V: "L B N T H",
+    EMBED_WORD: "B S E", EMBED_POSITION: "B S E", EMBED_TOKEN_TYPE: "B S E", EMBED_SUM: "B S E",
+    EMBED_OUT: "B S E", EMBED_PROJ: "B S D", ATTN_REL_BIAS: "N S T",
+    DISC_LOGITS: "B S", SOP_LOGITS: "B C", ATTN_Q: "L B N S H", ATTN_K: "L B N T H", ATTN_V: "L B N T H",
     ATTN_SCORES: "L B N S T", ATTN_PROBS: "L B N S T", ATTN_CONTEXT: "L B N S H",
     ATTN_HEAD_OUT: "L B N S D", ATTN_OUT: "L B S D", ATTN_RESID: "L B S D", ATTN_NORM: "L B S D",
     MLP_PRE: "L B S I", MLP_POST: "L B S I", MLP_OUT: "L B S D", MLP_RESID: "L B S D",
@@ -68,8 +82,45 @@ SHAPES = {
 }
 
 
+# Why a model lacks a name: (name, what the model would need), for the error message.
+_WHY = {EMBED_TOKEN_TYPE: "token type embeddings", EMBED_PROJ: "embedding projection",
+        ATTN_REL_BIAS: "relative attention bias", POOLER_OUT: "pooler",
+        MLM_LOGITS: "MLM head", DISC_LOGITS: "discriminator head (ELECTRA's)",
+        SOP_LOGITS: "sentence-order head (ALBERT's)"}
+
+
+def model_names(config=None, heads=None, *, has_pooler: bool = False,
+                has_mlm: bool = False) -> tuple[str, ...]:
+    """Every activation name a model has, in EVERY_NAME's order: the one function of
+    (config, heads) that "all", globs and checks use.
+
+    Args:
+      config: the BertConfig (None: BERT's names); its family decides embed.token_type,
+        embed.proj and attn.rel_bias.
+      heads: the tree's `bertjax.model.params.Heads` (pooler, mlm, disc, sop); None for a part,
+        whose own head is `has_pooler` / `has_mlm`.
+    """
+    tokens = config is None or config.has_token_types
+    proj = config is not None and config.has_projection
+    rel = config is not None and bool(config.relative_attention_num_buckets)
+    have = {EMBED_TOKEN_TYPE: tokens, EMBED_PROJ: proj, ATTN_REL_BIAS: rel,
+            POOLER_OUT: heads.pooler if heads is not None else has_pooler,
+            MLM_LOGITS: heads.mlm if heads is not None else has_mlm,
+            DISC_LOGITS: heads is not None and heads.disc,
+            SOP_LOGITS: heads is not None and heads.sop}
+    return tuple(n for n in EVERY_NAME if have.get(n, True))
+
+
+def _lacks(name: str, config) -> str:
+    """Why a model lacks `name`, one line."""
+    if name in (POOLER_OUT, MLM_LOGITS):
+        return f"cannot capture {name!r}: this model has no {_WHY[name]}"
+    family = "bert" if config is None else config.model_type
+    return f"cannot capture {name!r}: this {family} model has no {_WHY[name]}"
+
+
 def resolve(capture: str | Iterable | dict | None, *, has_pooler: bool = True,
-            has_mlm: bool = True) -> frozenset[str]:
+            has_mlm: bool = True, config=None, heads=None) -> frozenset[str]:
     """Expands a capture request into the frozenset of contract names it means.
 
     Args:
@@ -78,6 +129,8 @@ def resolve(capture: str | Iterable | dict | None, *, has_pooler: bool = True,
       has_pooler, has_mlm: whether the model has those heads; "all" and globs include
         `pooler.out` / `mlm.logits` only when it does, while asking for one by name without the
         head is an error.
+      config, heads: the model (`model_names`); given, they decide every name ("all" is exactly
+        the model's set, and a name its family lacks is an error naming the family).
 
     Raises:
       ValueError: a name or glob matches no activation; the message lists the valid names.
@@ -86,34 +139,33 @@ def resolve(capture: str | Iterable | dict | None, *, has_pooler: bool = True,
         return frozenset()
     if isinstance(capture, str):
         capture = (capture,)
-    available = [n for n in ALL_NAMES
-                 if (n != POOLER_OUT or has_pooler) and (n != MLM_LOGITS or has_mlm)]
+    available = list(model_names(config, heads, has_pooler=has_pooler, has_mlm=has_mlm))
     names = set()
     for item in capture:
-        names.update(_expand(item, available))
+        names.update(_expand(item, available, config))
     return frozenset(names)
 
 
-def _expand(item, available: list[str]) -> list[str]:
+def _expand(item, available: list[str], config=None) -> list[str]:
     """The names one capture entry means."""
     if not isinstance(item, str):
         raise ValueError(f"capture entries must be strings, got {item!r}")
     if item == "all":
         return available
-    if item in ALL_NAMES:
+    if item in EVERY_NAME:
         if item not in available:
-            head = "pooler" if item == POOLER_OUT else "MLM head"
-            raise ValueError(f"cannot capture {item!r}: this model has no {head}")
+            raise ValueError(_lacks(item, config))
         return [item]
     matched = fnmatch.filter(available, item) if any(c in item for c in "*?[") else []
     if not matched:
         raise ValueError(f"unknown activation name {item!r} in capture; valid names: "
-                         f"{', '.join(ALL_NAMES)} (globs like 'attn.*' and 'all' allowed)")
+                         f"{', '.join(EVERY_NAME)} (globs like 'attn.*' and 'all' allowed)")
     return matched
 
 
 def layer_selection(capture, num_layers: int, *, has_pooler: bool = True,
-                    has_mlm: bool = True) -> tuple[tuple[str, tuple[int, ...]], ...]:
+                    has_mlm: bool = True, config=None,
+                    heads=None) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """The per-layer names of a dict `capture` captured at some layers only (static, hashable).
 
     `capture={"attn.probs": (3, 7), "layer.*": None}`: each key a name or glob, each value a tuple
@@ -131,11 +183,10 @@ def layer_selection(capture, num_layers: int, *, has_pooler: bool = True,
     """
     if not isinstance(capture, dict):
         return ()
-    available = [n for n in ALL_NAMES
-                 if (n != POOLER_OUT or has_pooler) and (n != MLM_LOGITS or has_mlm)]
+    available = list(model_names(config, heads, has_pooler=has_pooler, has_mlm=has_mlm))
     chosen: dict[str, tuple[int, ...] | None] = {}
     for key, layers in capture.items():
-        for name in _expand(key, available):
+        for name in _expand(key, available, config):
             if name not in LAYER_NAMES:
                 if layers is not None and key == name:
                     raise ValueError(f"capture[{key!r}]: {name} has no layer axis, so its layers "
@@ -172,14 +223,14 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
 
 
 def as_frozenset(capture, has_pooler: bool = False,
-                 has_mlm: bool = False) -> frozenset[str]:
+                 has_mlm: bool = False, config=None) -> frozenset[str]:
     """`resolve` for the parts (the encoder parts have no heads; `pooler` and `mlm_logits` say
     theirs); already-resolved sets pass through. `capture` is checked here, unannotated, so that a
     wrong type is this ValueError and not a type-checker's error."""
     if isinstance(capture, frozenset):
         return capture
     check_capture(capture)
-    return resolve(capture, has_pooler=has_pooler, has_mlm=has_mlm)
+    return resolve(capture, has_pooler=has_pooler, has_mlm=has_mlm, config=config)
 
 
 class Taps:
@@ -239,22 +290,31 @@ def check_capture(capture) -> None:
 
 
 def taps_for(capture, patch: dict | None = None, has_pooler: bool = False,
-             has_mlm: bool = False, edit: dict | None = None) -> Taps:
+             has_mlm: bool = False, edit: dict | None = None, config=None) -> Taps:
     """The Taps of a call: `capture` itself when a caller passes its Taps down, else a new one
-    (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for)."""
+    (`has_pooler` / `has_mlm`: the head a part computes, so that its name can be asked for;
+    `config`: the model, whose family decides the names)."""
     if isinstance(capture, Taps):
         return capture
-    return Taps(as_frozenset(capture, has_pooler, has_mlm), check_patch(patch), check_edit(edit))
+    return Taps(as_frozenset(capture, has_pooler, has_mlm, config), check_patch(patch),
+                check_edit(edit))
+
+
+def axis_sizes(config, B: int, S: int) -> dict[str, int]:
+    """The size of each axis letter of `SHAPES` for a model and a batch [B, S]."""
+    return {"L": config.num_layers, "B": B, "S": S, "N": config.num_attention_heads,
+            "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
+            "V": config.vocab_size, "E": config.embed_size, "C": config.num_labels}
 
 
 def _check_pairs(what: str, pairs: dict | None, pair: str, heads_ok: bool) -> dict:
     if not pairs:
         return {}
     for name, value in pairs.items():
-        if name not in ALL_NAMES:
+        if name not in EVERY_NAME:
             raise ValueError(f"unknown activation name {name!r} in {what}; valid names: "
-                             f"{', '.join(ALL_NAMES)}")
-        if name in HEAD_NAMES and not heads_ok:
+                             f"{', '.join(EVERY_NAME)}")
+        if name in OUTPUT_NAMES and not heads_ok:
             raise ValueError(f"{name!r} is a model output and cannot be patched")
         if not (isinstance(value, (tuple, list)) and len(value) == 2):
             raise ValueError(f"{what}[{name!r}] must be a {pair} pair")
@@ -274,7 +334,7 @@ def check_edit(edit: dict | None) -> dict:
 
 def stacked_shape(name: str, sizes: dict[str, int]) -> tuple[int, ...]:
     """An activation's stacked shape from axis sizes (letters of `SHAPES`; T is S)."""
-    sizes = {**sizes, "T": sizes["S"]}
+    sizes = {"E": sizes.get("D"), **sizes, "T": sizes["S"]}
     return tuple(sizes[letter] for letter in SHAPES[name].split())
 
 
@@ -298,4 +358,10 @@ def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[
                     a not in (1, b) for a, b in zip(shape[::-1], target[::-1])):
                 raise ValueError(
                     f"{what}[{name!r}] {label} has shape {shape}, which does not broadcast to "
-                    f"{name}'s stacked shape [{', '.join(SHAPES[name].split())}]={target}")
+                    f"{name}'s stacked shape [{', '.join(_letters(name, sizes))}]={target}")
+
+
+def _letters(name: str, sizes: dict[str, int]) -> list[str]:
+    """The axis letters of `name`, E written D where the embeddings are D wide (BERT)."""
+    same = sizes.get("E", sizes.get("D")) == sizes.get("D")
+    return ["D" if letter == "E" and same else letter for letter in SHAPES[name].split()]

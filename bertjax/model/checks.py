@@ -69,6 +69,9 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
             input_ids, token_type_ids, attention_mask, position_ids)
     _check_range("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
     if token_type_ids is not None:
+        if not config.has_token_types:
+            raise ValueError(f"token_type_ids must be None: a {config.model_type} model has no "
+                             f"token types")
         if tuple(token_type_ids.shape) != (B, S):
             raise ValueError(f"token_type_ids must have the shape of input_ids {(B, S)}, "
                              f"got {tuple(token_type_ids.shape)}")
@@ -82,9 +85,9 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
         if _is_concrete(attention_mask) and not np.isin(np.asarray(attention_mask), (0, 1)).all():
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
     if position_ids is None:
-        if S > config.max_position_embeddings:
-            raise ValueError(f"input_ids: sequence length {S} exceeds max_position_embeddings="
-                             f"{config.max_position_embeddings}")
+        if S > config.max_sequence_length:
+            raise ValueError(f"input_ids: sequence length {S} exceeds "
+                             f"{_longest(config)}")
     else:
         if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
             raise ValueError(f"position_ids must have shape [B, S], [1, S] or [S] with "
@@ -92,6 +95,15 @@ def check_inputs(config: BertConfig, input_ids, token_type_ids=None, attention_m
         _check_int("position_ids", position_ids)
         _check_range("position_ids", position_ids, config.max_position_embeddings,
                      f"max_position_embeddings={config.max_position_embeddings}")
+
+
+def _longest(config: BertConfig) -> str:
+    """The longest sequence the default position ids allow, with why."""
+    P = config.max_position_embeddings
+    if not config.padding_aware_positions:
+        return f"max_position_embeddings={P}"
+    return (f"{config.max_sequence_length}, the longest a {config.model_type} model takes "
+            f"(max_position_embeddings={P}, positions start at {config.position_pad_id + 1})")
 
 
 def _first_bad(x, ok):
@@ -118,6 +130,9 @@ def checkify_inputs(config: BertConfig, input_ids, token_type_ids=None, position
     V, Y, P = config.vocab_size, config.type_vocab_size, config.max_position_embeddings
     _check_values("input_ids", input_ids, (input_ids >= 0) & (input_ids < V),
                   f"in [0, {V}) (vocab_size={V})")
+    if token_type_ids is not None and not config.has_token_types:
+        raise ValueError(f"token_type_ids must be None: a {config.model_type} model has no "
+                         f"token types")
     if token_type_ids is not None:
         _check_values("token_type_ids", token_type_ids, (token_type_ids >= 0) & (token_type_ids < Y),
                       f"in [0, {Y}) (type_vocab_size={Y})")

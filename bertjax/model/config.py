@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from bertjax.model import families as F
+
 # hidden_act values we implement, each matched to transformers' ACT2FN entry of the same name.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
@@ -47,6 +49,14 @@ class BertConfig:
       classifier_dropout: dropout before a classifier head; None means hidden_dropout_prob.
       num_labels: outputs of a sequence or token classification head.
       id2label: label names of a classification head, in id order (empty when unnamed).
+      model_type: the family, one of `bertjax.model.families.FAMILIES` ("bert", "roberta", ...).
+      embedding_size: E, width of the embeddings when it differs from D (ELECTRA, ALBERT), else
+        None; `embed_size` is E or D.
+      relative_attention_num_buckets: rows of MPNet's relative position bias table (0 elsewhere).
+      num_hidden_groups, inner_group_num: ALBERT's groups of shared layers and layers per group
+        (1 and 1 elsewhere).
+
+    type_vocab_size is 0 for the families without token types (DistilBERT, MPNet).
     """
 
     vocab_size: int = 30522
@@ -66,13 +76,25 @@ class BertConfig:
     classifier_dropout: float | None = None
     num_labels: int = 2
     id2label: tuple[str, ...] = ()
+    model_type: str = "bert"
+    embedding_size: int | None = None
+    relative_attention_num_buckets: int = 0
+    num_hidden_groups: int = 1
+    inner_group_num: int = 1
 
     def __post_init__(self):
+        if self.model_type not in F.FAMILIES:
+            raise ValueError(f"BertConfig.model_type={self.model_type!r} is not supported; use "
+                             f"one of {', '.join(F.FAMILIES)}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels",
+                     "num_hidden_groups", "inner_group_num", "relative_attention_num_buckets"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            least = 0 if name in ("type_vocab_size", "relative_attention_num_buckets") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                kind = "a non-negative" if least == 0 else "a positive"
+                raise ValueError(f"BertConfig.{name} must be {kind} integer, got {value!r}")
+        self._check_family()
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -92,27 +114,144 @@ class BertConfig:
             raise ValueError(f"BertConfig.id2label has {len(self.id2label)} names but "
                              f"num_labels={self.num_labels}")
 
+    def _check_family(self) -> None:
+        """The family's own fields: present where it has them, absent (default) elsewhere."""
+        family = self.model_type
+        if self.embedding_size is not None and (
+                isinstance(self.embedding_size, bool) or not isinstance(self.embedding_size, int)
+                or self.embedding_size < 1):
+            raise ValueError(f"BertConfig.embedding_size must be a positive integer or None, "
+                             f"got {self.embedding_size!r}")
+        own = {"embedding_size": (None,), "num_hidden_groups": (1,), "inner_group_num": (1,),
+               "relative_attention_num_buckets": (0,)}
+        for name, default in own.items():
+            if name not in F.OWN_FIELDS.get(family, ()) and getattr(self, name) not in default:
+                raise ValueError(f"BertConfig.{name}={getattr(self, name)!r} is not a field of "
+                                 f"model_type={family!r} (leave it at {default[0]!r})")
+        if family == "mpnet" and self.relative_attention_num_buckets < F.MPNET_BUCKETS:
+            raise ValueError(f"BertConfig.relative_attention_num_buckets must be at least "
+                             f"{F.MPNET_BUCKETS} for mpnet (its bucketing always uses 32), got "
+                             f"{self.relative_attention_num_buckets}")
+        if self.type_vocab_size == 0 and family not in F.NO_TOKEN_TYPES:
+            raise ValueError(f"BertConfig.type_vocab_size must be a positive integer for "
+                             f"model_type={family!r}, got 0")
+        if family in F.NO_TOKEN_TYPES and self.type_vocab_size:
+            raise ValueError(f"BertConfig.type_vocab_size must be 0 for model_type={family!r} "
+                             f"(it has no token types), got {self.type_vocab_size}")
+        if self.padding_aware_positions and self.position_pad_id + 1 >= self.max_position_embeddings:
+            raise ValueError(f"BertConfig.max_position_embeddings={self.max_position_embeddings} "
+                             f"leaves no position for a token: {family} positions start at "
+                             f"{self.position_pad_id + 1}")
+
     @property
     def head_size(self) -> int:
         """H = D / N, the width of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embed_size(self) -> int:
+        """E, the width of the embedding lookups and their LayerNorm (D unless factorised)."""
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def has_token_types(self) -> bool:
+        """Whether the model has a token type table (`embed.token_type`)."""
+        return self.type_vocab_size > 0
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the embeddings end with the E -> D projection `embeddings/project`
+        (`embed.proj`): ALBERT always, ELECTRA when E != D."""
+        return self.model_type == "albert" or (
+            self.model_type == "electra" and self.embed_size != self.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        """L, the applied layers: the activation layer axis (ALBERT: num_hidden_layers x
+        inner_group_num, its layers being shared; num_hidden_layers elsewhere)."""
+        return self.num_hidden_layers * self.inner_group_num
+
+    @property
+    def num_param_layers(self) -> int:
+        """The layers the parameter tree stores (ALBERT: num_hidden_groups x inner_group_num)."""
+        if self.model_type == "albert":
+            return self.num_hidden_groups * self.inner_group_num
+        return self.num_hidden_layers
+
+    def param_layer_of(self, t: int) -> int:
+        """The parameter layer applied layer `t` reads (ALBERT's AlbertTransformer: group
+        int((t // inner) / (num_hidden_layers / num_hidden_groups)), layer t % inner in it)."""
+        if self.model_type != "albert":
+            return t
+        inner = self.inner_group_num
+        group = int((t // inner) / (self.num_hidden_layers / self.num_hidden_groups))
+        return group * inner + t % inner
+
+    @property
+    def layer_map(self) -> tuple[int, ...] | None:
+        """The parameter layer of each applied layer, or None when it is the identity (every
+        family but ALBERT): the encoder then scans over the stacked weights themselves."""
+        layers = tuple(self.param_layer_of(t) for t in range(self.num_layers))
+        return None if layers == tuple(range(self.num_param_layers)) else layers
+
+    @property
+    def padding_aware_positions(self) -> bool:
+        """Whether default position ids count non-padding tokens from position_pad_id + 1
+        (RoBERTa's family and MPNet) instead of 0 .. S-1."""
+        return self.model_type in F.ROBERTA_LIKE or self.model_type == "mpnet"
+
+    @property
+    def position_pad_id(self) -> int:
+        """The padding id of the position ids (pad_token_id; MPNet's hard-coded 1); 0 when
+        positions are not padding-aware."""
+        if self.model_type == "mpnet":
+            return F.MPNET_POSITION_PAD
+        return self.pad_token_id if self.padding_aware_positions else 0
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest sequence the default position ids allow."""
+        if self.padding_aware_positions:
+            return self.max_position_embeddings - self.position_pad_id - 1
+        return self.max_position_embeddings
+
+    @property
+    def head_act(self) -> str:
+        """The MLM head's activation: the exact "gelu" transformers hard-codes for the RoBERTa
+        family, MPNet and ELECTRA's generator; hidden_act elsewhere."""
+        if self.model_type in (*F.ROBERTA_LIKE, "mpnet", "electra"):
+            return "gelu"
+        return self.hidden_act
+
+    @property
+    def classifier_kind(self) -> str:
+        """The family's sequence classification head: "pooler" (BERT, ALBERT: dense on the pooled
+        output), "dense_tanh" (RoBERTa family, MPNet: dense, tanh, out_proj on the first token),
+        "dense_gelu" (ELECTRA: the same with the exact gelu), "pre_relu" (DistilBERT:
+        pre_classifier, ReLU, classifier on the first token)."""
+        return {"roberta": "dense_tanh", "xlm-roberta": "dense_tanh", "camembert": "dense_tanh",
+                "mpnet": "dense_tanh", "electra": "dense_gelu",
+                "distilbert": "pre_relu"}.get(self.model_type, "pooler")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
         """Reads a Hugging Face style config dict.
 
         Keys that do not change an encoder forward (`_name_or_path`, `architectures`, generation
-        settings, ...) are accepted and dropped; a
-        `model_type` other than "bert" or a feature bertjax does not implement (relative position
-        embeddings, decoder, cross-attention, pruned heads) raises ValueError naming the field.
+        settings, ...) are accepted and dropped. `model_type` selects the family, whose own keys
+        (DistilBERT's dim/n_layers/..., ALBERT's groups, ...) and defaults are read
+        (`bertjax.model.families.family_dict`); an unsupported `model_type` or a feature bertjax
+        does not implement (relative position embeddings, decoder, cross-attention, pruned heads)
+        raises ValueError naming the field.
         """
-        model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise ValueError(f"config model_type={model_type!r} is not a BERT model (expected 'bert')")
+        d = F.family_dict(d)
         bad = [f"{k}={d[k]!r}" for k, ok in _UNSUPPORTED.items() if k in d and d[k] not in ok]
         if bad:
             raise ValueError(f"unsupported BERT config feature(s): {', '.join(bad)}")
-        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "id2label"}
+        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "id2label"
+                 and (f.name not in ("embedding_size", "num_hidden_groups", "inner_group_num",
+                                     "relative_attention_num_buckets")
+                      or f.name in F.OWN_FIELDS.get(d.get("model_type", "bert"), ()))}
         kwargs = {k: _coerce(k, v, types[k]) for k, v in d.items() if k in types}
         names = _label_names(d.get("id2label"))
         if names:
@@ -139,15 +278,29 @@ class BertConfig:
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        """The Hugging Face config dict (readable by transformers' BertConfig)."""
+        """The Hugging Face config dict in the family's own form (readable by transformers'
+        config class of `model_type`; BERT's for "bert")."""
         d = dataclasses.asdict(self)
         d.pop("id2label")
         d.pop("num_labels")
+        for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
+                     "relative_attention_num_buckets"):
+            if name not in F.OWN_FIELDS.get(self.model_type, ()):
+                d.pop(name)
         labels = self.id2label or _default_labels(self.num_labels)
         d["id2label"] = {str(i): name for i, name in enumerate(labels)}
         d["label2id"] = {name: i for i, name in enumerate(labels)}
-        d["model_type"] = "bert"
         d["position_embedding_type"] = "absolute"
+        if self.model_type in F.NO_TOKEN_TYPES:
+            d.pop("type_vocab_size")
+        if self.model_type == "albert":
+            d["classifier_dropout_prob"] = d.pop("classifier_dropout")
+        if self.model_type == "electra" and d["embedding_size"] is None:
+            d["embedding_size"] = self.hidden_size
+        if self.model_type == "albert" and d["embedding_size"] is None:
+            d["embedding_size"] = self.hidden_size
+        if self.model_type == "distilbert":
+            d = F.distilbert_dict(d)
         return d
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -161,6 +314,7 @@ def _coerce(name: str, value, kind: str):
     if kind in ("float", "float | None") and _is_number(value):
         return float(value)
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
           "float | None": value is None, "str": isinstance(value, str),
           "bool": isinstance(value, bool)}.get(kind, False)
     if not ok:

@@ -31,6 +31,7 @@ from bertjax.model.config import BertConfig
 from bertjax.model.layer import encoder_layer
 from bertjax.model.nn import subtree
 from bertjax.model.params import check_tree
+from bertjax.model.relative import relative_bias
 
 
 def is_stacked(layers: dict) -> bool:
@@ -94,8 +95,9 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
     """All encoder layers.
 
     Args:
-      params: the `encoder` subtree (or the full tree), per-layer or stacked.
-      hidden: float [B, S, D], the embeddings' output.
+      params: the `encoder` subtree (or the full tree), per-layer or stacked. ALBERT's stored
+        layers are shared: applied layer t reads `config.param_layer_of(t)`.
+      hidden: float [B, S, D], the embeddings' output (the encoder's input).
       attention_mask: [B, S] of 1 (token) / 0 (padding), or None.
       capture: per-layer names; each comes back stacked over layers, [L, ...]. A dict
         `{name or glob: layers}` selects layers (`bertjax.model.capture.layer_selection`).
@@ -109,22 +111,30 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         returns); a dict `capture` gives its own.
 
     Returns:
-      the last layer's output, float [B, S, D], and the captured activations: [L, ...] per name,
-      [len(layers), ...] for a selected name, in the selection's order.
+      the last layer's output, float [B, S, D], and the captured activations: [L, ...] per name
+      (L = config.num_layers, the applied layers), [len(layers), ...] for a selected name, in
+      the selection's order; attn.rel_bias [N, S, T] once (MPNet).
     """
     if isinstance(capture, C.Taps):
         capture, patch, edit = capture.capture, capture.patch, capture.edit
-    L = config.num_hidden_layers
+    L = config.num_layers
     if isinstance(capture, dict):
-        layers = C.layer_selection(capture, L, has_pooler=False, has_mlm=False)
-    capture = C.as_frozenset(capture) & frozenset(C.LAYER_NAMES)
-    patch = {k: v for k, v in C.check_patch(patch).items() if k in C.LAYER_NAMES}
-    check_tree(subtree(params, "encoder"), config, "encoder")
+        layers = C.layer_selection(capture, L, has_pooler=False, has_mlm=False, config=config)
+    capture = C.as_frozenset(capture, config=config)
+    patch, edit = C.check_patch(patch), C.check_edit(edit)
+    params = subtree(params, "encoder")
+    check_tree(params, config, "encoder")
     check_hidden(hidden, config)
-    edit = {k: v for k, v in C.check_edit(edit).items() if k in C.LAYER_NAMES}
     hidden = jnp.asarray(hidden)
-    stacked = stack_layers(subtree(params, "encoder")["layer"])
-    xs = {"params": stacked}
+    extra, shared = _shared_terms(params, hidden, config, capture, patch, edit)
+    capture = capture & frozenset(C.LAYER_NAMES)
+    patch = {k: v for k, v in patch.items() if k in C.LAYER_NAMES}
+    edit = {k: v for k, v in edit.items() if k in C.LAYER_NAMES}
+    stacked = stack_layers(params["layer"])
+    if config.layer_map is None:  # applied layer i is parameter layer i: scan over the weights
+        xs = {"params": stacked}
+    else:  # ALBERT: each applied layer reads its shared parameter layer by index, no copies
+        xs = {"index": jnp.asarray(config.layer_map, jnp.int32)}
     if rng is not None:
         xs["rng"] = jax.random.split(rng, L)
     if head_mask is not None:
@@ -143,12 +153,29 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         per_layer = {k: tuple(fixed[k][j] if j in fixed.get(k, {}) else x["edit"][k][j]
                               for j in range(2)) for k in edit}
         taps = C.Taps(names, x.get("patch"), per_layer)
-        return encoder_layer(x["params"], h, config, attention_mask, taps, x.get("rng"),
-                             x.get("head_mask"))
+        weights = x["params"] if "params" in x else jax.tree_util.tree_map(
+            lambda a: a[x["index"]], stacked)
+        return encoder_layer(weights, h, config, attention_mask, taps, x.get("rng"),
+                             x.get("head_mask"), extra=extra)
 
     if not layers:
-        return jax.lax.scan(lambda h, x: step(capture, h, x), hidden, xs)
-    return _scan_runs(step, hidden, xs, capture, dict(layers), L)
+        hidden, acts = jax.lax.scan(lambda h, x: step(capture, h, x), hidden, xs)
+    else:
+        hidden, acts = _scan_runs(step, hidden, xs, capture, dict(layers), L)
+    return hidden, {**shared, **acts}
+
+
+def _shared_terms(params: dict, hidden: jax.Array, config: BertConfig, capture: frozenset,
+                  patch: dict, edit: dict) -> tuple[jax.Array | None, dict]:
+    """The score term every layer adds (MPNet's relative bias, tapped as attn.rel_bias [N, S, T])
+    and its captured value; (None, {}) for a family without one."""
+    if not config.relative_attention_num_buckets:
+        return None, {}
+    taps = C.Taps(capture & frozenset(C.ENCODER_NAMES),
+                  {k: v for k, v in patch.items() if k in C.ENCODER_NAMES},
+                  {k: v for k, v in edit.items() if k in C.ENCODER_NAMES})
+    table = params["relative_attention_bias"]["embedding"]  # [R, N]
+    return taps(C.ATTN_REL_BIAS, relative_bias(table, hidden.shape[1])), taps.acts
 
 
 def _leading_layers(x, rank: int, L: int) -> jax.Array:

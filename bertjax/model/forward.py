@@ -16,7 +16,7 @@ from bertjax.model.checks import check_inputs, checkify_inputs
 from bertjax.model.config import BertConfig
 from bertjax.model.embeddings import embeddings
 from bertjax.model.encoder import encoder, is_stacked, stacked_once
-from bertjax.model.heads import mlm_logits, pooler
+from bertjax.model.heads import disc_logits, mlm_logits, pooler, sop_logits
 from bertjax.model.params import check_params
 
 
@@ -48,19 +48,15 @@ def _prepare(params, input_ids, config, token_type_ids, attention_mask, position
         raise ValueError(f"config must be a bertjax.BertConfig, got {type(config).__name__}")
     heads = check_params(params, config)  # shapes only, remembered: free on the next call
     C.check_capture(capture)
-    names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
-    layers = C.layer_selection(capture, config.num_hidden_layers, has_pooler=heads.pooler,
-                               has_mlm=heads.mlm)
+    names = C.resolve(capture, config=config, heads=heads)
+    layers = C.layer_selection(capture, config.num_layers, config=config, heads=heads)
     arrays = [_as_array(x) for x in (input_ids, token_type_ids, attention_mask, position_ids)]
     check_inputs(config, *arrays, values=values)
     return names, layers, arrays
 
 
 def _sizes(config: BertConfig, input_ids) -> dict[str, int]:
-    B, S = input_ids.shape
-    return {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
-            "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
-            "V": config.vocab_size}
+    return C.axis_sizes(config, *input_ids.shape)
 
 
 def _interventions(config: BertConfig, input_ids, patch, edit) -> tuple[dict, dict]:
@@ -155,7 +151,7 @@ def _forward_body(params, input_ids, token_type_ids, attention_mask, position_id
                   patch, edit, *, config: BertConfig, capture: frozenset[str],
                   layers: tuple = (), offload: bool = False) -> BertOutput:
     r_embed, r_encoder = (None, None) if rng is None else jax.random.split(rng)
-    embed_names = frozenset(C.EMBED_NAMES)
+    embed_names = frozenset(C.EMBEDDING_NAMES)
     hidden, acts = embeddings(params["embeddings"], input_ids, config, token_type_ids,
                               position_ids, capture & embed_names, r_embed,
                               {k: v for k, v in patch.items() if k in embed_names},
@@ -163,12 +159,16 @@ def _forward_body(params, input_ids, token_type_ids, attention_mask, position_id
     hidden, layer_acts = encoder(params["encoder"], hidden, config, attention_mask, capture,
                                  r_encoder, head_mask, patch, edit, layers)
     acts.update(layer_acts)
-    outputs = C.Taps(capture, edit={k: v for k, v in edit.items() if k in C.HEAD_NAMES})
+    outputs = C.Taps(capture, edit={k: v for k, v in edit.items() if k in C.OUTPUT_NAMES})
     pooled = None
     if "pooler" in params:
         pooled = outputs(C.POOLER_OUT, pooler(params["pooler"], hidden, config)[0])
     if C.MLM_LOGITS in capture:
         outputs(C.MLM_LOGITS, mlm_logits(params, hidden, config)[0])
+    if C.DISC_LOGITS in capture:
+        outputs(C.DISC_LOGITS, disc_logits(params, hidden, config))
+    if C.SOP_LOGITS in capture:
+        outputs(C.SOP_LOGITS, sop_logits(params, pooled, config))
     acts.update(outputs.acts)
     if offload:  # written to host memory by the program itself
         acts = {name: jax.device_put(value, jax.memory.Space.Host) for name, value in acts.items()}

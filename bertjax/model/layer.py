@@ -39,8 +39,9 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
                   rng: jax.Array | None = None,
                   head_mask: Float[ArrayLike, "N"] | None = None,
                   patch: dict | None = None,
-                  edit: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
-    """One BERT layer.
+                  edit: dict | None = None,
+                  extra: Float[ArrayLike, "N S T"] | None = None) -> tuple[Float[Array, "B S D"], dict]:
+    """One post-LN encoder layer (BERT's, and that of every family of bertjax.model.families).
 
     Args:
       params: one layer's subtree (`encoder/layer/<i>`).
@@ -51,6 +52,8 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
       head_mask: float [N] scaling each head's probabilities, or None.
       patch: name -> (new, mask) replacing activations of this layer (see `bertjax.model.capture.Taps`).
       edit: name -> (mul, add): the activation becomes value * mul + add (this layer's shapes).
+      extra: float [N, S, T] added to every attention score before the padding mask (MPNet's
+        `attn.rel_bias`), or None.
 
     Returns:
       layer.out, float [B, S, D], and the captured activations.
@@ -62,7 +65,7 @@ def encoder_layer(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertC
     r_attn, r_hidden, r_mlp = split(rng, 3)
     # attn.out is tapped inside attention, before this dropout: identical at inference.
     attn_out, _ = attention(params["attention"], hidden, config, attention_mask, taps, r_attn,
-                            head_mask)
+                            head_mask, extra=extra)
     attn_out = dropout(r_hidden, attn_out, config.hidden_dropout_prob)
     resid = taps(C.ATTN_RESID, hidden + attn_out)
     normed = tapped_layer_norm(params["attention"]["output"]["LayerNorm"], resid,

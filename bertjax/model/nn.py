@@ -67,9 +67,9 @@ _ACT = {
 }
 
 
-def activation(config: BertConfig, x: jax.Array) -> jax.Array:
-    """The config's hidden_act applied elementwise."""
-    return _ACT[config.hidden_act](x)
+def activation(config: BertConfig, x: jax.Array, name: str | None = None) -> jax.Array:
+    """The config's hidden_act (or the activation `name`, e.g. `config.head_act`) elementwise."""
+    return _ACT[name or config.hidden_act](x)
 
 
 def dropout(rng: jax.Array | None, x: jax.Array, rate: float) -> jax.Array:

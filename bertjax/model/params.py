@@ -24,6 +24,14 @@ are `kernel` [in, out]; embeddings are `embedding`; LayerNorm is `scale` and `bi
 | cls/predictions/decoder/kernel                           | [D, V] | untied decoder only
 | classifier/{kernel,bias}                                 | [D, C], [C] | C = num_labels
 
+The other encoder families use the same names wherever they have the same part
+(conversion/FAMILIES.md): E = embed_size for the embedding tables and their LayerNorm,
+`embeddings/project` [E, D] (ALBERT; ELECTRA when E != D), no token type table when
+type_vocab_size is 0, `encoder/relative_attention_bias/embedding` [R, N] (MPNet), the MLM head
+D -> E -> V, `discriminator_predictions` (ELECTRA), `sop_classifier` (ALBERT), and the sequence
+classifier as `classifier/{dense,out_proj}` or `pre_classifier` + `classifier`. ALBERT stores
+num_param_layers = num_hidden_groups x inner_group_num layers, read by the applied layers.
+
 `param_shapes` is the single source of this table for init, load, convert and the tests.
 """
 
@@ -46,13 +54,24 @@ class Heads:
     mlm: bool = False
     untied_decoder: bool = False
     classifier: bool = False
+    disc: bool = False  # ELECTRA's discriminator (replaced-token detection)
+    sop: bool = False  # ALBERT's sentence-order prediction
+    # The classifier's form: "linear" (classifier/{kernel,bias}: BERT/ALBERT sequence head, every
+    # family's token head), "dense" (classifier/{dense,out_proj}: RoBERTa family, ELECTRA, MPNet
+    # sequence head), "pre" (pre_classifier + classifier: DistilBERT's sequence head).
+    classifier_form: str = "linear"
 
     @classmethod
     def of(cls, params: dict) -> Heads:
         """Reads the heads present in a parameter tree."""
         predictions = params.get("cls", {}).get("predictions", {})
+        classifier = params.get("classifier")
+        form = ("dense" if isinstance(classifier, dict) and "dense" in classifier
+                else "pre" if "pre_classifier" in params else "linear")
         return cls(pooler="pooler" in params, mlm="transform" in predictions,
-                   untied_decoder="decoder" in predictions, classifier="classifier" in params)
+                   untied_decoder="decoder" in predictions, classifier=classifier is not None,
+                   disc="discriminator_predictions" in params, sop="sop_classifier" in params,
+                   classifier_form=form)
 
 
 def _dense(d_in: int, d_out: int, dtype) -> dict:
@@ -84,28 +103,48 @@ def layer_shapes(config: BertConfig, dtype=jnp.float32) -> dict:
 
 def param_shapes(config: BertConfig, heads: Heads = Heads(), dtype=jnp.float32) -> dict:
     """The parameter tree as `jax.ShapeDtypeStruct` leaves, for the given heads."""
-    D, V = config.hidden_size, config.vocab_size
-    tree = {
-        "embeddings": {
-            "word_embeddings": _table(V, D, dtype),
-            "position_embeddings": _table(config.max_position_embeddings, D, dtype),
-            "token_type_embeddings": _table(config.type_vocab_size, D, dtype),
-            "LayerNorm": _norm(D, dtype),
-        },
-        "encoder": {"layer": {str(i): layer_shapes(config, dtype)
-                              for i in range(config.num_hidden_layers)}},
-    }
+    D, E, V = config.hidden_size, config.embed_size, config.vocab_size
+    embeddings = {"word_embeddings": _table(V, E, dtype),
+                  "position_embeddings": _table(config.max_position_embeddings, E, dtype)}
+    if config.has_token_types:
+        embeddings["token_type_embeddings"] = _table(config.type_vocab_size, E, dtype)
+    embeddings["LayerNorm"] = _norm(E, dtype)
+    if config.has_projection:
+        embeddings["project"] = _dense(E, D, dtype)
+    encoder = {"layer": {str(i): layer_shapes(config, dtype) for i in range(config.num_param_layers)}}
+    if config.relative_attention_num_buckets:
+        encoder["relative_attention_bias"] = _table(config.relative_attention_num_buckets,
+                                                    config.num_attention_heads, dtype)
+    tree = {"embeddings": embeddings, "encoder": encoder}
     if heads.pooler:
         tree["pooler"] = {"dense": _dense(D, D, dtype)}
     if heads.mlm:
-        predictions = {"transform": {"dense": _dense(D, D, dtype), "LayerNorm": _norm(D, dtype)},
+        predictions = {"transform": {"dense": _dense(D, E, dtype), "LayerNorm": _norm(E, dtype)},
                        "bias": jax.ShapeDtypeStruct((V,), dtype)}
         if heads.untied_decoder:
-            predictions["decoder"] = {"kernel": jax.ShapeDtypeStruct((D, V), dtype)}
+            predictions["decoder"] = {"kernel": jax.ShapeDtypeStruct((E, V), dtype)}
         tree["cls"] = {"predictions": predictions}
+    if heads.disc:
+        tree["discriminator_predictions"] = {"dense": _dense(D, D, dtype),
+                                             "dense_prediction": _dense(D, 1, dtype)}
+    if heads.sop:
+        tree["sop_classifier"] = _dense(D, config.num_labels, dtype)
     if heads.classifier:
-        tree["classifier"] = _dense(D, config.num_labels, dtype)
+        tree.update(classifier_shapes(config, heads.classifier_form, dtype))
     return tree
+
+
+def classifier_shapes(config: BertConfig, form: str = "linear", dtype=jnp.float32) -> dict:
+    """The classifier subtrees of a form (`Heads.classifier_form`): {"classifier": ...} and, for
+    "pre", {"pre_classifier": ...}."""
+    D, C = config.hidden_size, config.num_labels
+    if form == "linear":
+        return {"classifier": _dense(D, C, dtype)}
+    if form == "dense":
+        return {"classifier": {"dense": _dense(D, D, dtype), "out_proj": _dense(D, C, dtype)}}
+    if form == "pre":
+        return {"pre_classifier": _dense(D, D, dtype), "classifier": _dense(D, C, dtype)}
+    raise ValueError(f"classifier form must be 'linear', 'dense' or 'pre', got {form!r}")
 
 
 def init_params(rng: jax.Array, config: BertConfig, heads: Heads = Heads(),
@@ -153,7 +192,8 @@ def unflatten(flat: dict[str, object]) -> dict:
 # The config fields that size the tree (num_attention_heads sizes no leaf: the config itself
 # checks that it divides hidden_size).
 _SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "num_labels")
+                "max_position_embeddings", "type_vocab_size", "num_labels", "embedding_size",
+                "num_hidden_groups", "inner_group_num", "relative_attention_num_buckets")
 # (tree structure, leaf shapes and dtypes, config, part) of the trees that passed `check_tree`.
 _CHECKED: set = set()
 
@@ -163,7 +203,7 @@ def _expected(config: BertConfig, heads: Heads, stacked: bool) -> dict[str, tupl
     tree = param_shapes(config, heads)
     if stacked:
         one = layer_shapes(config)
-        L = config.num_hidden_layers
+        L = config.num_param_layers
         tree["encoder"]["layer"] = jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct((L, *s.shape), s.dtype), one)
     return {path: spec.shape for path, spec in flatten(tree).items()}
@@ -177,8 +217,13 @@ def _fields(path: str, shape: tuple, config: BertConfig, heads: Heads, stacked: 
             if len(shape) == len(need) else list(range(len(need))))
     found = []
     for name in _SIZE_FIELDS:
-        other = dataclasses.replace(config, num_attention_heads=1, id2label=(),
-                                    **{name: getattr(config, name) + 1})
+        if not getattr(config, name):  # a field the family does not use (None or 0)
+            continue
+        try:
+            other = dataclasses.replace(config, num_attention_heads=1, id2label=(),
+                                        **{name: getattr(config, name) + 1})
+        except ValueError:
+            continue
         changed = _expected(other, heads, stacked).get(path)
         if changed is not None and any(changed[i] != need[i] for i in axes):
             found.append(f"{name}={getattr(config, name)}")
@@ -194,10 +239,12 @@ def _layer_count(params: dict, config: BertConfig) -> str:
     layers = params.get("encoder", {}).get("layer") if isinstance(params.get("encoder"), dict) else None
     if not isinstance(layers, dict) or "0" not in layers:
         return ""
-    if set(layers) == {str(i) for i in range(config.num_hidden_layers)}:
+    if set(layers) == {str(i) for i in range(config.num_param_layers)}:
         return ""
+    says = (f"num_hidden_layers={config.num_hidden_layers}" if config.model_type != "albert" else
+            f"num_hidden_groups x inner_group_num={config.num_param_layers}")
     return (f"; the tree has {len(layers)} layers ({', '.join(sorted(layers, key=str))}), the "
-            f"config says num_hidden_layers={config.num_hidden_layers}")
+            f"config says {says}")
 
 
 def check_tree(params: dict, config: BertConfig, part: str = "", where: str = "params",
@@ -253,7 +300,8 @@ def _check_tree(params: dict, config: BertConfig, part: str, where: str, uses: t
     if missing or unexpected:
         parts = ([_listed("missing", missing)] if missing else []) + (
             [_listed("unexpected", unexpected)] if unexpected else [])
-        raise ValueError(f"{where} do not match the BERT parameter tree ({'; '.join(parts)})"
+        family = "BERT" if config.model_type == "bert" else config.model_type
+        raise ValueError(f"{where} do not match the {family} parameter tree ({'; '.join(parts)})"
                          f"{_layer_count(full, config)}")
     for path, need in want.items():  # of what there is, each shape and dtype
         shape = tuple(np.shape(got[path]))

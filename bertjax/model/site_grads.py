@@ -46,7 +46,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
       ValueError: unknown names, `reuse` given, or any error `forward` raises.
     """
     heads = Heads.of(params)
-    names = C.resolve(names, has_pooler=heads.pooler, has_mlm=heads.mlm)
+    names = C.resolve(names, config=config, heads=heads)
     unknown = set(forward_kwargs) - set(_ARRAY_KWARGS) - {"capture"}
     if unknown:
         raise ValueError(f"site_grads takes forward's keyword arguments "
@@ -63,9 +63,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
         capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
                                for k, v in capture.items()))
     B, S = input_ids.shape
-    sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
-             "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
-             "V": config.vocab_size}
+    sizes = C.axis_sizes(config, B, S)
     zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
     return _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
                   capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))

@@ -311,8 +311,8 @@ def check_request(opts: Options) -> None:
 
 def resolve_request(opts: Options, config, heads: Heads) -> tuple[frozenset, tuple, int]:
     """The capture names, the selected layers and max_length, checked against the model."""
-    names = C.resolve(opts.capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
-    L = config.num_hidden_layers
+    names = C.resolve(opts.capture, config=config, heads=heads)
+    L = config.num_layers
     layers = tuple(range(L)) if opts.layers is None else tuple(opts.layers)
     bad = [i for i in layers if not 0 <= i < L]
     if bad or not layers:

@@ -185,9 +185,8 @@ def sharded_forward(mesh: Mesh, params: dict, config: BertConfig, capture=(),
       ValueError: unknown capture names; heads or I that do not split over the "model" axis.
     """
     heads = Heads.of(params)
-    names = C.resolve(capture, has_pooler=heads.pooler, has_mlm=heads.mlm)
-    layers = C.layer_selection(capture, config.num_hidden_layers, has_pooler=heads.pooler,
-                               has_mlm=heads.mlm)
+    names = C.resolve(capture, config=config, heads=heads)
+    layers = C.layer_selection(capture, config.num_layers, config=config, heads=heads)
     param_shardings(mesh, params, config)  # raises now when the model axis does not divide
     jitted = _jitted(mesh, config, names, post, heads.pooler, _layout(params), layers)
 

@@ -140,7 +140,7 @@ def _out_is_source(tmp_path, mlm) -> list:
 
 BAD = {
     "gpt2-folder": (lambda t, m: _gpt2(t, m, False),
-                    r"config model_type='gpt2' is not a BERT model \(expected 'bert'\)"),
+                    r"config model_type='gpt2' is not supported; bertjax reads bert, roberta"),
     "gpt2-weights": (lambda t, m: _gpt2(t, m, True),
                      (r"not a BERT checkpoint: no 'embeddings\.word_embeddings\.weight' \(bert\. "
                       r"prefix optional\); its keys look like: h\.0\.")),

@@ -70,7 +70,7 @@ def test_unsupported_features_name_the_field(key, value):
 
 
 def test_other_model_type_is_refused():
-    with pytest.raises(ValueError, match=r"model_type='gpt2' is not a BERT model"):
+    with pytest.raises(ValueError, match=r"model_type='gpt2' is not supported; bertjax reads bert, roberta"):
         BertConfig.from_dict({"model_type": "gpt2", "n_embd": 16})
 
 
