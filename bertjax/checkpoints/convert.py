@@ -32,18 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertjax.checkpoints.keys import BASE_PREFIX, rename, source_key  # noqa: F401 (re-exported)
 from bertjax.checkpoints.readers import CheckpointError, dtype_of, shape_of
 from bertjax.model.config import BertConfig
 from bertjax.model.params import Heads, flatten, param_shapes, unflatten
 
 _LEAF_TO_TORCH = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
-_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # torch buffers, not weights
 _NSP_PREFIX = "cls.seq_relationship."
-_DECODER_WEIGHT = "cls.predictions.decoder.weight"
-_DECODER_BIAS = "cls.predictions.decoder.bias"
-_MLM_BIAS = "cls.predictions.bias"
 _WORD = "embeddings.word_embeddings.weight"
-_TRANSFORM = "cls.predictions.transform.dense.weight"
 # A progress bar over tensors only for checkpoints this big (tiny test models stay quiet).
 PROGRESS_MIN_PARAMS = 50_000_000
 
@@ -54,11 +51,20 @@ def torch_key(path: str) -> tuple[str, bool]:
     return ".".join(parents + [_LEAF_TO_TORCH[leaf]]), leaf == "kernel"
 
 
+def family_key(config: BertConfig, path: str) -> tuple[str, bool]:
+    """The family's PyTorch key (without its base-model prefix) for a tree path, and whether it is
+    transposed: BERT's key (`torch_key`) renamed by the family's table (`bertjax.checkpoints.keys`)."""
+    key, transposed = torch_key(path)
+    return rename(config, key), transposed
+
+
 def key_table(config: BertConfig, heads: Heads) -> list[tuple[str, str, bool]]:
-    """Every (PyTorch key, tree path, transposed) for a model with these heads."""
+    """Every (PyTorch key, tree path, transposed) for a model of this family with these heads: the
+    one table that serves import and export (keys without the base-model prefix; `source_key`
+    adds it where transformers' task models have it)."""
     table = []
     for path in flatten(param_shapes(config, heads)):
-        key, transposed = torch_key(path)
+        key, transposed = family_key(config, path)
         table.append((key, path, transposed))
     return table
 
@@ -71,25 +77,28 @@ class Normalized:
     notes: list[str]
 
 
-def _canonical(key: str) -> str:
-    """`bert.` prefix removed, Google's LayerNorm gamma/beta renamed weight/bias."""
-    key = key.removeprefix("bert.")
-    if key.endswith("LayerNorm.gamma"):
+def _canonical(key: str, prefix: str = "bert.") -> str:
+    """The family's base-model prefix removed, legacy gamma/beta renamed weight/bias (as
+    transformers renames them on load)."""
+    key = key.removeprefix(prefix)
+    if key.endswith(".gamma"):
         key = key[: -len("gamma")] + "weight"
-    elif key.endswith("LayerNorm.beta"):
+    elif key.endswith(".beta"):
         key = key[: -len("beta")] + "bias"
     return key
 
 
-def normalize(state: Mapping[str, np.ndarray]) -> Normalized:
-    """Canonical key -> source key, dropping buffers and the NSP head."""
+def normalize(state: Mapping[str, np.ndarray], config: BertConfig | None = None) -> Normalized:
+    """Canonical key -> source key, dropping buffers and the NSP head (`config` says the family,
+    hence the base-model prefix; BERT's when None)."""
+    family = "bert" if config is None else config.model_type
     keys: dict[str, str] = {}
     nsp = False
     for key in state:
-        canon = _canonical(key)
+        canon = _canonical(key, BASE_PREFIX[family])
         if canon in _BUFFERS:
             continue
-        if canon.startswith(_NSP_PREFIX):
+        if canon.startswith(_NSP_PREFIX) and family == "bert":
             nsp = True
             continue
         if canon in keys:
@@ -97,17 +106,25 @@ def normalize(state: Mapping[str, np.ndarray]) -> Normalized:
         keys[canon] = key
     if _WORD not in keys:
         sample = ", ".join(sorted(state)[:4]) or "(no tensors at all)"
-        raise CheckpointError(f"not a BERT checkpoint: no {_WORD!r} (bert. prefix optional); "
-                              f"its keys look like: {sample}")
+        name = "BERT" if family == "bert" else family
+        raise CheckpointError(f"not a {name} checkpoint: no {_WORD!r} ({BASE_PREFIX[family]} "
+                              f"prefix optional); its keys look like: {sample}")
     notes = ["dropped the next-sentence-prediction head (cls.seq_relationship)"] if nsp else []
     return Normalized(keys, notes)
 
 
-def detect_heads(keys: Mapping[str, str], untied_decoder: bool = False) -> Heads:
+def detect_heads(keys: Mapping[str, str], untied_decoder: bool = False,
+                 config: BertConfig | None = None) -> Heads:
     """Which heads a normalised checkpoint carries (`untied_decoder` from `resolve_decoder`)."""
-    mlm = _TRANSFORM in keys
-    return Heads(pooler="pooler.dense.weight" in keys, mlm=mlm, untied_decoder=mlm and untied_decoder,
-                 classifier="classifier.weight" in keys)
+    config = config or BertConfig()
+    has = lambda path: family_key(config, path)[0] in keys  # noqa: E731
+    mlm = has("cls/predictions/transform/dense/kernel")
+    form = ("dense" if has("classifier/dense/kernel") else
+            "pre" if has("pre_classifier/kernel") else "linear")
+    return Heads(pooler=has("pooler/dense/kernel"), mlm=mlm, untied_decoder=mlm and untied_decoder,
+                 classifier=has("classifier/kernel") or form == "dense",
+                 disc=has("discriminator_predictions/dense/kernel"),
+                 sop=has("sop_classifier/kernel"), classifier_form=form)
 
 
 def _differs(state: Mapping, a: str, b: str) -> bool:
@@ -124,24 +141,28 @@ def resolve_decoder(state: Mapping, keys: Mapping[str, str],
     one of the two or both are equal, so a stored decoder that differs stays untied.
     """
     keys = dict(keys)
-    if _TRANSFORM not in keys:
+    transform = family_key(config, "cls/predictions/transform/dense/kernel")[0]
+    weight = family_key(config, "cls/predictions/decoder/kernel")[0]
+    mlm_bias = family_key(config, "cls/predictions/bias")[0]
+    decoder_bias = weight.removesuffix("weight") + "bias"  # the decoder Linear's own bias
+    if transform not in keys:
         return keys, False, []
     notes = []
-    if _DECODER_BIAS in keys:  # the bias transformers' decoder Linear adds
-        if (_MLM_BIAS in keys and config.tie_word_embeddings
-                and _differs(state, keys[_DECODER_BIAS], keys[_MLM_BIAS])):
-            notes.append(f"{keys[_MLM_BIAS]} differs from {keys[_DECODER_BIAS]}: used the "
+    if decoder_bias != mlm_bias and decoder_bias in keys:  # the bias the decoder Linear adds
+        if (mlm_bias in keys and config.tie_word_embeddings
+                and _differs(state, keys[decoder_bias], keys[mlm_bias])):
+            notes.append(f"{keys[mlm_bias]} differs from {keys[decoder_bias]}: used the "
                          f"decoder's bias, which transformers' forward adds")
-        keys[_MLM_BIAS] = keys.pop(_DECODER_BIAS)
+        keys[mlm_bias] = keys.pop(decoder_bias)
     untied = not config.tie_word_embeddings
-    if not untied and _DECODER_WEIGHT in keys and _WORD in keys:
-        untied = _differs(state, keys[_DECODER_WEIGHT], keys[_WORD])
+    if not untied and weight in keys and _WORD in keys:
+        untied = _differs(state, keys[weight], keys[_WORD])
         if untied:
-            notes.append(f"{keys[_DECODER_WEIGHT]} differs from the word embeddings although the "
+            notes.append(f"{keys[weight]} differs from the word embeddings although the "
                          f"config ties them: kept it untied (cls/predictions/decoder/kernel, "
                          f"tie_word_embeddings=false), as transformers 5 does")
         else:
-            keys.pop(_DECODER_WEIGHT)
+            keys.pop(weight)
     return keys, untied, notes
 
 
@@ -150,7 +171,7 @@ def _listed(kind: str, names: list[str], most: int = 6) -> str:
     return f"{kind} {len(names)}: {', '.join(names[:most])}{more}"
 
 
-def check_keys(keys: Mapping[str, str], table) -> None:
+def check_keys(keys: Mapping[str, str], table, family: str = "BERT") -> None:
     """Raises CheckpointError listing missing and unexpected keys (canonical names)."""
     expected = {k for k, _, _ in table}
     missing = sorted(expected - set(keys))
@@ -158,7 +179,8 @@ def check_keys(keys: Mapping[str, str], table) -> None:
     parts = ([_listed("missing", missing)] if missing else []) + (
         [_listed("unexpected", unexpected)] if unexpected else [])
     if parts:
-        raise CheckpointError(f"checkpoint does not match a BERT with this config ({'; '.join(parts)})")
+        raise CheckpointError(f"checkpoint does not match a {family} with this config "
+                              f"({'; '.join(parts)})")
 
 
 def check_tensors(state: Mapping, keys: Mapping[str, str], table, config: BertConfig,
@@ -234,11 +256,11 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config: BertConfig,
       dropped or overridden on the way. Raises CheckpointError before converting anything when a
       key is missing or unexpected, or a shape or dtype disagrees with the config.
     """
-    norm = normalize(state)
+    norm = normalize(state, config)
     keys, untied, decoder_notes = resolve_decoder(state, norm.tensors, config)
-    heads = detect_heads(keys, untied)
+    heads = detect_heads(keys, untied, config)
     table = key_table(config, heads)
-    check_keys(keys, table)
+    check_keys(keys, table, "BERT" if config.model_type == "bert" else config.model_type)
     check_tensors(state, keys, table, config, heads)
     notes = norm.notes + decoder_notes
     flat = convert_tensors(state, keys, table, dtype)
