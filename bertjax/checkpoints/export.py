@@ -31,6 +31,7 @@ import numpy as np
 from bertjax.checkpoints.checkpoint import _per_layer, _refuse_existing, _replace
 from bertjax.checkpoints.convert import key_table
 from bertjax.checkpoints.files import make_public
+from bertjax.checkpoints.keys import source_key
 from bertjax.checkpoints.sources import TOKENIZER_FILES
 from bertjax.model.config import BertConfig
 from bertjax.model.params import Heads, check_params, flatten
@@ -46,7 +47,6 @@ FAMILY_CLASSES = {
 # task -> class name suffix
 TASKS = {"model": "Model", "mlm": "ForMaskedLM", "classification": "ForSequenceClassification",
          "tokens": "ForTokenClassification", "pretraining": "ForPreTraining"}
-_BASE_PARTS = ("embeddings", "encoder", "pooler")
 # The top-level parts of the tree each task's class holds besides embeddings and encoder.
 _HEAD_PARTS = {"model": ("pooler",), "mlm": ("cls",),
                "classification": ("pooler", "pre_classifier", "classifier"),
@@ -176,13 +176,11 @@ def plan_export(config: BertConfig, params: dict, task: str | None = None) -> Ex
     tree = {k: v for k, v in _per_layer(params).items() if k in kept}
     heads = Heads.of(tree)
     flat = flatten(tree)
-    prefix = FAMILY_CLASSES[config_type(config)][1] + "."
     tensors = {}
     for key, path, transposed in key_table(config, heads):
         array = np.asarray(flat.pop(path))
-        base = path.split("/")[0] in _BASE_PARTS
-        if task != "model" and base and not key.startswith(prefix):
-            key = prefix + key
+        if task != "model":  # the base model's keys under its prefix in a task class
+            key = source_key(config, key)
         tensors[key] = np.ascontiguousarray(array.T if transposed else array)
         if heads.untied_decoder and key in _DECODER_BIAS:
             tensors[_DECODER_BIAS[key]] = tensors[key]
