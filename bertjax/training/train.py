@@ -43,40 +43,22 @@ def _dense_init(rng: jax.Array, d_in: int, d_out: int, std: float) -> dict:
 
 
 def add_classifier(params: dict, config: BertConfig, num_labels: int, rng: jax.Array,
-                   id2label: tuple[str, ...] = (), task: str = "classification"
-                   ) -> tuple[BertConfig, dict]:
-    """A fresh classifier head for `num_labels` classes, of the family's form for `task`.
+                   id2label: tuple[str, ...] = ()) -> tuple[BertConfig, dict]:
+    """A fresh `classifier` head (and a `pooler`, when the tree has none) for `num_labels` classes.
 
-    Initialised as transformers initialises the family's ...For{Sequence,Token}Classification:
-    kernels normal(initializer_range), zero biases. An existing classifier is replaced.
-    * "tokens": `classifier/{kernel,bias}` at every position (every family); BERT and ALBERT get a
-      `pooler` too when the tree has none (as before: BERT's fine-tuned folders always had one);
-    * "classification": the family's sequence head (`config.classifier_kind`): `classifier` on the
-      pooled output (BERT, ALBERT; a `pooler` added when the tree has none),
-      `classifier/{dense,out_proj}` (RoBERTa family, MPNet, ELECTRA) or `pre_classifier` +
-      `classifier` (DistilBERT).
+    Initialised as transformers initialises BertFor{Sequence,Token}Classification: kernels
+    normal(initializer_range), zero biases. An existing classifier is replaced.
 
     Returns:
-      (config with num_labels and id2label set, params with the head).
+      (config with num_labels and id2label set, params with `classifier/{kernel [D, C], bias [C]}`).
     """
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
-    if task not in ("classification", "tokens"):
-        raise ValueError(f"task must be 'classification' or 'tokens', got {task!r}")
     config = dataclasses.replace(config, num_labels=num_labels, id2label=tuple(id2label))
     D, std = config.hidden_size, config.initializer_range
-    r_classifier, r_pooler = jax.random.split(rng)  # BERT's head as before this family step
-    r_dense = jax.random.fold_in(rng, 2)
-    kind = config.classifier_kind
-    params = {k: v for k, v in params.items() if k not in ("classifier", "pre_classifier")}
-    if task == "classification" and kind in ("dense_tanh", "dense_gelu"):
-        params["classifier"] = {"dense": _dense_init(r_dense, D, D, std),
-                                "out_proj": _dense_init(r_classifier, D, num_labels, std)}
-        return config, params
-    params["classifier"] = _dense_init(r_classifier, D, num_labels, std)
-    if task == "classification" and kind == "pre_relu":
-        params["pre_classifier"] = _dense_init(r_dense, D, D, std)
-    elif kind == "pooler" and "pooler" not in params:
+    r_classifier, r_pooler = jax.random.split(rng)
+    params = {**params, "classifier": _dense_init(r_classifier, D, num_labels, std)}
+    if "pooler" not in params:
         params["pooler"] = {"dense": _dense_init(r_pooler, D, D, std)}
     return config, params
 
@@ -118,11 +100,9 @@ def task_logits(params: dict, batch: dict, config: BertConfig, task: str,
                          "bertjax.training.train.add_classifier(params, config, num_labels, rng)")
     if task == "tokens":
         return token_classifier_logits(params, out.last_hidden_state, config, r_head)
-    if "kernel" in params["classifier"] and "pre_classifier" not in params:  # on the pooled output
-        if out.pooler_output is None:
-            raise ValueError("sequence classification needs a pooler; the model has none")
-        return classifier_logits(params, out.pooler_output, config, r_head)
-    return classifier_logits(params, out.last_hidden_state, config, r_head)  # first token
+    if out.pooler_output is None:
+        raise ValueError("sequence classification needs a pooler; the model has none")
+    return classifier_logits(params, out.pooler_output, config, r_head)
 
 
 def loss_fn(params: dict, batch: dict, config: BertConfig, task: str,
