@@ -1,15 +1,18 @@
-"""`bertjax convert SRC OUT --verify`: the converted model against transformers' PyTorch BERT.
+"""`bertjax convert SRC OUT --verify`: the converted model against transformers' PyTorch model.
 
 Both models run on the same few inputs: fixed sentences tokenized with the checkpoint's own tokenizer
-when it ships one (random ids with padding otherwise). The reference is transformers' model class for
-the heads found (BertModel, BertForMaskedLM, BertForPreTraining or BertForSequenceClassification),
+when it ships one (random ids with padding otherwise). The reference is transformers' model class of
+the family for the heads found (BertModel, RobertaForMaskedLM, BertForPreTraining,
+ElectraForPreTraining, AlbertForPreTraining, DistilBertForSequenceClassification, ...; the class
+`bertjax export` writes, `bertjax.checkpoints.export.architecture`),
 built from the source's config and the source's own tensors in float32, in eval mode with
 `attn_implementation="eager"` (the only one that returns attention probabilities). transformers does
 its own key handling (prefixes, gamma/beta), so the check is independent of our key table.
 
-The parity table lists the max abs diff of the embeddings output, each layer's hidden state and
-attention probabilities, the pooler, the MLM logits and classifier logits when present, and the MLM
-top-k agreement. Tolerances: float32 parameters |ours - ref| <= 1e-4 + 2e-6 |ref| elementwise;
+The parity table lists the max abs diff of the encoder's input (`hidden_states[0]`: `embed.out`, or
+`embed.proj` for ELECTRA and ALBERT), each (applied) layer's hidden state and attention
+probabilities, the pooler, the MLM, discriminator, SOP and classifier logits when present, and the
+MLM top-k agreement. Tolerances: float32 parameters |ours - ref| <= 1e-4 + 2e-6 |ref| elementwise;
 bfloat16 / float16 parameters (compared with the float32 reference) only loosely,
 max |ours - ref| <= 5% of max |ref| per output, and the table says so.
 
@@ -124,16 +127,21 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def _reference_class(heads: Heads):
+_POOLER_ARG = ("bert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet")
+
+
+def _reference_class(config, heads: Heads, task: str):
+    """transformers' class for the family and the heads found, and its extra arguments."""
     import transformers
 
-    if heads.classifier:
-        return transformers.BertForSequenceClassification, {}
-    if heads.mlm and heads.pooler:
+    from bertjax.checkpoints.export import architecture
+
+    family = config.model_type
+    if family == "bert" and heads.mlm and heads.pooler and not heads.classifier:
         return transformers.BertForPreTraining, {}
-    if heads.mlm:
-        return transformers.BertForMaskedLM, {}
-    return transformers.BertModel, {"add_pooling_layer": heads.pooler}
+    name = architecture(config, task)
+    kwargs = {"add_pooling_layer": heads.pooler} if task == "model" and family in _POOLER_ARG else {}
+    return getattr(transformers, name), kwargs
 
 
 def _as_torch(array: np.ndarray):
@@ -145,16 +153,22 @@ def _as_torch(array: np.ndarray):
     return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
-def reference_model(source: Source, config_path: str, heads: Heads):
-    """transformers' model for these heads, holding the source's tensors in float32, eval mode."""
+def reference_model(source: Source, config_path: str, heads: Heads, config=None,
+                    task: str | None = None):
+    """transformers' model of the family (`config`, a BertConfig; BERT when None) for these heads
+    and `task` (see `bertjax.checkpoints.export.TASKS`), holding the source's tensors in float32,
+    eval mode."""
     import transformers
+
+    from bertjax.model.config import BertConfig
 
     if source.weights.endswith(".msgpack"):
         raise VerifyError(f"--verify compares with the PyTorch weights, and {source.weights} is a "
                           f"Flax msgpack file")
-    model_class, kwargs = _reference_class(heads)
+    config = BertConfig() if config is None else config
+    model_class, kwargs = _reference_class(config, heads, task or _task(config, heads))
     state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
-    hf_config = transformers.BertConfig.from_json_file(config_path)
+    hf_config = transformers.CONFIG_MAPPING[config.model_type].from_json_file(config_path)
     with _quiet_transformers():
         model, info = model_class.from_pretrained(
             None, config=hf_config, state_dict=state, output_loading_info=True,
@@ -166,44 +180,83 @@ def reference_model(source: Source, config_path: str, heads: Heads):
     return model.eval()
 
 
-def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
+def _task(config, heads: Heads) -> str:
+    """The export task of these heads (`bertjax.checkpoints.export.infer_task` on their tree)."""
+    from bertjax.checkpoints.export import infer_task
+    from bertjax.model.params import param_shapes
+
+    return infer_task(config, param_shapes(config, heads))
+
+
+def _head_rows(config, heads: Heads) -> dict[str, str]:
+    """Table row -> what it compares, for the heads present."""
+    rows = {}
+    if heads.mlm:
+        rows["mlm logits"] = "mlm"
+    if heads.disc:
+        rows["disc logits"] = "disc"
+    if heads.sop:
+        rows["sop logits"] = "sop"
+    if heads.classifier:
+        rows["classifier logits"] = "classifier"
+    return rows
+
+
+def reference_outputs(model, heads: Heads, ids, types, mask,
+                      config=None) -> dict[str, np.ndarray]:
     """name -> float32 array from the transformers model (see module docstring for the names)."""
     import torch
 
-    base = getattr(model, "bert", model)
+    types_ok = config is None or config.has_token_types
     args = {k: torch.from_numpy(v.astype(np.int64)) for k, v in
-            (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))}
+            (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))
+            if k != "token_type_ids" or types_ok}
     with torch.no_grad():
-        out = base(**args, output_hidden_states=True, output_attentions=True)
+        out = model.base_model(**args, output_hidden_states=True, output_attentions=True)
         ref = {"embeddings": out.hidden_states[0]}
         for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
             ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
         if heads.pooler:
             ref["pooler"] = out.pooler_output
-        if heads.mlm:
-            ref["mlm logits"] = model.cls.predictions(out.last_hidden_state)
-        if heads.classifier:
-            ref["classifier logits"] = model.classifier(out.pooler_output)
+        rows = _head_rows(config, heads)
+        full = model(**args) if rows and model is not model.base_model else None
+        for row, kind in rows.items():
+            if kind == "mlm":
+                ref[row] = getattr(full, "prediction_logits", None)
+                ref[row] = full.logits if ref[row] is None else ref[row]
+            elif kind == "sop":
+                ref[row] = full.sop_logits
+            else:  # the discriminator's or the classifier's logits
+                ref[row] = full.logits
     return {k: v.float().numpy() for k, v in ref.items()}
 
 
 def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
     """The same names as `reference_outputs`, from `bertjax.forward`, as float32."""
+    from bertjax.checkpoints.export import infer_task
     from bertjax.model.forward import forward
-    from bertjax.model.heads import classifier_logits
+    from bertjax.model.heads import classifier_logits, token_classifier_logits
 
-    capture = (C.EMBED_OUT, C.LAYER_OUT, C.ATTN_PROBS) + ((C.MLM_LOGITS,) if heads.mlm else ())
+    first = C.EMBED_PROJ if config.has_projection else C.EMBED_OUT  # hidden_states[0]
+    extra = {"mlm": C.MLM_LOGITS, "disc": C.DISC_LOGITS, "sop": C.SOP_LOGITS}
+    rows = _head_rows(config, heads)
+    capture = (first, C.LAYER_OUT, C.ATTN_PROBS) + tuple(extra[k] for k in rows.values()
+                                                         if k in extra)
+    types = types if config.has_token_types else None
     out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
-    ours = {"embeddings": out.acts[C.EMBED_OUT]}
+    ours = {"embeddings": out.acts[first]}
     for i in range(config.num_layers):
         ours[f"layer {i} hidden"] = out.acts[C.LAYER_OUT][i]
         ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
     if heads.pooler:
         ours["pooler"] = out.pooler_output
-    if heads.mlm:
-        ours["mlm logits"] = out.acts[C.MLM_LOGITS]
-    if heads.classifier:
-        ours["classifier logits"] = classifier_logits(params, out.pooler_output, config)
+    for row, kind in rows.items():
+        if kind in extra:
+            ours[row] = out.acts[extra[kind]]
+        elif infer_task(config, params) == "tokens":
+            ours[row] = token_classifier_logits(params, out.last_hidden_state, config)
+        else:
+            ours[row] = classifier_logits(params, out.last_hidden_state, config)
     return {k: np.asarray(v, np.float32) for k, v in ours.items()}
 
 
@@ -243,12 +296,12 @@ def verify_conversion(out: str, src, config: str | None = None, dtype: str = "fl
     cfg, heads = converted.config, converted.heads
     loose = np.dtype(converted.params["embeddings"]["LayerNorm"]["scale"].dtype) != np.float32
     source = locate(src, config)
-    model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads)
-    ids, types, mask, what = verify_inputs(out, cfg.vocab_size, cfg.type_vocab_size,
+    model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads, cfg)
+    ids, types, mask, what = verify_inputs(out, cfg.vocab_size, max(cfg.type_vocab_size, 1),
                                            cfg.max_position_embeddings)
     params = jax.tree_util.tree_map(jnp.asarray, converted.params)
     ours = bertjax_outputs(params, cfg, heads, ids, types, mask)
-    ref = reference_outputs(model, heads, ids, types, mask)
+    ref = reference_outputs(model, heads, ids, types, mask, cfg)
     rows = [compare(name, ours[name], ref[name], loose) for name in ref]
     agreement = (*top_k_agreement(ours["mlm logits"], ref["mlm logits"], mask),
                  int(mask.sum())) if heads.mlm else None

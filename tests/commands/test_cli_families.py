@@ -53,18 +53,22 @@ def test_convert_verify_inspect_fill_mask_export(family, converted, capsys, tmp_
     assert main(["inspect", "the cat sat on the mat.", "--model", out]) == 0
     text = capsys.readouterr().out
     assert "tokens (" in text and f": {cls} " in text and f" {sep}\n" in text
+    has = {"attn.rel_bias": family == "mpnet", "embed.proj": family in ("electra", "albert"),
+           "embed.token_type": family not in ("distilbert", "mpnet")}
+    assert {name: f"  {name} " in text for name in has} == has
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    batch = tokenizer(f"the cat {mask} on the mat.", return_tensors="pt")
+    at = batch["input_ids"][0].tolist().index(tokenizer.mask_token_id)
     assert main(["fill-mask", f"the cat {mask} on the mat.", "--model", out, "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith(f"{mask} 1 of 1 (token position 3)") and len(lines) == 5
+    assert lines[1] == f"{mask} 1 of 1 (token position {at}):" and len(lines) == 5
     # transformers' own top prediction at the mask, and BERT's [MASK] read as the family's mask
-    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     model = transformers.AutoModelForMaskedLM.from_pretrained(src).eval()
-    batch = tokenizer(f"the cat {mask} on the mat.", return_tensors="pt")
     with torch.no_grad():
-        want = model(**batch).logits[0, 3].argmax().item()
+        want = model(**batch).logits[0, at].argmax().item()
     config, params = bertjax.load(out)
     got = fill_mask(params, config, tokenizer, "the cat [MASK] on the mat.", top_k=1)
-    assert got[0][0]["id"] == want and got[0][0]["position"] == 3
+    assert got[0][0]["id"] == want and got[0][0]["position"] == at
     assert main(["export", out, str(tmp_path / "hf")]) == 0
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
