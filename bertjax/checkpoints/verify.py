@@ -1,18 +1,15 @@
-"""`bertjax convert SRC OUT --verify`: the converted model against transformers' PyTorch model.
+"""`bertjax convert SRC OUT --verify`: the converted model against transformers' PyTorch BERT.
 
 Both models run on the same few inputs: fixed sentences tokenized with the checkpoint's own tokenizer
-when it ships one (random ids with padding otherwise). The reference is transformers' model class of
-the family for the heads found (BertModel, RobertaForMaskedLM, BertForPreTraining,
-ElectraForPreTraining, AlbertForPreTraining, DistilBertForSequenceClassification, ...; the class
-`bertjax export` writes, `bertjax.checkpoints.export.architecture`),
+when it ships one (random ids with padding otherwise). The reference is transformers' model class for
+the heads found (BertModel, BertForMaskedLM, BertForPreTraining or BertForSequenceClassification),
 built from the source's config and the source's own tensors in float32, in eval mode with
 `attn_implementation="eager"` (the only one that returns attention probabilities). transformers does
 its own key handling (prefixes, gamma/beta), so the check is independent of our key table.
 
-The parity table lists the max abs diff of the encoder's input (`hidden_states[0]`: `embed.out`, or
-`embed.proj` for ELECTRA and ALBERT), each (applied) layer's hidden state and attention
-probabilities, the pooler, the MLM, discriminator, SOP and classifier logits when present, and the
-MLM top-k agreement. Tolerances: float32 parameters |ours - ref| <= 1e-4 + 2e-6 |ref| elementwise;
+The parity table lists the max abs diff of the embeddings output, each layer's hidden state and
+attention probabilities, the pooler, the MLM logits and classifier logits when present, and the MLM
+top-k agreement. Tolerances: float32 parameters |ours - ref| <= 1e-4 + 2e-6 |ref| elementwise;
 bfloat16 / float16 parameters (compared with the float32 reference) only loosely,
 max |ours - ref| <= 5% of max |ref| per output, and the table says so.
 
@@ -89,6 +86,12 @@ def top_k_agreement(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray, k: int 
 
 
 def verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
+    """See `_verify_inputs`; token types are None for a model without them (type_vocab_size 0)."""
+    ids, types, mask, what = _verify_inputs(folder, vocab_size, max(type_vocab_size, 1), positions)
+    return ids, (types if type_vocab_size else None), mask, what
+
+
+def _verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
     """int32 ids, token types and mask [B, S]: SENTENCES through the checkpoint's tokenizer, or
     random ids with a padded row when there is no usable tokenizer. Returns them and a label."""
     from bertjax.checkpoints.pretrained import has_tokenizer, tokenizer_for
@@ -127,21 +130,29 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-_POOLER_ARG = ("bert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet")
+# transformers' class name prefix of each family.
+_CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
+                 "camembert": "Camembert", "distilbert": "DistilBert", "electra": "Electra",
+                 "albert": "Albert", "mpnet": "MPNet"}
 
 
-def _reference_class(config, heads: Heads, task: str):
-    """transformers' class for the family and the heads found, and its extra arguments."""
+def _reference_class(heads: Heads, config=None):
+    """transformers' class of the family for the heads found, and its extra arguments."""
     import transformers
 
-    from bertjax.checkpoints.export import architecture
-
-    family = config.model_type
-    if family == "bert" and heads.mlm and heads.pooler and not heads.classifier:
-        return transformers.BertForPreTraining, {}
-    name = architecture(config, task)
-    kwargs = {"add_pooling_layer": heads.pooler} if task == "model" and family in _POOLER_ARG else {}
-    return getattr(transformers, name), kwargs
+    family = "bert" if config is None else config.model_type
+    token_head = heads.classifier_form == "linear" and not heads.pooler
+    if heads.classifier:
+        task = "ForTokenClassification" if token_head else "ForSequenceClassification"
+    elif heads.disc or heads.sop or (heads.mlm and heads.pooler and family == "bert"):
+        task = "ForPreTraining"
+    elif heads.mlm:
+        task = "ForMaskedLM"
+    else:
+        pooled = family in ("bert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet")
+        return (getattr(transformers, _CLASS_PREFIX[family] + "Model"),
+                {"add_pooling_layer": heads.pooler} if pooled else {})
+    return getattr(transformers, _CLASS_PREFIX[family] + task), {}
 
 
 def _as_torch(array: np.ndarray):
@@ -153,22 +164,21 @@ def _as_torch(array: np.ndarray):
     return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
-def reference_model(source: Source, config_path: str, heads: Heads, config=None,
-                    task: str | None = None):
-    """transformers' model of the family (`config`, a BertConfig; BERT when None) for these heads
-    and `task` (see `bertjax.checkpoints.export.TASKS`), holding the source's tensors in float32,
+def reference_model(source: Source, config_path: str, heads: Heads, config=None):
+    """transformers' model of the family for these heads, holding the source's tensors in float32,
     eval mode."""
-    import transformers
+    import json
 
-    from bertjax.model.config import BertConfig
+    import transformers
 
     if source.weights.endswith(".msgpack"):
         raise VerifyError(f"--verify compares with the PyTorch weights, and {source.weights} is a "
                           f"Flax msgpack file")
-    config = BertConfig() if config is None else config
-    model_class, kwargs = _reference_class(config, heads, task or _task(config, heads))
+    model_class, kwargs = _reference_class(heads, config)
     state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
-    hf_config = transformers.CONFIG_MAPPING[config.model_type].from_json_file(config_path)
+    with open(config_path, encoding="utf-8") as f:
+        family = json.load(f).get("model_type", "bert")
+    hf_config = transformers.CONFIG_MAPPING[family].from_json_file(config_path)
     with _quiet_transformers():
         model, info = model_class.from_pretrained(
             None, config=hf_config, state_dict=state, output_loading_info=True,
@@ -180,69 +190,43 @@ def reference_model(source: Source, config_path: str, heads: Heads, config=None,
     return model.eval()
 
 
-def _task(config, heads: Heads) -> str:
-    """The export task of these heads (`bertjax.checkpoints.export.infer_task` on their tree)."""
-    from bertjax.checkpoints.export import infer_task
-    from bertjax.model.params import param_shapes
-
-    return infer_task(config, param_shapes(config, heads))
-
-
-def _head_rows(config, heads: Heads) -> dict[str, str]:
-    """Table row -> what it compares, for the heads present."""
-    rows = {}
-    if heads.mlm:
-        rows["mlm logits"] = "mlm"
-    if heads.disc:
-        rows["disc logits"] = "disc"
-    if heads.sop:
-        rows["sop logits"] = "sop"
-    if heads.classifier:
-        rows["classifier logits"] = "classifier"
-    return rows
-
-
-def reference_outputs(model, heads: Heads, ids, types, mask,
-                      config=None) -> dict[str, np.ndarray]:
+def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
     """name -> float32 array from the transformers model (see module docstring for the names)."""
     import torch
 
-    types_ok = config is None or config.has_token_types
+    base = model.base_model
     args = {k: torch.from_numpy(v.astype(np.int64)) for k, v in
             (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))
-            if k != "token_type_ids" or types_ok}
+            if v is not None}
     with torch.no_grad():
-        out = model.base_model(**args, output_hidden_states=True, output_attentions=True)
+        out = base(**args, output_hidden_states=True, output_attentions=True)
         ref = {"embeddings": out.hidden_states[0]}
         for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
             ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
-        if heads.pooler:
-            ref["pooler"] = out.pooler_output
-        rows = _head_rows(config, heads)
-        full = model(**args) if rows and model is not model.base_model else None
-        for row, kind in rows.items():
-            if kind == "mlm":
-                ref[row] = getattr(full, "prediction_logits", None)
-                ref[row] = full.logits if ref[row] is None else ref[row]
-            elif kind == "sop":
-                ref[row] = full.sop_logits
-            else:  # the discriminator's or the classifier's logits
-                ref[row] = full.logits
+        if heads.pooler and getattr(out, "pooler_output", None) is not None:
+            ref["pooler"] = out.pooler_output  # (a task model without one drops a stored pooler)
+        top = model(**args) if model is not base else None
+        if heads.mlm:
+            logits = getattr(top, "prediction_logits", None)
+            ref["mlm logits"] = top.logits if logits is None else logits
+        if heads.disc:
+            ref["disc logits"] = top.logits
+        if heads.sop:
+            ref["sop logits"] = top.sop_logits
+        if heads.classifier:
+            ref["classifier logits"] = top.logits
     return {k: v.float().numpy() for k, v in ref.items()}
 
 
 def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
     """The same names as `reference_outputs`, from `bertjax.forward`, as float32."""
-    from bertjax.checkpoints.export import infer_task
     from bertjax.model.forward import forward
     from bertjax.model.heads import classifier_logits, token_classifier_logits
 
-    first = C.EMBED_PROJ if config.has_projection else C.EMBED_OUT  # hidden_states[0]
-    extra = {"mlm": C.MLM_LOGITS, "disc": C.DISC_LOGITS, "sop": C.SOP_LOGITS}
-    rows = _head_rows(config, heads)
-    capture = (first, C.LAYER_OUT, C.ATTN_PROBS) + tuple(extra[k] for k in rows.values()
-                                                         if k in extra)
-    types = types if config.has_token_types else None
+    first = C.EMBED_PROJ if config.has_projection else C.EMBED_OUT  # = hidden_states[0]
+    capture = (first, C.LAYER_OUT, C.ATTN_PROBS) + tuple(
+        name for name, has in ((C.MLM_LOGITS, heads.mlm), (C.DISC_LOGITS, heads.disc),
+                               (C.SOP_LOGITS, heads.sop)) if has)
     out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
     ours = {"embeddings": out.acts[first]}
     for i in range(config.num_layers):
@@ -250,13 +234,17 @@ def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dic
         ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
     if heads.pooler:
         ours["pooler"] = out.pooler_output
-    for row, kind in rows.items():
-        if kind in extra:
-            ours[row] = out.acts[extra[kind]]
-        elif infer_task(config, params) == "tokens":
-            ours[row] = token_classifier_logits(params, out.last_hidden_state, config)
-        else:
-            ours[row] = classifier_logits(params, out.last_hidden_state, config)
+    if heads.mlm:
+        ours["mlm logits"] = out.acts[C.MLM_LOGITS]
+    if heads.disc:
+        ours["disc logits"] = out.acts[C.DISC_LOGITS]
+    if heads.sop:
+        ours["sop logits"] = out.acts[C.SOP_LOGITS]
+    if heads.classifier and heads.classifier_form == "linear" and not heads.pooler:
+        ours["classifier logits"] = token_classifier_logits(params, out.last_hidden_state, config)
+    elif heads.classifier:
+        pooled = out.pooler_output if heads.classifier_form == "linear" else out.last_hidden_state
+        ours["classifier logits"] = classifier_logits(params, pooled, config)
     return {k: np.asarray(v, np.float32) for k, v in ours.items()}
 
 
@@ -297,11 +285,11 @@ def verify_conversion(out: str, src, config: str | None = None, dtype: str = "fl
     loose = np.dtype(converted.params["embeddings"]["LayerNorm"]["scale"].dtype) != np.float32
     source = locate(src, config)
     model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads, cfg)
-    ids, types, mask, what = verify_inputs(out, cfg.vocab_size, max(cfg.type_vocab_size, 1),
-                                           cfg.max_position_embeddings)
+    ids, types, mask, what = verify_inputs(out, cfg.vocab_size, cfg.type_vocab_size,
+                                           cfg.max_sequence_length)
     params = jax.tree_util.tree_map(jnp.asarray, converted.params)
     ours = bertjax_outputs(params, cfg, heads, ids, types, mask)
-    ref = reference_outputs(model, heads, ids, types, mask, cfg)
+    ref = reference_outputs(model, heads, ids, types, mask)
     rows = [compare(name, ours[name], ref[name], loose) for name in ref]
     agreement = (*top_k_agreement(ours["mlm logits"], ref["mlm logits"], mask),
                  int(mask.sum())) if heads.mlm else None

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertjax.analysis.tables import check_index
     from bertjax.checkpoints.pretrained import load_pretrained
-    from bertjax.model.capture import ALL_NAMES, ATTN_PROBS
+    from bertjax.model.capture import ATTN_PROBS, EVERY_NAME
 
     model = load_pretrained(args.model)
     if model.tokenizer is None:
@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
           f"{config.num_attention_heads} heads, hidden {config.hidden_size})")
     print(f"tokens ({len(tokens)}): {' '.join(tokens)}")
     print("activations:")
-    order = [n for n in ALL_NAMES if n in names] + sorted(names - set(ALL_NAMES))
-    for name in order:
+    for name in (n for n in EVERY_NAME if n in names):
         print(f"  {name:<18}{str(tuple(acts[name].shape)):<24}{acts[name].dtype}")
     _print_table(acts[ATTN_PROBS], tokens, layer, args.head)
     if args.html:
@@ -56,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _capture_names(params: dict, capture: str, config=None) -> frozenset[str]:
-    """--capture ("a,b*,all") resolved against the model's family and heads (globs expand to the
-    names the model has: no `embed.token_type` for DistilBERT or MPNet, ...)."""
+    """--capture ("a,b*,all") resolved against the model (its family and heads)."""
     from bertjax.model.capture import resolve
     from bertjax.model.params import Heads
 
     heads = Heads.of(params)
     return resolve([n.strip() for n in capture.split(",") if n.strip()],
-                   has_pooler=heads.pooler, has_mlm=heads.mlm, config=config, heads=heads)
+                   has_pooler=heads.pooler, has_mlm=heads.mlm, config=config,
+                   heads=None if config is None else heads)
 
 
 def _run_model(model, text: str, pair: str | None, names: frozenset[str]):
