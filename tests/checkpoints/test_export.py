@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -151,7 +152,8 @@ def test_refusals_leave_nothing(checkpoint_factory, tmp_path):
 
 
 def test_cli_export_copies_the_tokenizer(checkpoint_factory, tmp_path, capsys):
-    src = checkpoint_factory("BertForMaskedLM")
+    src = str(tmp_path / "src")  # a copy: the factory's folder is shared by other tests
+    shutil.copytree(checkpoint_factory("BertForMaskedLM"), src)
     transformers.BertTokenizer(vocab=_vocab(tmp_path)).save_pretrained(src)
     converted = tmp_path / "jax"
     assert main(["convert", src, str(converted)]) == 0
