@@ -71,6 +71,7 @@ def test_edit_patch_and_head_mask(family, models):
         assert np.abs(np.asarray(_run(m, **kwargs).last_hidden_state) - base).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_site_grads(family, models):
     m = models(family)
@@ -126,6 +127,7 @@ def test_circuits(family, models):
         assert full.dense().shape == (config.vocab_size, config.vocab_size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_head_importance(family, models):
     m = models(family)
@@ -136,6 +138,7 @@ def test_head_importance(family, models):
     assert np.isfinite(scores).all() and (scores > 0).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sharded_forward_and_bf16(family, models):
     m = models(family)
