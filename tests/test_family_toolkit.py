@@ -154,3 +154,61 @@ def test_sharded_forward_and_bf16(family, models):
     agree = (np.argmax(np.asarray(low, np.float32), -1) ==
              np.argmax(np.asarray(m["out"].acts["mlm.logits"]), -1))[real].mean()
     assert agree >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_classification_then_export(family, family_checkpoint, tmp_path):
+    """Two steps of `bertjax finetune --task classification` add the family's own sequence head;
+    the result exports to the family's ForSequenceClassification with bertjax's logits."""
+    import torch
+    import transformers
+
+    from bertjax.commands.cli import main
+    from bertjax.training import datasets as D
+    from bertjax.training import finetune as F
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "big", "small", "red"]
+    records = [{"text": " ".join(rng.choice(words, size=4)), "label": ("a", "b")[i % 2]}
+               for i in range(16)]
+    train = D.write_jsonl(tmp_path / "train.jsonl", records)
+    opts = F.Options(train=train, out=str(tmp_path / "run"), model=family_checkpoint(family, "mlm"),
+                     task="classification", epochs=1, batch_size=8, max_length=12, lr=1e-3)
+    summary = F.finetune(opts, progress=False)
+    assert summary["steps"] == 2
+    assert main(["export", summary["model"], str(tmp_path / "hf")]) == 0
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+    config, params = bertjax.load(summary["model"])
+    out = bertjax.forward(params, batch["input_ids"], config, attention_mask=batch["attention_mask"])
+    pooled = out.pooler_output if config.classifier_kind == "pooler" else out.last_hidden_state
+    want = bertjax.classifier_logits(params, pooled, config)
+    with torch.no_grad():
+        got = model.eval()(input_ids=torch.tensor(batch["input_ids"]),
+                           attention_mask=torch.tensor(batch["attention_mask"])).logits
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_extract(family, models, family_checkpoint, tmp_path):
+    """`bertjax extract` stores each text's layer outputs as the forward computes them alone."""
+    from bertjax.scale.extract import Options, extract
+    from bertjax.scale.store import ActivationStore
+
+    m = models(family)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    extract(Options(str(corpus), str(tmp_path / "out"), model=family_checkpoint(family, "mlm"),
+                    capture=("layer.out",), batch_size=2), progress=False)
+    store = ActivationStore(tmp_path / "out")
+    assert len(store) == 2 and store.complete
+    for i in range(2):
+        length = int(m["mask"][i].sum())
+        np.testing.assert_array_equal(store.token_ids(i), m["ids"][i, :length])
+        np.testing.assert_allclose(store[i]["layer.out"],
+                                   m["out"].acts["layer.out"][:, i, :length], atol=1e-4)
