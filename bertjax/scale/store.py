@@ -57,7 +57,8 @@ def array_layout(name: str, config: BertConfig, n_layers: int, reduce: str) -> d
     """
     sizes = {"L": n_layers, "N": config.num_attention_heads, "D": config.hidden_size,
              "H": config.hidden_size // config.num_attention_heads, "I": config.intermediate_size,
-             "V": config.vocab_size, "S": SEQ, "T": SEQ}
+             "V": config.vocab_size, "S": SEQ, "T": SEQ,
+             "E": getattr(config, "embed_size", config.hidden_size)}  # embed.*: E-wide (ALBERT)
     letters = [a for a in C.SHAPES[name].split() if a != "B"]
     axis = token_axis(letters)
     if axis is None:
