@@ -69,6 +69,7 @@ _EXPORTS = {
     "read_conllu": "bertjax.probing.treebank",
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
+    "save_transformers": "bertjax.checkpoints.export",
     "site_grads": "bertjax.model.site_grads",
     "sop_logits": "bertjax.model.heads",
     "stack_layers": "bertjax.model.encoder",

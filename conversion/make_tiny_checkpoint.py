@@ -1,4 +1,18 @@
-"""Writes a tiny random transformers BERT checkpoint (any head), for trying the converter out.
+"""Writes a tiny random transformers checkpoint of any family and head, for trying bertjax out offline.
+
+`--family` (bert, roberta, xlm-roberta, camembert, distilbert, electra, albert, mpnet) picks the
+architecture: BERT's own tiny config below, or the family's tiny reference config of
+shared/FAMILY_NOTES.md, with a real tokenizer of the family's kind built offline (no training, no
+hub: every piece generated, so that the folder is the same on every run): WordPiece for
+BERT/DistilBERT/ELECTRA (`vocabulary()`) and MPNet (its `<s> <pad> </s>` ids and `<mask>` last),
+byte-level BPE for RoBERTa (vocab.json + merges.txt + tokenizer.json: the 256 byte symbols, one
+merge chain per word, `<s> <pad> </s> <unk>` at ids 0-3 and `<mask>` last, as roberta-base), and a
+SentencePiece-style Unigram (tokenizer.json, scores favouring whole words) for XLM-R, CamemBERT and
+ALBERT, saved through the family's own tokenizer class with its special tokens at the family's ids.
+The config's vocab_size is the tokenizer's size. `build_family(out, family, head)` does it from
+Python (the tests' `family_checkpoint` fixture).
+
+The BERT checkpoint (the default family) is described next.
 
 The model is built and saved by transformers itself (`save_pretrained`), with torch.manual_seed(SEED)
 and BERT's own initialisation, or every parameter drawn from N(0, 1) with --random-all (so that no
@@ -11,7 +25,7 @@ folder and its conversion work with `bertjax inspect` and `bertjax fill-mask` (t
 tokens: max_position_embeddings is 13). `--no-tokenizer` leaves it out.
 
 Usage:
-  python conversion/make_tiny_checkpoint.py OUT [--head mlm] [--format bin] [--untied] ...
+  python conversion/make_tiny_checkpoint.py OUT [--family roberta] [--head mlm] [--format bin] ...
   bertjax convert OUT OUT-jax --verify
   bertjax inspect "The cat sat on the mat." --model OUT-jax
 """
@@ -52,6 +66,152 @@ def save_tokenizer(out: str) -> None:
     tokenizer = transformers.BertTokenizer(vocab=path, do_lower_case=True,
                                            model_max_length=TINY["max_position_embeddings"])
     tokenizer.save_pretrained(out)
+
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "albert",
+            "mpnet")
+# --head -> transformers class suffix; "pretraining" only where the family has such a class.
+HEAD_SUFFIX = {"model": "Model", "mlm": "ForMaskedLM", "pretraining": "ForPreTraining",
+               "classifier": "ForSequenceClassification", "tokens": "ForTokenClassification"}
+PRETRAINING = ("bert", "electra", "albert")
+# The tiny reference configs of shared/FAMILY_NOTES.md (vocab_size: the tokenizer's size).
+_REF = {"hidden_size": 33, "num_attention_heads": 3, "num_hidden_layers": 2,
+        "intermediate_size": 47, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+_ROBERTA = {**_REF, "max_position_embeddings": 34, "type_vocab_size": 1, "pad_token_id": 1,
+            "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5}
+FAMILY_CONFIGS = {
+    "roberta": ("Roberta", _ROBERTA),
+    "xlm-roberta": ("XLMRoberta", _ROBERTA),
+    "camembert": ("Camembert", {**_ROBERTA, "bos_token_id": 5, "eos_token_id": 6}),
+    "distilbert": ("DistilBert", {"dim": 33, "n_heads": 3, "n_layers": 2, "hidden_dim": 47,
+                                  "max_position_embeddings": 29, "dropout": 0.0,
+                                  "attention_dropout": 0.0, "pad_token_id": 0}),
+    "electra": ("Electra", {**_REF, "embedding_size": 19, "max_position_embeddings": 29}),
+    "albert": ("Albert", {**_REF, "embedding_size": 19, "num_hidden_layers": 4,
+                          "num_hidden_groups": 2, "inner_group_num": 2, "hidden_act": "gelu_new",
+                          "max_position_embeddings": 29, "pad_token_id": 0, "bos_token_id": 2,
+                          "eos_token_id": 3}),
+    "mpnet": ("MPNet", {**_REF, "max_position_embeddings": 34, "pad_token_id": 1,
+                        "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5,
+                        "relative_attention_num_buckets": 32}),
+}
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+DIGITS = [str(d) for d in range(10)]
+
+
+def mpnet_vocabulary() -> list[str]:
+    """MPNet's WordPiece vocabulary: `<s> <pad> </s>` at 0-2 (pad id 1, as MPNet hard-codes),
+    [UNK], the words and characters of `vocabulary()`, and `<mask>` last (as mpnet-base)."""
+    return (["<s>", "<pad>", "</s>", "[UNK]"] + WORDS + PUNCTUATION + LETTERS + DIGITS
+            + [f"##{c}" for c in LETTERS] + ["<mask>"])
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (byte-level BPE's 256 base symbols, in its order)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def bpe_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE (vocab, merges): `<s> <pad> </s> <unk>` at 0-3, the 256 byte symbols, one
+    merge chain per word with its leading space (Ġ; chains that only ever extend a Ġ piece, so that
+    no word's merges cut into another's: a text's first word, having no space, stays in bytes),
+    `<mask>` last (as roberta-base)."""
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
+    for char in bytes_to_unicode().values():
+        vocab[char] = len(vocab)
+    merges = []
+    for word in WORDS:
+        piece = "\u0120"
+        for char in word:
+            if piece + char not in vocab:
+                merges.append((piece, char))
+                vocab[piece + char] = len(vocab)
+            piece += char
+    vocab["<mask>"] = len(vocab)
+    return vocab, merges
+
+
+def unigram_pieces(lowercase: bool) -> list[tuple[str, float]]:
+    """SentencePiece-style Unigram pieces (piece, log-probability): whole words (with the ▁ word
+    start) most likely, then single characters alone and word-initial, so any text of letters,
+    digits and punctuation tokenizes (uppercase letters too unless `lowercase`)."""
+    chars = LETTERS + ([] if lowercase else [c.upper() for c in LETTERS]) + DIGITS + PUNCTUATION
+    pieces = [("\u2581", -2.0)] + [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(WORDS)]
+    pieces += [(c, -6.0 - 0.01 * i) for i, c in enumerate(chars)]
+    pieces += [("\u2581" + c, -7.0 - 0.01 * i) for i, c in enumerate(LETTERS)]
+    return pieces
+
+
+# Unigram families: (special tokens before the pieces, after them) at the family's ids.
+UNIGRAM_SPECIALS = {
+    "xlm-roberta": (["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"]),
+    "camembert": (["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED", "<s>", "</s>"],
+                  ["<mask>"]),
+    "albert": (["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], []),
+}
+
+
+def family_tokenizer(family: str, max_length: int):
+    """The family's tokenizer, built offline (see the module docstring)."""
+    import transformers
+
+    stem = FAMILY_CONFIGS.get(family, ("Bert",))[0]
+    if family in ("bert", "distilbert", "electra", "mpnet"):
+        words = mpnet_vocabulary() if family == "mpnet" else vocabulary()
+        vocab = {w: i for i, w in enumerate(words)}
+        return getattr(transformers, f"{stem}Tokenizer")(vocab=vocab, do_lower_case=True,
+                                                          model_max_length=max_length)
+    if family == "roberta":
+        vocab, merges = bpe_vocabulary()
+        return transformers.RobertaTokenizer(vocab=vocab, merges=merges,
+                                             model_max_length=max_length)
+    before, after = UNIGRAM_SPECIALS[family]
+    pieces = ([(t, 0.0) for t in before] + unigram_pieces(family == "albert")
+              + [(t, 0.0) for t in after])
+    return getattr(transformers, f"{stem}Tokenizer")(vocab=pieces, model_max_length=max_length)
+
+
+def build_family(out: str, family: str = "bert", head: str = "mlm", seed: int = 0,
+                 num_labels: int = 2, pooler: bool = True, untied: bool = False,
+                 random_all: bool = False) -> str:
+    """Writes a tiny random `family` model with `head` (HEAD_SUFFIX) and its tokenizer to `out`
+    (created); returns `out`. Its vocab_size is the tokenizer's size."""
+    import torch
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if head not in HEAD_SUFFIX:
+        raise ValueError(f"head must be one of {', '.join(HEAD_SUFFIX)}, got {head!r}")
+    if head == "pretraining" and family not in PRETRAINING:
+        raise ValueError(f"--head pretraining: {family} has no ForPreTraining class; families "
+                         f"with one: {', '.join(PRETRAINING)}")
+    stem, fields = FAMILY_CONFIGS.get(family, ("Bert", TINY))
+    positions = fields["max_position_embeddings"]
+    offset = 2 if family in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
+    tokenizer = family_tokenizer(family, positions - offset)
+    config = getattr(transformers, f"{stem}Config")(
+        **{**fields, "vocab_size": len(tokenizer)}, num_labels=num_labels,
+        tie_word_embeddings=not untied, attn_implementation="eager")
+    torch.manual_seed(seed)
+    extra = {"add_pooling_layer": False} if head == "model" and not pooler else {}
+    model = getattr(transformers, stem + HEAD_SUFFIX[head])(config, **extra).eval()
+    if random_all:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def build(head: str, untied: bool, pooler: bool, num_labels: int, seed: int, random_all: bool):
@@ -98,7 +258,9 @@ def save(model, out: str, fmt: str, legacy: bool, shard: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", metavar="OUT")
-    parser.add_argument("--head", choices=HEADS, default="mlm")
+    parser.add_argument("--family", choices=FAMILIES, default="bert")
+    parser.add_argument("--head", choices=HEAD_SUFFIX, default="mlm",
+                        help="tokens: ForTokenClassification; pretraining: bert, electra, albert")
     parser.add_argument("--format", choices=("safetensors", "bin"), default="safetensors")
     parser.add_argument("--untied", action="store_true", help="tie_word_embeddings=false")
     parser.add_argument("--no-pooler", action="store_true", help="BertModel without its pooler")
@@ -109,6 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", metavar="SIZE", help="max_shard_size, e.g. 20KB (safetensors)")
     parser.add_argument("--no-tokenizer", action="store_true", help="write the weights only")
     args = parser.parse_args(argv)
+    if args.family != "bert" or args.head == "tokens":
+        if args.format != "safetensors" or args.legacy or args.shard or args.no_tokenizer:
+            parser.error("--format bin, --legacy, --shard and --no-tokenizer are for --family bert "
+                         "without --head tokens")
+        try:
+            build_family(args.out, args.family, args.head, args.seed, args.num_labels,
+                         not args.no_pooler, args.untied, args.random_all)
+        except ValueError as e:
+            parser.error(str(e))
+        print(f"wrote a tiny {args.family} ({args.head}) to {args.out}: "
+              f"{', '.join(sorted(os.listdir(args.out)))}")
+        return 0
     model = build(args.head, args.untied, not args.no_pooler, args.num_labels, args.seed,
                   args.random_all)
     save(model, args.out, args.format, args.legacy, args.shard)

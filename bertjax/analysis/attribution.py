@@ -11,7 +11,10 @@ affine function of what each part writes into the residual stream at that positi
         + sum over layers of  L{l}.attn_bias + L{l}.mlp                   (output bias, mlp.out)
         + bias                       (every LayerNorm beta, the head's dense bias, decoder bias)
 
-exactly up to float error. `mlp.out` includes its output dense bias. Attention and MLP inputs are
+exactly up to float error. `mlp.out` includes its output dense bias. Every family splits the same
+way: without `embed.token_type` where it has none (DistilBERT, MPNet), through the E -> D
+projection (`embed.proj`, ELECTRA and ALBERT; its bias goes to "bias"), with ALBERT's parts per
+applied layer, and through the family's MLM head activation (`config.head_act`). Attention and MLP inputs are
 not followed: a head's part is what it writes at this position (its direct effect on the logit),
 however it computed it from earlier positions.
 
@@ -48,10 +51,20 @@ from bertjax.model.encoder import stack_layers
 from bertjax.model.forward import forward
 from bertjax.model.nn import activation, dense
 
-# What `logit_parts` reads from a forward run.
+# What `logit_parts` reads from a forward run (less embed.token_type in a family without it).
 NEEDED = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE, C.ATTN_HEAD_OUT, C.MLP_OUT,
           C.LAYER_OUT, C.MLM_LOGITS) + C.LN_STD_NAMES
 EMBED_PARTS = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE)
+
+
+def embed_parts(config: BertConfig) -> tuple[str, ...]:
+    """The embedding parts of the model's split: no embed.token_type for DistilBERT and MPNet."""
+    return tuple(n for n in EMBED_PARTS if n != C.EMBED_TOKEN_TYPE or config.has_token_types)
+
+
+def needed(config: BertConfig) -> tuple[str, ...]:
+    """NEEDED for this model's family."""
+    return tuple(n for n in NEEDED if n != C.EMBED_TOKEN_TYPE or config.has_token_types)
 
 
 def through_norm(params: dict, std: Float[ArrayLike, ""],
@@ -79,7 +92,7 @@ def _through_head(params: dict, config: BertConfig, hidden: Float[Array, "D"],
         readout = params["embeddings"]["word_embeddings"]["embedding"][token]  # [D]
     transform = predictions["transform"]
     pre = dense(transform["dense"], hidden).astype(jnp.float32)  # [D]
-    post = activation(config, pre)
+    post = activation(config, pre, config.head_act)
     std = jnp.sqrt(jnp.var(post) + config.layer_norm_eps)  # the head's LayerNorm, frozen here
     u, bias = through_norm(transform["LayerNorm"], std, readout.astype(jnp.float32))
     gate = jnp.where(pre != 0, post / jnp.where(pre != 0, pre, 1.0), 0.0)  # act(x) = gate * x
@@ -132,11 +145,19 @@ def logit_parts(params: dict, acts: dict, config: BertConfig, batch: ArrayLike,
     last = acts[C.LAYER_OUT][-1, batch, position]  # [D]
     u, head_bias = _through_head(params, config, last, token)
     layers = stack_layers(params["encoder"])["layer"]
+    if config.layer_map is not None:  # ALBERT: each applied layer's shared weights
+        index = jnp.asarray(config.layer_map)
+        layers = jax.tree_util.tree_map(lambda x: x[index], layers)
     u, per_layer = _through_layers(layers, at, config, u)
+    project = params["embeddings"].get("project")
+    project_bias = 0.0
+    if project is not None:  # ELECTRA (E != D), ALBERT: embed.proj = project(embed.out)
+        project_bias = jnp.dot(project["bias"].astype(jnp.float32), u)
+        u = project["kernel"].astype(jnp.float32) @ u  # [E, D] @ [D] -> [E]
     u, embed_bias = through_norm(params["embeddings"]["LayerNorm"], scales[C.EMBED_LN_STD], u)
     parts = {name: jnp.dot(acts[name][batch, position].astype(jnp.float32), u)
-             for name in EMBED_PARTS}
-    bias = head_bias + jnp.sum(per_layer.pop("bias")) + embed_bias
+             for name in embed_parts(config)}
+    bias = head_bias + jnp.sum(per_layer.pop("bias")) + embed_bias + project_bias
     logit = acts[C.MLM_LOGITS][batch, position, token].astype(jnp.float32)
     return {**parts, **per_layer, "bias": bias, "logit": logit, **scales}
 
@@ -210,7 +231,7 @@ class Attribution:
 
 def label_parts(arrays: dict) -> dict:
     """`logit_parts`' arrays -> label -> float, in the order documented on `Attribution`."""
-    parts = {name: float(arrays[name]) for name in EMBED_PARTS}
+    parts = {name: float(arrays[name]) for name in EMBED_PARTS if name in arrays}
     heads = np.asarray(arrays["heads"])
     for layer in range(heads.shape[0]):
         parts.update({f"L{layer}.H{n}": float(v) for n, v in enumerate(heads[layer])})
@@ -254,8 +275,8 @@ def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, po
         raise ValueError(f"ln_std keys must be among {', '.join(C.LN_STD_NAMES)}, got "
                          f"{sorted(ln_std)}")
     edit = {name: (0.0, jnp.asarray(std)) for name, std in (ln_std or {}).items()}
-    acts = forward(params, input_ids, config, token_type_ids, attention_mask, capture=NEEDED,
-                   edit=edit).acts
+    acts = forward(params, input_ids, config, token_type_ids, attention_mask,
+                   capture=needed(config), edit=edit).acts
     arrays = logit_parts(params, acts, config, batch, position, token)
     scales = {name: np.asarray(arrays[name]) for name in C.LN_STD_NAMES}
     scales[C.EMBED_LN_STD] = float(scales[C.EMBED_LN_STD])

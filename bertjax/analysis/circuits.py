@@ -184,6 +184,9 @@ def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L 
     layers = stack_layers(params)
     layers = (layers["encoder"] if "encoder" in layers else layers)["layer"]
     N, H = config.num_attention_heads, config.head_size
+    if config.layer_map is not None:  # ALBERT: each applied layer's shared weights, [L, ...]
+        index = jnp.asarray(config.layer_map)
+        layers = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[index], layers)
     attn = layers["attention"]
     out = {}
     for name, key in (("q", "query"), ("k", "key"), ("v", "value")):
@@ -194,8 +197,19 @@ def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L 
     return out
 
 
+def check_qk(config: BertConfig) -> None:
+    """Refuses QK circuits where scores have a term the circuit cannot hold: MPNet's relative
+    position bias (`attn.rel_bias`, added to every score and shared by all layers)."""
+    if config.relative_attention_num_buckets:
+        raise ValueError(f"QK circuits of this {config.model_type} model would leave out the "
+                         f"relative position bias (attn.rel_bias) that every attention score "
+                         f"adds: refused (OV circuits, which do not read scores, work)")
+
+
 def qk_circuit(params: dict, config: BertConfig) -> FactoredMatrix:
-    """Every head's QK circuit W_Q,h W_K,h^T as factors [L, N, D, H] @ [L, N, H, D]."""
+    """Every head's QK circuit W_Q,h W_K,h^T as factors [L, N, D, H] @ [L, N, H, D] (refused for
+    MPNet, see `check_qk`)."""
+    check_qk(config)
     w = head_weights(params, config)
     return FactoredMatrix(w["q"], jnp.swapaxes(w["k"], -1, -2))
 
@@ -206,12 +220,18 @@ def ov_circuit(params: dict, config: BertConfig) -> FactoredMatrix:
     return FactoredMatrix(w["v"], w["o"])
 
 
-def unembedding(params: dict) -> Float[Array, "D V"]:
-    """The MLM decoder [D, V]: its own kernel when untied, else the transposed word embeddings."""
+def unembedding(params: dict, config: BertConfig | None = None) -> Float[Array, "D V"]:
+    """The MLM decoder [D, V]: its own kernel when untied, else the transposed word embeddings.
+    Refused for a model whose decoder is E-wide (ELECTRA with E != D, ALBERT): its MLM head maps
+    D -> E first, so no [D, V] matrix of the weights alone is its unembedding."""
     predictions = params.get("cls", {}).get("predictions")
     if predictions is None:
         raise ValueError("this model has no MLM head (no cls/predictions in the parameter tree): "
                          "pass unembed=, a [D, V] matrix (e.g. the word embeddings transposed)")
+    if config is not None and config.embed_size != config.hidden_size:
+        raise ValueError(f"this {config.model_type} model's decoder reads E={config.embed_size}-"
+                         f"wide vectors (its MLM head maps D={config.hidden_size} -> E first): "
+                         f"pass unembed=, a [D, V] matrix")
     if "decoder" in predictions:
         return jnp.asarray(predictions["decoder"]["kernel"])
     return jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"]).T
@@ -219,11 +239,19 @@ def unembedding(params: dict) -> Float[Array, "D V"]:
 
 def _unembed(params: dict, config: BertConfig, unembed, W_E: Array) -> Array:
     """The [D, V] unembedding: `unembed`, shape-checked, or the model's own (`unembedding`)."""
-    W_U = unembedding(params) if unembed is None else jnp.asarray(unembed)
+    W_U = unembedding(params, config) if unembed is None else jnp.asarray(unembed)
     if W_U.shape != (config.hidden_size, W_E.shape[0]):
         raise ValueError(f"unembed must have shape [D, V]={(config.hidden_size, W_E.shape[0])}, "
                          f"got {tuple(W_U.shape)}")
     return W_U
+
+
+def embedding_matrix(params: dict) -> Float[Array, "V D"]:
+    """W_E [V, D]: the word embeddings, through the E -> D projection (`embeddings/project`,
+    ELECTRA with E != D and ALBERT; its bias left out, as the circuits leave biases out)."""
+    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, E]
+    project = params["embeddings"].get("project")
+    return W_E if project is None else W_E @ jnp.asarray(project["kernel"])  # [V, D]
 
 
 def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
@@ -237,7 +265,7 @@ def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
     Returns:
       the factored circuit: `.rows(token_ids)` gives the logits each token, attended to, adds.
     """
-    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_E = embedding_matrix(params)  # [V, D]
     W_U = _unembed(params, config, unembed, W_E)
     layer = check_index("layer", layer, config.num_layers)
     head = check_index("head", head, config.num_attention_heads)
@@ -248,7 +276,7 @@ def full_ov_circuit(params: dict, config: BertConfig, layer: int, head: int,
 def full_ov_singular_values(params: dict, config: BertConfig,
                             unembed: Float[Array, "D V"] | None = None) -> Float[Array, "L N H"]:
     """The singular values of every head's full OV circuit, [L, N, H], from the factors."""
-    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_E = embedding_matrix(params)  # [V, D]
     W_U = _unembed(params, config, unembed, W_E)
     return _full_ov_spectrum(ov_circuit(params, config), W_E, W_U)
 
@@ -272,7 +300,7 @@ def copying_scores(params: dict, config: BertConfig, token_ids, k: int = 5,
     A top-k reading of Elhage et al.'s copying heads (they use the OV circuit's eigenvalues); with
     the caveats of the full OV circuit (module docstring). token_ids: int [n]; returns [L, N].
     """
-    W_E = jnp.asarray(params["embeddings"]["word_embeddings"]["embedding"])  # [V, D]
+    W_E = embedding_matrix(params)  # [V, D]
     W_U = _unembed(params, config, unembed, W_E)
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 1 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
@@ -317,6 +345,7 @@ def composition_scores(params: dict, config: BertConfig) -> dict[str, Float[Arra
       {"q", "k", "v": float [L, N, L, N]}, indexed [writer layer, writer head, reader layer, reader
       head]; 0 where the reader's layer is not after the writer's (no composition possible).
     """
+    check_qk(config)
     w = head_weights(params, config)
     # R factors [L, N, H, H]: W_Q, W_K (= (W_K^T)^T), W_V and W_O^T.
     rq, rk, rv, ro = _rs(w["q"], w["k"], w["v"], jnp.swapaxes(w["o"], -1, -2))

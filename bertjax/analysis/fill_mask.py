@@ -1,4 +1,8 @@
-"""`fill_mask`: the MLM head's top predictions for every `[MASK]` in a text.
+"""`fill_mask`: the MLM head's top predictions for every mask token in a text.
+
+The mask is the tokenizer's own (`[MASK]` for BERT, DistilBERT, ELECTRA and ALBERT, `<mask>` for
+the RoBERTa family and MPNet); a text written with `[MASK]` for a model whose mask is another token
+has its `[MASK]`s read as that token (`with_mask_token`), so one text serves every family.
 
 The model runs once (`forward(..., capture="mlm.logits")`); the softmax and top-k over the
 vocabulary run jitted on the logits of the masked positions only. Each `[MASK]` is filled on its
@@ -25,7 +29,8 @@ def check_mlm_head(params: dict) -> None:
     """Raises ValueError unless the tree has an MLM head (`cls/predictions`)."""
     if not Heads.of(params).mlm:
         raise ValueError("this model has no MLM head (no cls/predictions in its parameters): "
-                         "fill-mask needs a BertForMaskedLM or BertForPreTraining checkpoint")
+                         "fill-mask needs a model with its MLM head (a ...ForMaskedLM checkpoint, "
+                         "or BertForPreTraining, ElectraForMaskedLM, AlbertForPreTraining)")
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
@@ -37,11 +42,21 @@ def top_predictions(logits: Float[Array, "M V"],
     return scores, ids
 
 
+def with_mask_token(tokenizer, text: str) -> str:
+    """`text` with BERT's `[MASK]` written as the tokenizer's mask token (`<mask>` for the RoBERTa
+    family and MPNet) when the text does not use that token already."""
+    mask = tokenizer.mask_token
+    if mask and mask != "[MASK]" and mask not in text:
+        return text.replace("[MASK]", mask)
+    return text
+
+
 def _encode(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [1, S] of `text` and the positions of its `[MASK]` tokens."""
+    """Token ids [1, S] of `text` and the positions of its mask tokens."""
     if tokenizer is None:
         raise ValueError("fill_mask needs a tokenizer: this model's folder has no tokenizer files "
                          "(vocab.txt or tokenizer.json)")
+    text = with_mask_token(tokenizer, text)
     ids = np.asarray([tokenizer(text)["input_ids"]], np.int32)  # [1, S]
     positions = np.flatnonzero(ids[0] == tokenizer.mask_token_id)
     if positions.size == 0:
@@ -51,7 +66,7 @@ def _encode(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _fill(tokenizer, ids: np.ndarray, position: int, token_id: int) -> str:
     """The text with the mask at `position` replaced by `token_id`; the text's own [CLS], [SEP]
-    and [PAD] are dropped, the prediction is always shown (even a special token)."""
+    and [PAD] (<s>, </s>, <pad>, ...) are dropped, the prediction is always shown (even a special token)."""
     drop = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
     kept = [token_id if j == position else int(i) for j, i in enumerate(ids[0])
             if j == position or int(i) not in drop]
@@ -60,13 +75,14 @@ def _fill(tokenizer, ids: np.ndarray, position: int, token_id: int) -> str:
 
 def fill_mask(params: dict, config: BertConfig, tokenizer, text: str,
               top_k: int = 5) -> list[list[dict]]:
-    """Top-k MLM predictions for each `[MASK]` of `text`.
+    """Top-k MLM predictions for each mask token of `text`.
 
     Args:
       params: a full parameter tree with an MLM head.
       config: its BertConfig.
       tokenizer: a transformers tokenizer for the model (`Pretrained.tokenizer`).
-      text: a string with one or more `[MASK]` tokens (the tokenizer's mask token).
+      text: a string with one or more mask tokens (the tokenizer's, e.g. `<mask>` for RoBERTa;
+        `[MASK]` is read as the tokenizer's mask token too, see `with_mask_token`).
       top_k: how many predictions per mask, 1 .. vocab_size.
 
     Returns:

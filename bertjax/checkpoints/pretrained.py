@@ -96,7 +96,10 @@ def _source(model: str | None) -> Source:
     return locate(model)
 
 
-_MLM_PREFIXES = ("cls.predictions.transform.", "cls/predictions/transform/")  # torch / tree names
+# The MLM head's transform, as torch names it in each family (BERT, RoBERTa family and MPNet,
+# DistilBERT, ELECTRA's generator, ALBERT) and as the tree names it.
+_MLM_PREFIXES = ("cls.predictions.transform.", "lm_head.dense.", "vocab_transform.",
+                 "generator_predictions.dense.", "predictions.dense.", "cls/predictions/transform/")
 
 
 def has_mlm_head(model: str | None) -> bool:

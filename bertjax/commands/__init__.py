@@ -5,5 +5,4 @@ May import: anything of bertjax.
 """
 
 # Module names under bertjax.commands, in the order `bertjax --help` lists them.
-COMMANDS = ("convert", "inspect", "fill_mask", "extract", "finetune")
-COMMANDS += ("probe",)  # bertjax.commands.probe (the probing wing)
+COMMANDS = ("convert", "export", "inspect", "fill_mask", "extract", "finetune", "probe")

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"bertjax: warning: {w.message} (--strict refuses such weights)", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    heads = [name for name, present in summary["heads"].items() if present]
+    heads = [name for name, present in summary["heads"].items() if present is True]
     print(f"converted {summary['source']}")
     print(f"  {summary['parameters']:,} parameters, {summary['dtype']}, "
           f"{summary['layers']} layers x {summary['attention_heads']} attention heads, "

@@ -177,7 +177,8 @@ def _encode(tokenizer, lines: list[Line], max_length: int, truncation: bool) -> 
     texts, pairs = [x.text for x in lines], [x.pair for x in lines]
     kwargs = dict(truncation=truncation, max_length=max_length if truncation else None)
     enc = tokenizer(texts, pairs if lines[0].pair is not None else None, **kwargs)
-    return [{"ids": i, "types": t} for i, t in zip(enc["input_ids"], enc["token_type_ids"])]
+    types = enc.get("token_type_ids") or [[0] * len(i) for i in enc["input_ids"]]  # RoBERTa: none
+    return [{"ids": i, "types": t} for i, t in zip(enc["input_ids"], types)]
 
 
 def tokenize(tokenizer, lines: list[Line], max_length: int) -> list[Example]:
@@ -253,6 +254,7 @@ class _Model:
     pad_id: int
     layouts: dict
     max_length: int
+    token_types: bool = True  # False for a family without them (DistilBERT, MPNet)
 
 
 def _batches(examples: list[Example], model: _Model, rows: int) -> Iterator[list[int]]:
@@ -280,6 +282,7 @@ def _run_batch(model: _Model, batch: list[Example], rows: int) -> dict[str, np.n
     ids, mask = pad_batch([e.ids for e in batch], model.buckets, model.pad_id, rows)
     types, _ = pad_batch([e.types for e in batch], model.buckets, 0, rows)
     (ids, mask, types), _ = shard_batch(model.mesh, ids, mask, types)
+    types = types if model.token_types else None
     return jax.device_get(model.run(model.params, ids, mask, types))
 
 
@@ -415,7 +418,7 @@ def build_model(opts: Options, pre, names, layers, max_length, devices=None) -> 
     pad_id = pre.tokenizer.pad_token_id or 0
     layouts = {name: array_layout(name, pre.config, len(layers), opts.reduce) for name in names}
     return _Model(run, params, mesh, pre.tokenizer, bucket_lengths(max_length), rows, pad_id,
-                  layouts, max_length)
+                  layouts, max_length, pre.config.has_token_types)
 
 
 def extract(opts: Options, devices=None, process: tuple[int, int] | None = None,

@@ -243,7 +243,8 @@ def encode(rows: list, tokenizer, task: str, max_length: int, labels: tuple[tupl
             continue
         enc = tokenizer([r[1][0] for r in group], [r[1][1] for r in group] if has_pair else None,
                         truncation=True, max_length=max_length)
-        for (number, _, raw), ids, types in zip(group, enc["input_ids"], enc["token_type_ids"]):
+        types_of = enc.get("token_type_ids") or [[0] * len(i) for i in enc["input_ids"]]  # RoBERTa's
+        for (number, _, raw), ids, types in zip(group, enc["input_ids"], types_of):  # have none
             label = None if raw is None else label_id(raw, names, num_labels, path, number)
             out[number] = Example(number, ids, types, label)
     return [out[r[0]] for r in rows]

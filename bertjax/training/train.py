@@ -105,8 +105,9 @@ def task_logits(params: dict, batch: dict, config: BertConfig, task: str,
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     r_model, r_head = split(rng, 2)
-    out = forward(params, batch["input_ids"], config, batch.get("token_type_ids"),
-                  batch.get("attention_mask"), rng=r_model)
+    types = batch.get("token_type_ids") if config.has_token_types else None  # DistilBERT, MPNet
+    out = forward(params, batch["input_ids"], config, types, batch.get("attention_mask"),
+                  rng=r_model)
     if task == "mlm":
         return mlm_logits(params, out.last_hidden_state, config)[0]
     if "classifier" not in params:

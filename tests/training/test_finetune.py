@@ -487,3 +487,44 @@ def test_a_line_over_the_limit_is_never_held_whole(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"data\.jsonl, line 2: longer than 64 bytes \(\d+ bytes; "
                                          r"datasets\.MAX_LINE_BYTES\); split or shorten it"):
         D.parse(path, D.Fields.for_task("classification"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "tokens"])
+def test_finetuned_model_exports_to_transformers(tiny, tmp_path, task, capsys):
+    """`bertjax export` of a finetune run's model/ picks the class from finetune.json; transformers
+    loads it with every key in place and computes bertjax's logits."""
+    import torch
+    import transformers
+
+    from bertjax.model.heads import classifier_logits, token_classifier_logits
+
+    rng = np.random.default_rng(3)
+    if task == "tokens":
+        records = [{"tokens": list(rng.choice(POS + NEG + FILLER, size=3)), "labels": ["A", "B", "A"]}
+                   for _ in range(8)]
+    else:
+        records = sentences(8, 3)
+    train = D.write_jsonl(tmp_path / "train.jsonl", records)
+    opts = F.Options(train=train, out=str(tmp_path / "out"), model=tiny, task=task, epochs=1,
+                     batch_size=8, max_length=8, lr=1e-3)
+    model_dir = F.finetune(opts, progress=False)["model"]
+    assert main(["export", model_dir, str(tmp_path / "hf")]) == 0
+    name = {"classification": "ForSequenceClassification", "tokens": "ForTokenClassification"}[task]
+    assert f"as Bert{name}" in capsys.readouterr().out
+    auto = getattr(transformers, f"AutoModel{name}")
+    model, info = auto.from_pretrained(tmp_path / "hf", output_loading_info=True,
+                                       attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tokenizer(["good w1 w2", "bad"], padding=True, return_tensors="np")
+    config, params = bertjax.load(model_dir)
+    out = bertjax.forward(params, batch["input_ids"], config,
+                          token_type_ids=batch["token_type_ids"],
+                          attention_mask=batch["attention_mask"])
+    want = (classifier_logits(params, out.pooler_output, config) if task == "classification"
+            else token_classifier_logits(params, out.last_hidden_state, config))
+    with torch.no_grad():
+        got = model.eval()(**{k: torch.tensor(v) for k, v in batch.items()}).logits.numpy()
+    assert model.config.id2label == dict(enumerate(config.id2label))
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-5, rtol=0)

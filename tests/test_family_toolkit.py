@@ -1,0 +1,214 @@
+"""The toolkit on every family (issue 23, item 4): one test per wing, parametrized over the tiny
+offline models of conversion/make_tiny_checkpoint.py (`family_checkpoint`), sharing one loaded model
+and one `capture="all"` run per family. Where a method cannot be exact for a family it refuses with
+one line naming the family (MPNet's QK circuits, the full OV circuit of an E-wide decoder)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_script
+
+import bertjax
+from bertjax.analysis import attribution, circuits, interventions, pruning, tables, views
+from bertjax.scale import sharding
+
+FAMILIES = tiny_script().FAMILIES
+TEXTS = ["the cat sat on the mat.", "a dog ran"]
+
+
+@pytest.fixture(scope="module")
+def models(family_checkpoint):
+    """family -> dict(config, params, tokenizer, ids, mask, out: a capture="all" run)."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            folder = family_checkpoint(family, "mlm")
+            config, params = bertjax.load(folder)
+            tokenizer = bertjax.tokenizer_for(folder)
+            batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+            ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+            out = bertjax.forward(params, ids, config, attention_mask=mask, capture="all")
+            cache[family] = dict(config=config, params=params, tokenizer=tokenizer, ids=ids,
+                                 mask=mask, out=out)
+        return cache[family]
+
+    return get
+
+
+def _run(m, **kwargs):
+    return bertjax.forward(m["params"], m["ids"], m["config"], attention_mask=m["mask"], **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_by_layer_and_reuse(family, models):
+    m = models(family)
+    L = m["config"].num_layers
+    picked = _run(m, capture={"layer.out": [0, L - 1]}).acts["layer.out"]
+    np.testing.assert_allclose(picked, m["out"].acts["layer.out"][np.array([0, L - 1])],
+                               atol=1e-5)  # another program: float rounding only
+    first = _run(m, capture=("attn.probs",))
+    want = np.asarray(first.acts["attn.probs"])
+    again = _run(m, capture=("attn.probs",), reuse=first)  # first's buffers donated
+    np.testing.assert_array_equal(again.acts["attn.probs"], want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_edit_patch_and_head_mask(family, models):
+    m = models(family)
+    config, base = m["config"], np.asarray(m["out"].last_hidden_state)
+    same = _run(m, edit={"attn.out": (1.0, 0.0)}, patch={"layer.out": interventions.patch_from(
+        m["out"].acts, "layer.out", layers=[0])}, head_mask=jnp.ones((config.num_layers,
+                                                                      config.num_attention_heads)))
+    np.testing.assert_allclose(same.last_hidden_state, base, atol=1e-5)
+    for kwargs in ({"edit": {"attn.out": (0.0, 0.0)}},
+                   {"head_mask": interventions.ablate_heads(config, [(0, 1)])}):
+        assert np.abs(np.asarray(_run(m, **kwargs).last_hidden_state) - base).max() > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_site_grads(family, models):
+    m = models(family)
+    grads = bertjax.site_grads(m["params"], m["ids"], m["config"],
+                               lambda o: o.last_hidden_state[:, 0].sum(), ("layer.out",),
+                               attention_mask=m["mask"])
+    g = np.asarray(grads["layer.out"])
+    assert g.shape == m["out"].acts["layer.out"].shape and np.isfinite(g).all()
+    assert np.abs(g[-1]).max() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_table_and_view(family, models):
+    m = models(family)
+    probs, tokens = m["out"].acts["attn.probs"], tables.tokens_for(m["tokenizer"], m["ids"][0])
+    table = tables.attention_table(probs, tokens, layer=-1, attention_mask=m["mask"][0])
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, atol=1e-5)
+    assert table.index[0] == m["tokenizer"].cls_token
+    html = views.head_view_html(probs, tokens, attention_mask=m["mask"][0])
+    assert json.dumps(tokens, separators=(",", ":")).replace("</", "<\\/") in html  # embedded
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logit_attribution_adds_up(family, models):
+    m = models(family)
+    position = int(np.flatnonzero(m["mask"][1])[-1]) - 1
+    split = attribution.logit_attribution(m["params"], m["config"], m["ids"], position, token=7,
+                                          batch=1, attention_mask=m["mask"])
+    split.check()
+    assert ("embed.token_type" in split.parts) == m["config"].has_token_types
+    assert split.heads().shape == (m["config"].num_layers, m["config"].num_attention_heads)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_circuits(family, models):
+    m = models(family)
+    config, params = m["config"], m["params"]
+    L, N, D, H = config.num_layers, config.num_attention_heads, config.hidden_size, config.head_size
+    ov = circuits.ov_circuit(params, config)
+    assert ov.left.shape == (L, N, D, H)
+    if family == "mpnet":
+        with pytest.raises(ValueError, match="QK circuits of this mpnet model would leave out the "
+                                             "relative position bias"):
+            circuits.qk_circuit(params, config)
+    else:
+        scores = circuits.composition_scores(params, config)
+        assert scores["q"].shape == (L, N, L, N) and np.isfinite(scores["v"]).all()
+    if config.embed_size != config.hidden_size:
+        with pytest.raises(ValueError, match=f"this {family} model's decoder reads E=19-wide"):
+            circuits.full_ov_circuit(params, config, 0, 0)
+    else:
+        full = circuits.full_ov_circuit(params, config, 0, 0)
+        assert full.dense().shape == (config.vocab_size, config.vocab_size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_importance(family, models):
+    m = models(family)
+    scores = pruning.head_importance(m["params"], m["config"],
+                                     [{"input_ids": m["ids"], "attention_mask": m["mask"]}],
+                                     lambda out, batch: out.last_hidden_state[:, 0].sum())
+    assert scores.shape == (m["config"].num_layers, m["config"].num_attention_heads)
+    assert np.isfinite(scores).all() and (scores > 0).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharded_forward_and_bf16(family, models):
+    m = models(family)
+    config, params = m["config"], m["params"]
+    mesh = sharding.make_mesh()
+    run = sharding.sharded_forward(mesh, params, config, capture=("layer.out",))
+    out = run(sharding.shard_params(mesh, params, config), m["ids"], m["mask"], None)
+    np.testing.assert_allclose(out.acts["layer.out"], m["out"].acts["layer.out"], atol=1e-5)
+    half = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    low = _run({**m, "params": half}, capture=("mlm.logits",)).acts["mlm.logits"]
+    assert low.dtype == jnp.bfloat16
+    real = m["mask"].astype(bool)
+    agree = (np.argmax(np.asarray(low, np.float32), -1) ==
+             np.argmax(np.asarray(m["out"].acts["mlm.logits"]), -1))[real].mean()
+    assert agree >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_classification_then_export(family, family_checkpoint, tmp_path):
+    """Two steps of `bertjax finetune --task classification` add the family's own sequence head;
+    the result exports to the family's ForSequenceClassification with bertjax's logits."""
+    import torch
+    import transformers
+
+    from bertjax.commands.cli import main
+    from bertjax.training import datasets as D
+    from bertjax.training import finetune as F
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "big", "small", "red"]
+    records = [{"text": " ".join(rng.choice(words, size=4)), "label": ("a", "b")[i % 2]}
+               for i in range(16)]
+    train = D.write_jsonl(tmp_path / "train.jsonl", records)
+    opts = F.Options(train=train, out=str(tmp_path / "run"), model=family_checkpoint(family, "mlm"),
+                     task="classification", epochs=1, batch_size=8, max_length=12, lr=1e-3)
+    summary = F.finetune(opts, progress=False)
+    assert summary["steps"] == 2
+    assert main(["export", summary["model"], str(tmp_path / "hf")]) == 0
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+    config, params = bertjax.load(summary["model"])
+    out = bertjax.forward(params, batch["input_ids"], config, attention_mask=batch["attention_mask"])
+    pooled = out.pooler_output if config.classifier_kind == "pooler" else out.last_hidden_state
+    want = bertjax.classifier_logits(params, pooled, config)
+    with torch.no_grad():
+        got = model.eval()(input_ids=torch.tensor(batch["input_ids"]),
+                           attention_mask=torch.tensor(batch["attention_mask"])).logits
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_extract(family, models, family_checkpoint, tmp_path):
+    """`bertjax extract` stores each text's layer outputs as the forward computes them alone."""
+    from bertjax.scale.extract import Options, extract
+    from bertjax.scale.store import ActivationStore
+
+    m = models(family)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    extract(Options(str(corpus), str(tmp_path / "out"), model=family_checkpoint(family, "mlm"),
+                    capture=("layer.out",), batch_size=2), progress=False)
+    store = ActivationStore(tmp_path / "out")
+    assert len(store) == 2 and store.complete
+    for i in range(2):
+        length = int(m["mask"][i].sum())
+        np.testing.assert_array_equal(store.token_ids(i), m["ids"][i, :length])
+        np.testing.assert_allclose(store[i]["layer.out"],
+                                   m["out"].acts["layer.out"][:, i, :length], atol=1e-4)
