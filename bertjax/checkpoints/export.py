@@ -28,11 +28,11 @@ import tempfile
 
 import numpy as np
 
-from bertjax.checkpoints.checkpoint import _per_layer, _refuse_existing, _replace
+from bertjax.checkpoints.checkpoint import _per_layer, _replace
 from bertjax.checkpoints.convert import key_table
-from bertjax.checkpoints.files import make_public
+from bertjax.checkpoints.files import TOKENIZER_FILES, check_out, make_public
 from bertjax.checkpoints.keys import source_key
-from bertjax.checkpoints.sources import TOKENIZER_FILES
+from bertjax.checkpoints.sources import tokenizer_files
 from bertjax.model.config import BertConfig
 from bertjax.model.params import Heads, check_params, flatten
 
@@ -221,14 +221,20 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
 
 
 def copy_tokenizer(tokenizer_dir: str | None, folder: str) -> list[str]:
-    """Copies the tokenizer files (TOKENIZER_FILES) found in `tokenizer_dir`; returns their names."""
+    """Copies the tokenizer files found in `tokenizer_dir` (only regular files inside it:
+    `bertjax.checkpoints.sources.tokenizer_files`); returns their names."""
     copied = []
-    for name in TOKENIZER_FILES if tokenizer_dir else ():
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path):
-            shutil.copyfile(path, os.path.join(folder, name))
-            copied.append(name)
+    for name, path in tokenizer_files(tokenizer_dir):
+        shutil.copyfile(path, os.path.join(folder, name))
+        copied.append(name)
     return copied
+
+
+def _check_out(out, force: bool) -> str:
+    """OUT checked as `save` checks it; with force only a transformers folder bertjax could have
+    exported (config.json and model.safetensors, or only such files) is replaced."""
+    return check_out(out, force, what="transformers model", marks=("config.json", WEIGHTS_FILE),
+                     names=("config.json", WEIGHTS_FILE) + TOKENIZER_FILES)
 
 
 def save_transformers(out, config: BertConfig, params: dict, tokenizer_dir: str | None = None,
@@ -248,16 +254,15 @@ def save_transformers(out, config: BertConfig, params: dict, tokenizer_dir: str 
     Raises FileExistsError when `out` exists and force is False, ValueError when `params` do not
     match `config` or the task's class needs a part the tree lacks.
     """
-    out = os.path.abspath(os.fspath(out))
-    _refuse_existing(out, force)
+    out = _check_out(out, force)
     return write_export(out, plan_export(config, params, task), tokenizer_dir, force)
 
 
 def write_export(out, plan: ExportPlan, tokenizer_dir: str | None = None,
                  force: bool = False) -> str:
     """Writes a planned export (`plan_export`) to `out` atomically; returns its path."""
-    out = os.path.abspath(os.fspath(out))
-    _refuse_existing(out, force)
+    out = _check_out(out, force)
+    tokenizer_files(tokenizer_dir)  # refused before anything is written
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)

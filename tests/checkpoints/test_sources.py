@@ -113,6 +113,8 @@ def test_hub_download_asks_for_the_preferred_weights(monkeypatch, both_formats):
     assert found.origin == "org/model" and found.weights.endswith("model.safetensors")
     assert calls == [{"allow_patterns": ["config.json", "vocab.txt", "tokenizer.json",
                                          "tokenizer_config.json", "special_tokens_map.json",
+                                         "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+                                         "spiece.model", "added_tokens.json",
                                          "model.safetensors"]}]
 
 
