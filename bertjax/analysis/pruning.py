@@ -79,7 +79,7 @@ def _weighted_mean(values: list, weights: list) -> np.ndarray:
 
 def head_importance(params: dict, config: BertConfig, batches: Iterable[dict],
                     metric: Callable, capture=(), normalize: bool = True) -> Float[np.ndarray, "L N"]:
-    """Michel et al.'s head importance: the mean over the data of |d metric / d head_mask| at 1.
+    """Michel et al.'s head importance: the mean over the data of ``|d metric / d head_mask|`` at 1.
 
     Args:
       params, config: the model.
