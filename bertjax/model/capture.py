@@ -318,7 +318,7 @@ MEANINGS = {
     "attn.scores": "q·k / sqrt(H) plus the additive padding mask, before softmax",
     "attn.probs": "softmax of the scores (= attentions in transformers)",
     "attn.context": "per-head probs @ v",
-    "attn.head_out": "each head's share of attn.out: its context times its slice of the output kernel, no bias",
+    "attn.head_out": "each head's share of attn.out: its context times its slice of the output kernel",
     "attn.out": "the attention output dense, before the residual",
     "attn.resid": "x + attn.out, before the LayerNorm",
     "attn.norm": "first add & norm: LayerNorm(x + attn.out)",
