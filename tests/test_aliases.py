@@ -26,9 +26,9 @@ def named_paths() -> set[str]:
 
 
 def test_bertjax_attribution_imports_as_its_wing():
+    import bertjax.attribution as short
     from bertjax.attribution import logit_attribution
 
-    import bertjax.attribution as short
     from bertjax.analysis import attribution
 
     assert short is attribution and logit_attribution is attribution.logit_attribution
