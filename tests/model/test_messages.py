@@ -1,0 +1,29 @@
+"""Messages that lead with their cause, and the first-hour traps of issue 26 (model wing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bertjax
+from conftest import tiny_inputs
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return bertjax.load(tiny_dir)
+
+
+def test_reuse_of_other_shapes_names_only_the_fields_that_differ(model):
+    config, params = model
+    ids, types, mask = tiny_inputs()
+    previous = bertjax.forward(params, ids[:, :5], config, capture="attn.q")
+    with pytest.raises(ValueError) as e:
+        bertjax.forward(params, ids, config, capture="attn.q", reuse=previous)
+    message = str(e.value)
+    assert message.startswith("reuse must have this call's output shapes and capture: "
+                              "last_hidden_state: (2, 7, 15) float32 here, (2, 5, 15) float32 in reuse")
+    assert "acts['attn.q']" in message and "pooler_output" not in message
+    assert "capture: [" not in message
+    with pytest.raises(ValueError, match=r"capture: \['attn.k'\] here, \['attn.q'\] in reuse$"):
+        bertjax.forward(params, ids[:, :5], config, capture="attn.k", reuse=previous)
