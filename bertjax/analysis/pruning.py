@@ -64,7 +64,7 @@ def _prepared(params: dict, config: BertConfig, batches: Iterable[dict], capture
 
 def _run(params, inputs, extra, mask, config, metric, capture):
     out = forward(params, config=config, capture=capture, head_mask=mask, **inputs)
-    return metric(out, {**inputs, **extra})
+    return C.call_metric(metric, out, {**inputs, **extra}, where="head_importance / prune_curve")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))

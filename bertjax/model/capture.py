@@ -346,3 +346,16 @@ MEANINGS = {
     "disc.logits": "replaced-token logits (ELECTRA discriminator)",
     "sop.logits": "sentence-order logits (ALBERT with its SOP head)",
 }
+
+
+def call_metric(metric, out, *args, where: str = "forward"):
+    """`metric(out, *args)`, where a metric reading an activation that was not captured gets a
+    ValueError saying to capture it (instead of a bare KeyError from `out.acts`)."""
+    try:
+        return metric(out, *args)
+    except KeyError as e:
+        name = e.args[0] if len(e.args) == 1 else None
+        if isinstance(name, str) and name in MEANINGS and name not in out.acts:
+            raise ValueError(f"the metric reads out.acts[{name!r}], which was not captured: pass "
+                             f"capture=({name!r},) to {where}") from None
+        raise

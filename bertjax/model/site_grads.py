@@ -85,6 +85,6 @@ def _grads(params, input_ids, arrays, zeros, *, config, metric, capture):
             extra = extra.reshape((1,) * (add.ndim - extra.ndim) + extra.shape)
             edit[name] = (mul, add + jnp.broadcast_to(extra, add.shape))
         out = forward(params, input_ids, config, capture=capture, edit=edit, **arrays)
-        return metric(out)
+        return C.call_metric(metric, out, where="site_grads")
 
     return jax.grad(run)(zeros)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from conftest import tiny_inputs
 
 import bertjax
-from conftest import tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -27,3 +26,17 @@ def test_reuse_of_other_shapes_names_only_the_fields_that_differ(model):
     assert "capture: [" not in message
     with pytest.raises(ValueError, match=r"capture: \['attn.k'\] here, \['attn.q'\] in reuse$"):
         bertjax.forward(params, ids[:, :5], config, capture="attn.k", reuse=previous)
+
+
+def test_a_metric_reading_an_uncaptured_name_says_to_capture_it(model):
+    config, params = model
+    ids, types, mask = tiny_inputs()
+
+    def metric(out):
+        return out.acts["attn.probs"].sum()
+
+    with pytest.raises(ValueError, match=r"^the metric reads out.acts\['attn.probs'\], which was not "
+                                         r"captured: pass capture=\('attn.probs',\) to site_grads(\n|$)"):
+        bertjax.site_grads(params, ids, config, metric, "layer.out")
+    grads = bertjax.site_grads(params, ids, config, metric, "layer.out", capture="attn.probs")
+    assert grads["layer.out"].shape == (config.num_hidden_layers, *ids.shape, config.hidden_size)
