@@ -152,6 +152,7 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
     """Normalised layer indices of one dict entry; None for all layers in order."""
     if layers is None:
         return None
+    layers = _python_ints(layers)
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = (layers,)
     if not isinstance(layers, (tuple, list)) or not all(
@@ -169,6 +170,19 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
     if len(set(picked)) != len(picked):
         raise ValueError(f"capture[{key!r}] repeats a layer: {tuple(layers)}")
     return None if picked == tuple(range(num_layers)) else picked
+
+
+def _python_ints(layers):
+    """NumPy integers (a scalar, in a tuple or list, or a 1-D integer array) as Python ints."""
+    import numpy as np
+
+    if isinstance(layers, np.ndarray) and layers.ndim <= 1 and np.issubdtype(layers.dtype, np.integer):
+        return tuple(int(i) for i in np.atleast_1d(layers))
+    if isinstance(layers, np.integer):
+        return int(layers)
+    if isinstance(layers, (tuple, list)):
+        return type(layers)(int(i) if isinstance(i, np.integer) else i for i in layers)
+    return layers
 
 
 def as_frozenset(capture, has_pooler: bool = False,

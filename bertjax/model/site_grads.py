@@ -60,8 +60,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
                  arrays.get("position_ids"))
     capture = forward_kwargs.get("capture", ())
     if isinstance(capture, dict):  # hashable for the static argument; lists become tuples
-        capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
-                               for k, v in capture.items()))
+        capture = tuple(sorted((k, _static_layers(v)) for k, v in capture.items()))
     B, S = input_ids.shape
     sizes = {"L": config.num_hidden_layers, "B": B, "S": S, "N": config.num_attention_heads,
              "H": config.head_size, "D": config.hidden_size, "I": config.intermediate_size,
@@ -69,6 +68,12 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
     return _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
                   capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
+
+
+def _static_layers(layers):
+    """A capture dict's layer selection, hashable (NumPy integers as ints, lists as tuples)."""
+    layers = C._python_ints(layers)
+    return layers if layers is None or isinstance(layers, (int, str)) else tuple(layers)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import tiny_inputs
 
@@ -40,3 +41,25 @@ def test_a_metric_reading_an_uncaptured_name_says_to_capture_it(model):
         bertjax.site_grads(params, ids, config, metric, "layer.out")
     grads = bertjax.site_grads(params, ids, config, metric, "layer.out", capture="attn.probs")
     assert grads["layer.out"].shape == (config.num_hidden_layers, *ids.shape, config.hidden_size)
+
+
+@pytest.mark.parametrize("layers", [(np.int64(1), np.int32(3)), [np.int64(1), 3], np.array([1, 3])])
+def test_numpy_integer_layer_indices_in_capture(model, layers):
+    config, params = model
+    ids, types, mask = tiny_inputs()
+    out = bertjax.forward(params, ids, config, capture={"layer.out": layers})
+    want = bertjax.forward(params, ids, config, capture={"layer.out": (1, 3)})
+    np.testing.assert_array_equal(out.acts["layer.out"], want.acts["layer.out"])
+    grads = bertjax.site_grads(params, ids, config, lambda o: o.acts["layer.out"].sum(), "embed.out",
+                               capture={"layer.out": layers})
+    assert grads["embed.out"].shape == (*ids.shape, config.hidden_size)
+
+
+def test_a_single_numpy_integer_layer(model):
+    config, params = model
+    ids, types, mask = tiny_inputs()
+    out = bertjax.forward(params, ids, config, capture={"attn.probs": np.int64(2)})
+    assert out.acts["attn.probs"].shape[0] == 1
+    grads = bertjax.site_grads(params, ids, config, lambda o: o.acts["attn.probs"].sum(), "embed.out",
+                               capture={"attn.probs": np.int64(2)})
+    assert grads["embed.out"].shape == (*ids.shape, config.hidden_size)
