@@ -78,7 +78,7 @@ class Options:
     warmup: float = 0.1  # fraction of the optimizer steps spent warming up linearly
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    max_length: int = 128
+    max_length: int | None = None  # None: min(512, max_position_embeddings), as extract
     seed: int = 0
     grad_accum: int = 1
     bf16: bool = False
@@ -193,6 +193,8 @@ def prepare(opts: Options, devices: int) -> Run:
     tok = pre.tokenizer
     if tok is None:
         raise ValueError(f"model {opts.model} has no tokenizer files (vocab.txt or tokenizer.json)")
+    if opts.max_length is None:
+        opts = dataclasses.replace(opts, max_length=min(512, pre.config.max_position_embeddings))
     if not 2 <= opts.max_length <= pre.config.max_position_embeddings:
         raise ValueError(f"--max-length must be in [2, {pre.config.max_position_embeddings}] "
                          f"(max_position_embeddings), got {opts.max_length}")
