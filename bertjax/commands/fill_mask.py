@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     if not has_mlm_head(args.model):  # from the parameter names: before converting or compiling
         raise ValueError(f"{name} has no MLM head (no cls/predictions in its weights): fill-mask "
                          f"needs a BertForMaskedLM or BertForPreTraining checkpoint, e.g. "
-                         f"--model bert-base-uncased")
+                         f"--model bert-base-uncased; offline, train the toy MLM in about a minute "
+                         f"(python notebooks/toy_mlm.py toy-mlm, in the repository) and pass "
+                         f"--model toy-mlm")
     from bertjax.analysis.fill_mask import fill_mask
     from bertjax.checkpoints.pretrained import load_pretrained
 
