@@ -162,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         times = {label: {name: [] for name in cmds} for label in labels}
         exits = {label: {} for label in labels}
         for r in range(args.rounds + 1):  # round 0: warm-up, not kept
-            for i, (label, code) in enumerate(zip(labels, codes)):
+            for i, (tree, code) in enumerate(zip(labels, codes)):
                 for name, cmd in cmds.items():
                     wall, rc = run_once(cmd, code, os.path.join(work, "out"),
                                         os.path.join(work, f"cache-{i}"))
-                    exits[label][name] = rc
+                    exits[tree][name] = rc
                     if r:
-                        times[label][name].append(wall)
+                        times[tree][name].append(wall)
             if r:
                 print(f"round {r}: " + ", ".join(f"{n} {times[labels[0]][n][-1]:.2f}"
                                                 for n in cmds), flush=True)
