@@ -11,13 +11,19 @@ The commands:
   fill-mask on a model without MLM head          a refusal from the parameter names
   convert TINY OUT                               a whole conversion of a tiny checkpoint (10,884
                                                  parameters): start-up is nearly all of it
+  inspect, warm                                  `bertjax inspect` on the default model, already
+                                                 converted into the run's BERTJAX_CACHE (and, where
+                                                 the tree turns it on, its compilation cache filled)
+                                                 by the warm-up round: what a user's second run costs
   python -c "import jax"                         the reference: what any JAX work costs first
   python -c "import bertjax.checkpoints.checkpoint"  what convert imports before it starts working
 
 `--code DIR` (repeatable) runs the same commands against other source trees of bertjax (through
 PYTHONPATH, as an editable checkout), e.g. an older commit for a before / after comparison.
 
-Usage:  .venv/bin/python benchmarks/bench_startup.py [--rounds 5] [--code . --code ../old]
+`--only NAME` (repeatable, a substring of a command's name) runs only those commands.
+
+Usage:  .venv/bin/python benchmarks/bench_startup.py [--rounds 5] [--code . --code ../old] [--only inspect]
 Writes benchmarks/results/startup.json and startup.md.
 """
 
@@ -58,14 +64,15 @@ def commands(work: str) -> dict[str, list[str]]:
         "convert, no such source (refused)": [BERTJAX, "convert", "./no-such-model", "{out}"],
         "fill-mask, no MLM head (refused)": [BERTJAX, "fill-mask", "a [MASK]", "--model", bare],
         "convert a tiny checkpoint (whole run)": [BERTJAX, "convert", tiny, "{out}"],
+        "inspect, warm": [BERTJAX, "inspect"],
         "python -c 'import jax'": [sys.executable, "-c", "import jax"],
         "python -c 'import bertjax.checkpoints.checkpoint'":
             [sys.executable, "-c", "import bertjax.checkpoints.checkpoint"],
     }
 
 
-def run_once(argv: list[str], code: str, out: str) -> tuple[float, int]:
-    env = {**os.environ, "PYTHONPATH": code, "HF_HUB_OFFLINE": "1"}
+def run_once(argv: list[str], code: str, out: str, cache: str) -> tuple[float, int]:
+    env = {**os.environ, "PYTHONPATH": code, "HF_HUB_OFFLINE": "1", "BERTJAX_CACHE": cache}
     argv = [a.replace("{out}", out) for a in argv]
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--code", action="append", help="a bertjax source tree (default: this one)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only the commands whose name holds NAME (repeatable)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "startup"),
                         help="path of the results, without .json / .md")
     parser.add_argument("--render", action="store_true",
@@ -148,16 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         make = _make_tiny()
         make.main([os.path.join(work, "tiny-mlm"), "--head", "mlm"])
         make.main([os.path.join(work, "tiny-model"), "--head", "model"])
-        cmds = commands(work)
+        cmds = {n: c for n, c in commands(work).items()
+                if not args.only or any(o in n for o in args.only)}
         times = {label: {name: [] for name in cmds} for label in labels}
         exits = {label: {} for label in labels}
         for r in range(args.rounds + 1):  # round 0: warm-up, not kept
-            for label, code in zip(labels, codes):
+            for i, (tree, code) in enumerate(zip(labels, codes)):
                 for name, cmd in cmds.items():
-                    wall, rc = run_once(cmd, code, os.path.join(work, "out"))
-                    exits[label][name] = rc
+                    wall, rc = run_once(cmd, code, os.path.join(work, "out"),
+                                        os.path.join(work, f"cache-{i}"))
+                    exits[tree][name] = rc
                     if r:
-                        times[label][name].append(wall)
+                        times[tree][name].append(wall)
             if r:
                 print(f"round {r}: " + ", ".join(f"{n} {times[labels[0]][n][-1]:.2f}"
                                                 for n in cmds), flush=True)

@@ -1,5 +1,5 @@
 """Short module paths mapped to their wings: every module path of the flat layout before the wings,
-plus `bertjax.circuits` and `bertjax.pruning` (the names the analysis docs use).
+plus `bertjax.attribution`, `bertjax.circuits` and `bertjax.pruning` (the names the analysis docs use).
 
 `import bertjax.train` and `from bertjax.interventions import ...` keep working: a finder on
 `sys.meta_path` answers each old name with the module of its wing (the same object, not a copy).
@@ -15,6 +15,7 @@ import importlib.util
 import sys
 
 ALIASES = {
+    "attribution": "bertjax.analysis.attribution",
     "buckets": "bertjax.scale.buckets",
     "capture": "bertjax.model.capture",
     "checkpoint": "bertjax.checkpoints.checkpoint",

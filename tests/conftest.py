@@ -4,9 +4,23 @@ checkpoints built locally with torch.manual_seed(0), tolerances and strict JAX s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One persistent compilation cache for the whole test run, shared by its processes: the pytest-xdist
+# workers (which inherit this environment from the controller, whose conftest runs first), the
+# subprocesses tests start (the CLI, the notebooks' kernels) and later tests compiling the same
+# program under another jit wrapper. The process that made the folder removes it at the end.
+# BERTJAX_TEST_CACHE=PATH keeps it elsewhere (and kept: e.g. across runs).
+_CACHE_OWNER = "BERTJAX_TEST_CACHE" not in os.environ
+if _CACHE_OWNER:
+    os.environ["BERTJAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="bertjax-test-cache-")
+TEST_CACHE = os.environ["BERTJAX_TEST_CACHE"]
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", TEST_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -14,6 +28,15 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+# in case a plugin imported JAX before this file set its environment
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    if _CACHE_OWNER and not hasattr(config, "workerinput"):
+        shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 ATOL_TINY = 1e-5
 ATOL_REAL = 1e-4

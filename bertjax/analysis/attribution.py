@@ -264,7 +264,7 @@ def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, po
       ValueError: no MLM head, batch, position or token out of range, or ln_std with other names
         or shapes.
     """
-    check_mlm_head(params)
+    check_mlm_head(params, "logit_attribution")
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [B, S], got shape {input_ids.shape}")

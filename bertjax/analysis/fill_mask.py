@@ -25,12 +25,12 @@ from bertjax.model.forward import forward
 from bertjax.model.params import Heads
 
 
-def check_mlm_head(params: dict) -> None:
-    """Raises ValueError unless the tree has an MLM head (`cls/predictions`)."""
+def check_mlm_head(params: dict, who: str = "fill-mask") -> None:
+    """Raises ValueError unless the tree has an MLM head (`cls/predictions`); `who` needs it."""
     if not Heads.of(params).mlm:
-        raise ValueError("this model has no MLM head (no cls/predictions in its parameters): "
-                         "fill-mask needs a model with its MLM head (a ...ForMaskedLM checkpoint, "
-                         "or BertForPreTraining, ElectraForMaskedLM, AlbertForPreTraining)")
+        raise ValueError(f"this model has no MLM head (no cls/predictions in its parameters): "
+                         f"{who} needs a model with its MLM head (a ...ForMaskedLM checkpoint, "
+                         f"or BertForPreTraining, ElectraForMaskedLM, AlbertForPreTraining)")
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))

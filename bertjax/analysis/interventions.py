@@ -238,7 +238,7 @@ def _sweep(params, inputs, clean, *, config, name, metric, axes, letter, capture
         mask = outer_mask(axes, clean.shape, chosen)
         out = forward(params, config=config, capture=capture, patch={name: (clean, mask)},
                       **inputs)
-        return metric(out)
+        return C.call_metric(metric, out, where="patch_sweep")
 
     values = jax.lax.map(one, jnp.arange(L * K), batch_size=batch_size)  # [L * K]
     return values.reshape(L, K)
@@ -279,7 +279,8 @@ def _attribution(params, inputs, clean, *, config, name, metric, axes, letter, c
 
         def run(values):
             patch = {name: (values, only)}
-            return metric(forward(params, config=config, capture=capture, patch=patch, **inputs))
+            return C.call_metric(metric, forward(params, config=config, capture=capture, patch=patch,
+                                                 **inputs), where="attribution_patch")
 
         return jax.grad(run)(corrupted)[layer]
 

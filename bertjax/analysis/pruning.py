@@ -66,7 +66,7 @@ def _prepared(params: dict, config: BertConfig, batches: Iterable[dict], capture
 
 def _run(params, inputs, extra, mask, config, metric, capture):
     out = forward(params, config=config, capture=capture, head_mask=mask, **inputs)
-    return metric(out, {**inputs, **extra})
+    return C.call_metric(metric, out, {**inputs, **extra}, where="head_importance / prune_curve")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))
@@ -81,7 +81,7 @@ def _weighted_mean(values: list, weights: list) -> np.ndarray:
 
 def head_importance(params: dict, config: BertConfig, batches: Iterable[dict],
                     metric: Callable, capture=(), normalize: bool = True) -> Float[np.ndarray, "L N"]:
-    """Michel et al.'s head importance: the mean over the data of |d metric / d head_mask| at 1.
+    """Michel et al.'s head importance: the mean over the data of ``|d metric / d head_mask|`` at 1.
 
     Args:
       params, config: the model.

@@ -91,11 +91,23 @@ PAD_TOKEN = "[PAD]"  # BERT's padding token: at a real position, the tokens are 
 def _example_tokens(tokens: Tokens, B: int, batch: int) -> list[str]:
     """One example's tokens: `tokens` itself, or `tokens[batch]` when it holds every example's."""
     tokens = list(tokens)
+    _check_not_ids(tokens)
     if tokens and not isinstance(tokens[0], str):  # the batch's tokens, one list per example
         if len(tokens) != B:
             raise ValueError(f"tokens holds {len(tokens)} token lists for a batch of {B} examples")
         return [str(t) for t in tokens[batch]]
     return tokens
+
+
+def _check_not_ids(tokens: list) -> None:
+    """Token ids where the token strings belong get a message saying so."""
+    first = tokens[0] if tokens else None
+    if first is not None and not isinstance(first, str) and np.ndim(first) == 1 and len(first):
+        first = first[0]  # every example's tokens
+    if first is not None and not isinstance(first, str) and np.asarray(first).dtype.kind in "iu":
+        raise ValueError("tokens must be the token strings, got token ids: pass "
+                         "tokens_for(tokenizer, ids) (bertjax.analysis.tables), i.e. "
+                         "tokenizer.convert_ids_to_tokens(ids)")
 
 
 def padded_keys(probs: np.ndarray) -> np.ndarray:

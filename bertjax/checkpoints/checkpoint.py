@@ -254,11 +254,23 @@ def load(path, dtype=jnp.float32, config: BertConfig | None = None,
 
     Returns:
       (config, params) with params a nested dict of jax arrays.
+
+    Raises:
+      ValueError: `strict` or `stacked` not a bool (a string such as "yes" would read as true), and
+        every refusal of `read_checkpoint`.
     """
+    _check_flags(strict=strict, stacked=stacked)
     loaded = read_checkpoint(path, config, dtype, strict)
     config, params = loaded.config, loaded.params
     del loaded
     return config, to_device(params, stacked)
+
+
+def _check_flags(**flags) -> None:
+    """Flags must be bools (NumPy's included): `stacked="no"` is truthy, never what was meant."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def to_device(tree: dict, stacked: bool = False) -> dict:

@@ -56,7 +56,13 @@ def atomic_write(path: str, data: bytes, tag: str = "bertjax") -> None:
       path: the target file; its folder must exist.
       data: the whole new content.
       tag: names the temporary file (one tag per concurrent writer keeps writers apart).
+
+    Raises:
+      FileNotFoundError: the folder of `path` does not exist (saying so, before anything is written).
     """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
     tmp = temp_name(path, tag)  # left behind by a crash; the next run removes it (is_leftover)
     with open(tmp, "wb") as f:
         f.write(data)

@@ -85,7 +85,32 @@ def tokenizer_for(model: str | os.PathLike | None = None):
     folder = _tokenizer_folder(model)
     import transformers
 
+    named = _named_tokenizer_class(folder)
+    if named is not None:  # the class AutoTokenizer would pick, without its torch import
+        return named.from_pretrained(folder)
     return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def _named_tokenizer_class(folder: str):
+    """The transformers tokenizer class `tokenizer_config.json` names, or None (then AutoTokenizer
+    decides). AutoTokenizer picks the same class from that key, but imports transformers' model
+    configuration machinery on the way, which imports torch when it is installed (7 s of a warm
+    `bertjax inspect`); the class itself needs only the `tokenizers` library."""
+    import json
+
+    import transformers
+
+    try:
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+            name = json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Z]\w*Tokenizer(Fast)?", name):
+        return None
+    try:
+        return getattr(transformers, name, None)
+    except (ImportError, AttributeError):  # a class whose backend is not installed
+        return None
 
 
 def _source(model: str | None) -> Source:

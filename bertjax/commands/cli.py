@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from bertjax.commands import COMMANDS
@@ -59,8 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_compilation_cache() -> str | None:
+    """Turns JAX's persistent compilation cache on for this process, in
+    `$BERTJAX_CACHE/jax-compilation-cache` (`bertjax.enable_compilation_cache`'s folder), so a
+    command run again loads its programs instead of compiling them (a warm `bertjax inspect` compiles
+    6). Set through JAX's environment variables, read when JAX is imported: no JAX import here.
+    Off with BERTJAX_COMPILATION_CACHE=0; JAX_COMPILATION_CACHE_DIR set by the user wins; skipped
+    when JAX is already imported (`main` called from Python: the caller's JAX settings stand).
+    Returns the folder, or None when left off."""
+    if (os.environ.get("BERTJAX_COMPILATION_CACHE", "1") == "0" or "jax" in sys.modules
+            or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+        return None
+    from bertjax.checkpoints.pretrained import cache_dir
+
+    folder = os.path.join(cache_dir(), "jax-compilation-cache")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)  # the cache is code: private
+    except OSError:
+        return None  # an unwritable cache folder costs speed, never the command
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileExistsError, FileNotFoundError, OSError) as e:

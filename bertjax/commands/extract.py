@@ -18,14 +18,21 @@ def register(subparsers) -> None:
         description="INPUT is .txt (one text a line) or .jsonl (a text field, optionally a pair "
                     "field). Empty lines are skipped and counted; texts over --max-length tokens "
                     "are truncated and counted. Run the same command again to resume after an "
-                    "interruption. Read the result with bertjax.store.ActivationStore(OUT).")
+                    "interruption. Read the result with bertjax.ActivationStore(OUT): len(store) "
+                    "examples in input order; store[i][NAME] is example i's array, padding "
+                    "stripped (a per-layer name is [L, S_i, ...], L the --layers kept in the order "
+                    "given, every layer without --layers; with --reduce, no S_i axis); "
+                    "store.token_ids(i) its token ids; store.line(i) the 1-based input line it "
+                    "came from; store.stacked(NAME) every example at once, for probing.")
     p.add_argument("--model", help="model folder, file or hub id (default: the offline MiniLM)")
     p.add_argument("--input", required=True, metavar="FILE", help="the corpus: .txt or .jsonl")
     p.add_argument("--capture", required=True, metavar="NAMES",
                    help="comma-separated activation names or globs (e.g. layer.out,attn.*), or all")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the folder to write (rerun the same command to resume it)")
-    p.add_argument("--layers", type=_ints, help="layers of per-layer names to keep, e.g. 0,5,11")
+    p.add_argument("--layers", type=_ints,
+                   help="layers of per-layer names to keep, e.g. 0,5,11, stored in this order "
+                        "(store[i][NAME][j] is the j-th layer listed)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--max-length", type=int, help="tokens per text (default: the model's, <= 512)")
     p.add_argument("--reduce", choices=("none", "mean", "cls"), default="none",

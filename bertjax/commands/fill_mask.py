@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if not has_mlm_head(args.model):  # from the parameter names: before converting or compiling
         raise ValueError(f"{name} has no MLM head (no cls/predictions in its weights): fill-mask "
                          f"needs a model with its MLM head (a ...ForMaskedLM or BertForPreTraining "
-                         f"checkpoint), e.g. --model bert-base-uncased")
+                         f"checkpoint), e.g. --model bert-base-uncased; offline, train the toy MLM "
+                         f"in about a minute (python notebooks/toy_mlm.py toy-mlm, in the "
+                         f"repository) and pass --model toy-mlm")
     from bertjax.analysis.fill_mask import fill_mask
     from bertjax.checkpoints.pretrained import load_pretrained
 

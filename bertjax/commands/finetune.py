@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay (not on biases and LayerNorm)")
     p.add_argument("--clip-norm", type=float, default=1.0, help="max global gradient norm")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (cut beyond)")
+    p.add_argument("--max-length", type=int,
+                   help="tokens per example, cut beyond (default: the model's, <= 512)")
     p.add_argument("--seed", type=int, default=0, help="head init, shuffling, masking, dropout")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="batches whose gradients are averaged into one update")

@@ -204,6 +204,7 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
     """Normalised layer indices of one dict entry; None for all layers in order."""
     if layers is None:
         return None
+    layers = _python_ints(layers)
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = (layers,)
     if not isinstance(layers, (tuple, list)) or not all(
@@ -221,6 +222,19 @@ def _layers(key: str, layers, num_layers: int) -> tuple[int, ...] | None:
     if len(set(picked)) != len(picked):
         raise ValueError(f"capture[{key!r}] repeats a layer: {tuple(layers)}")
     return None if picked == tuple(range(num_layers)) else picked
+
+
+def _python_ints(layers):
+    """NumPy integers (a scalar, in a tuple or list, or a 1-D integer array) as Python ints."""
+    import numpy as np
+
+    if isinstance(layers, np.ndarray) and layers.ndim <= 1 and np.issubdtype(layers.dtype, np.integer):
+        return tuple(int(i) for i in np.atleast_1d(layers))
+    if isinstance(layers, np.integer):
+        return int(layers)
+    if isinstance(layers, (tuple, list)):
+        return type(layers)(int(i) if isinstance(i, np.integer) else i for i in layers)
+    return layers
 
 
 def as_frozenset(capture, has_pooler: bool = False,
@@ -347,3 +361,63 @@ def stacked_shape(name: str, sizes: dict[str, int]) -> tuple[int, ...]:
     """An activation's stacked shape from axis sizes (letters of `SHAPES`; T is S)."""
     sizes = {"E": sizes.get("D"), **sizes, "T": sizes["S"]}
     return tuple(sizes[letter] for letter in SHAPES[name].split())
+
+
+# One line per activation site, every family's (the docs' site reference is generated from this,
+# SHAPES and the per-family name lists; a name without a meaning fails the docs build).
+MEANINGS = {
+    "embed.word": "word (token) embedding lookup",
+    "embed.position": "position embedding lookup",
+    "embed.token_type": "token type (segment) embedding lookup",
+    "embed.sum": "word + position + token type, before the embedding LayerNorm",
+    "embed.out": "after the embedding LayerNorm (= hidden_states[0] in transformers, without a projection)",
+    "embed.proj": "the embedding-size-to-hidden-size projection (ELECTRA, ALBERT: the encoder's input)",
+    "embed.ln_std": "sqrt(var + eps) of the embedding LayerNorm's input, per token (float32)",
+    "attn.rel_bias": "the relative position bias added to every layer's scores (MPNet; shared)",
+    "attn.q": "per-head queries, bias included",
+    "attn.k": "per-head keys, bias included",
+    "attn.v": "per-head values, bias included",
+    "attn.scores": "q·k / sqrt(H) plus the additive padding mask, before softmax",
+    "attn.probs": "softmax of the scores (= attentions in transformers)",
+    "attn.context": "per-head probs @ v",
+    "attn.head_out": "each head's share of attn.out: its context times its slice of the output kernel",
+    "attn.out": "the attention output dense, before the residual",
+    "attn.resid": "x + attn.out, before the LayerNorm",
+    "attn.norm": "first add & norm: LayerNorm(x + attn.out)",
+    "attn.ln_std": "sqrt(var + eps) of the first LayerNorm's input, per token (float32)",
+    "attn.c2c": "DeBERTa's content-to-content score term, divided by the scale",
+    "attn.c2p": "DeBERTa's content-to-position score term, divided by the scale",
+    "attn.p2c": "DeBERTa's position-to-content score term, divided by the scale",
+    "attn.norm_in": "the pre-norm LayerNorm output attention reads (ModernBERT)",
+    "attn.q_rot": "queries after the rotary embedding (ModernBERT)",
+    "attn.k_rot": "keys after the rotary embedding (ModernBERT)",
+    "mlp.norm_in": "the pre-norm LayerNorm output the MLP reads (ModernBERT)",
+    "mlp.pre": "intermediate dense, before the activation function",
+    "mlp.post": "after the activation function",
+    "mlp.gate": "the linear half of the GeGLU input (ModernBERT)",
+    "mlp.glu": "act(mlp.pre) * mlp.gate (ModernBERT)",
+    "mlp.out": "the output dense, before the residual",
+    "mlp.resid": "attn.norm + mlp.out, before the LayerNorm",
+    "mlp.ln_std": "sqrt(var + eps) of the MLP LayerNorm's input (ModernBERT)",
+    "layer.out": "second add & norm (= hidden_states[1:] in transformers)",
+    "layer.ln_std": "sqrt(var + eps) of the second LayerNorm's input, per token (float32)",
+    "final.out": "the final LayerNorm's output (= last_hidden_state; ModernBERT)",
+    "final.ln_std": "sqrt(var + eps) of the final LayerNorm's input (ModernBERT)",
+    "pooler.out": "pooler output (only with a pooler)",
+    "mlm.logits": "MLM head logits (only with an MLM head)",
+    "disc.logits": "replaced-token logits (ELECTRA discriminator)",
+    "sop.logits": "sentence-order logits (ALBERT with its SOP head)",
+}
+
+
+def call_metric(metric, out, *args, where: str = "forward"):
+    """`metric(out, *args)`, where a metric reading an activation that was not captured gets a
+    ValueError saying to capture it (instead of a bare KeyError from `out.acts`)."""
+    try:
+        return metric(out, *args)
+    except KeyError as e:
+        name = e.args[0] if len(e.args) == 1 else None
+        if isinstance(name, str) and name in MEANINGS and name not in out.acts:
+            raise ValueError(f"the metric reads out.acts[{name!r}], which was not captured: pass "
+                             f"capture=({name!r},) to {where}") from None
+        raise

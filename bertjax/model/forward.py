@@ -162,8 +162,8 @@ def _check_reuse(reuse, expected: BertOutput, offload: bool = False, inputs=()) 
     got = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), reuse)
     want = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), expected)
     if got != want:
-        raise ValueError(f"reuse must have this call's output shapes and capture: expected "
-                         f"{want}, got {got}")
+        raise ValueError(f"reuse must have this call's output shapes and capture: "
+                         f"{_differences(want, got)}")
     leaves = jax.tree_util.tree_leaves_with_path(reuse)
     if any(isinstance(x, jax.Array) and x.is_deleted() for _, x in leaves):
         raise ValueError("reuse: its buffers were already donated to an earlier call (an output "
@@ -206,6 +206,20 @@ def _devices(inputs) -> set:
         if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
             devices |= x.sharding.device_set
     return devices
+
+
+def _differences(want: BertOutput, got: BertOutput) -> str:
+    """The fields of two (shape, dtype) trees that differ, as 'field: X here, Y in reuse; ...'."""
+    def shown(x):
+        return "none" if x is None else f"{x[0]} {x[1]}"
+
+    out = [f"{f}: {shown(getattr(want, f))} here, {shown(getattr(got, f))} in reuse"
+           for f in ("last_hidden_state", "pooler_output") if getattr(want, f) != getattr(got, f)]
+    if set(want.acts) != set(got.acts):
+        out.append(f"capture: {sorted(want.acts)} here, {sorted(got.acts)} in reuse")
+    out += [f"acts[{k!r}]: {shown(want.acts[k])} here, {shown(got.acts[k])} in reuse"
+            for k in sorted(set(want.acts) & set(got.acts)) if want.acts[k] != got.acts[k]]
+    return "; ".join(out)
 
 
 def _with_stacked_layers(params: dict) -> dict:

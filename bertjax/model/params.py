@@ -230,12 +230,29 @@ def _fields(path: str, shape: tuple, config: BertConfig, heads: Heads, stacked: 
     return ", ".join(found)
 
 
-def _listed(kind: str, names: list[str], most: int = 8) -> str:
-    return f"{kind} {len(names)}: {', '.join(names[:most])}" + (" ..." if len(names) > most else "")
+def _listed(kind: str, names: list[str], most: int = 8, others=None) -> str:
+    """'missing 16: encoder/layer/2 (16 leaves)': with `others` (the leaves on the other side), the
+    names grouped by their largest subtree that `others` has nothing of."""
+    groups = _subtrees(names, others) if others is not None else [(n, [n]) for n in names]
+    shown = [held[0] if len(held) == 1 else f"{g} ({len(held)} leaves)" for g, held in groups[:most]]
+    return f"{kind} {len(names)}: {', '.join(shown)}" + (" ..." if len(groups) > most else "")
+
+
+def _subtrees(names: list[str], others) -> list[tuple[str, list[str]]]:
+    """[(subtree, the names it holds)]: each name under the shortest prefix of its path that no
+    path of `others` shares."""
+    prefixes = {"/".join(o.split("/")[:i]) for o in others for i in range(1, o.count("/") + 2)}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split("/")
+        group = next(("/".join(parts[:i]) for i in range(1, len(parts) + 1)
+                      if "/".join(parts[:i]) not in prefixes), name)
+        groups.setdefault(group, []).append(name)
+    return list(groups.items())
 
 
 def _layer_count(params: dict, config: BertConfig) -> str:
-    """'; the tree has n layers ...' when a per-layer tree's layer keys disagree with the config."""
+    """'the tree has n layers ...' when a per-layer tree's layer keys disagree with the config."""
     layers = params.get("encoder", {}).get("layer") if isinstance(params.get("encoder"), dict) else None
     if not isinstance(layers, dict) or "0" not in layers:
         return ""
@@ -243,8 +260,37 @@ def _layer_count(params: dict, config: BertConfig) -> str:
         return ""
     says = (f"num_hidden_layers={config.num_hidden_layers}" if config.model_type != "albert" else
             f"num_hidden_groups x inner_group_num={config.num_param_layers}")
-    return (f"; the tree has {len(layers)} layers ({', '.join(sorted(layers, key=str))}), the "
+    return (f"the tree has {len(layers)} layers ({', '.join(sorted(layers, key=str))}), the "
             f"config says {says}")
+
+
+def _mismatch(where: str, full: dict, config: BertConfig, missing: list, unexpected: list,
+              got: set, want: set) -> str:
+    """The missing / unexpected leaves message, leading with the cause when it is the layer count."""
+    parts = ([_listed("missing", missing, others=got)] if missing else []) + (
+        [_listed("unexpected", unexpected, others=want)] if unexpected else [])
+    cause = _layer_count(full, config)
+    family = "BERT" if config.model_type == "bert" else config.model_type
+    head = f"{where}: {cause}" if cause else f"{where} do not match the {family} parameter tree"
+    return f"{head} ({'; '.join(parts)})"
+
+
+# The parts that take one subtree, and the function of each (for the message).
+_PART_FUNCTIONS = {"embeddings": "embeddings", "encoder/layer/0": "encoder_layer",
+                   "encoder/layer/0/attention": "attention"}
+
+
+def _check_not_a_larger_tree(params: dict, part: str, where: str) -> None:
+    """A part given the whole tree (or a tree above its own) says which subtree it takes."""
+    steps = part.split("/")
+    above = next((i for i, k in enumerate(steps) if k in params and not k.isdigit()), None)
+    if above is None or part not in _PART_FUNCTIONS:
+        return
+    index = "".join(f"[{'i' if k.isdigit() else repr(k)}]" for k in steps[above:])
+    layer = " (i: the layer, a string)" if "[i]" in index else ""
+    raise ValueError(f"{where}: {_PART_FUNCTIONS[part]} takes the subtree "
+                     f"{'/'.join('<i>' if k.isdigit() else k for k in steps)}, got a tree holding "
+                     f"{steps[above]!r}: pass params{index}{layer}")
 
 
 def check_tree(params: dict, config: BertConfig, part: str = "", where: str = "params",
@@ -264,6 +310,8 @@ def check_tree(params: dict, config: BertConfig, part: str = "", where: str = "p
     """
     if not isinstance(params, dict):
         raise ValueError(f"{where} must be a dict (the parameter tree), got {type(params).__name__}")
+    if part:
+        _check_not_a_larger_tree(params, part, where)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     key = (treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else (np.shape(x), None)
                           for x in leaves), config, part, uses)
@@ -298,11 +346,7 @@ def _check_tree(params: dict, config: BertConfig, part: str, where: str, uses: t
         want = {p: s for p, s in want.items() if p.startswith(tuple(f"{part}/{u}/" for u in uses))}
     missing = sorted(set(want) - set(got))
     if missing or unexpected:
-        parts = ([_listed("missing", missing)] if missing else []) + (
-            [_listed("unexpected", unexpected)] if unexpected else [])
-        family = "BERT" if config.model_type == "bert" else config.model_type
-        raise ValueError(f"{where} do not match the {family} parameter tree ({'; '.join(parts)})"
-                         f"{_layer_count(full, config)}")
+        raise ValueError(_mismatch(where, full, config, missing, unexpected, set(got), set(want)))
     for path, need in want.items():  # of what there is, each shape and dtype
         shape = tuple(np.shape(got[path]))
         if shape != need:

@@ -63,8 +63,7 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
                  arrays.get("position_ids"))
     capture = forward_kwargs.get("capture", ())
     if isinstance(capture, dict):  # hashable for the static argument; lists become tuples
-        capture = tuple(sorted((k, v if v is None or isinstance(v, int) else tuple(v))
-                               for k, v in capture.items()))
+        capture = tuple(sorted((k, _static_layers(v)) for k, v in capture.items()))
     B, S = input_ids.shape
     sizes = C.axis_sizes(config, B, S)
     for what, pair in (("edit", ("mul", "add")), ("patch", ("new", "mask"))):
@@ -77,6 +76,12 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     # a dict `names` selects layers, as for capture: those layers, in the given order
     return {name: grads[name][jnp.asarray(selection[name])] if name in selection else grads[name]
             for name in grads}
+
+
+def _static_layers(layers):
+    """A capture dict's layer selection, hashable (NumPy integers as ints, lists as tuples)."""
+    layers = C._python_ints(layers)
+    return layers if layers is None or isinstance(layers, (int, str)) else tuple(layers)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "metric", "capture"))
@@ -93,6 +98,6 @@ def _grads(params, input_ids, arrays, zeros, *, config, metric, capture):
             extra = extra.reshape((1,) * (add.ndim - extra.ndim) + extra.shape)
             edit[name] = (mul, add + jnp.broadcast_to(extra, add.shape))
         out = forward(params, input_ids, config, capture=capture, edit=edit, **arrays)
-        return metric(out)
+        return C.call_metric(metric, out, where="site_grads")
 
     return jax.grad(run)(zeros)

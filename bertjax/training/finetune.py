@@ -52,7 +52,7 @@ from bertjax.training.train import (
     make_optimizer,
     make_train_step,
     replicate,
-    shard_batch,
+    shard_examples,
 )
 
 META_FILE = "finetune.json"
@@ -78,7 +78,7 @@ class Options:
     warmup: float = 0.1  # fraction of the optimizer steps spent warming up linearly
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    max_length: int = 128
+    max_length: int | None = None  # None: min(512, max_position_embeddings), as extract
     seed: int = 0
     grad_accum: int = 1
     bf16: bool = False
@@ -194,6 +194,8 @@ def prepare(opts: Options, devices: int) -> Run:
     tok = pre.tokenizer
     if tok is None:
         raise ValueError(f"model {opts.model} has no tokenizer files (vocab.txt or tokenizer.json)")
+    if opts.max_length is None:
+        opts = dataclasses.replace(opts, max_length=min(512, pre.config.max_position_embeddings))
     if not 2 <= opts.max_length <= pre.config.max_position_embeddings:
         raise ValueError(f"--max-length must be in [2, {pre.config.max_position_embeddings}] "
                          f"(max_position_embeddings), got {opts.max_length}")
@@ -240,7 +242,7 @@ def evaluate(run: Run, params: dict, eval_fn, mesh) -> dict:
     for b, start in enumerate(range(0, len(order), run.opts.batch_size)):
         examples = [run.eval[i] for i in order[start: start + run.opts.batch_size]]
         rng = np.random.default_rng([run.opts.seed, _EVAL_MASKS, b])
-        out = eval_fn(params, shard_batch(D.collate(run.pad, examples, run.opts.task, rng), mesh))
+        out = eval_fn(params, shard_examples(mesh, D.collate(run.pad, examples, run.opts.task, rng)))
         totals = {k: totals[k] + out[k].item() for k in totals}
     count = max(totals["count"], 1)
     return {"eval_loss": totals["loss_sum"] / count, "eval_accuracy": totals["correct"] / count,
@@ -280,7 +282,7 @@ def train_loop(run: Run, state: TrainState, position: dict, history: dict, mesh,
         for b in range(first, len(batches)):
             rng = np.random.default_rng([opts.seed, _TRAIN_MASKS, epoch, b])
             batch = D.collate(run.pad, [run.train[i] for i in batches[b]], opts.task, rng)
-            state, metrics = step_fn(state, shard_batch(batch, mesh))
+            state, metrics = step_fn(state, shard_examples(mesh, batch))
             history["loss"].append(metrics["loss"].item())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(history['loss'][-20:]):.4f}")
@@ -325,8 +327,8 @@ def _start(run: Run, mesh) -> tuple[TrainState, dict, dict]:
         if int(state.step) != position["step"] or position["seed"] != opts.seed:
             raise ValueError(f"{opts.out}/{CHECKPOINT_FILE} is inconsistent (state step "
                              f"{int(state.step)}, position {position}); choose another --out")
-        return replicate(state, mesh), position, history
-    state = replicate(state, mesh)
+        return replicate(mesh, state), position, history
+    state = replicate(mesh, state)
     history = {"loss": [], "epochs": [], "labels": list(run.config.id2label), "before": None}
     if run.eval:
         eval_fn = _programs(run.config, opts.task, run.tx, opts.bf16)[1]

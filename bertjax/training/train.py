@@ -8,8 +8,10 @@ skips it; padded rows of a short last batch carry IGNORE labels and so weigh not
 Everything here is pure and works under `jax.jit`: the train step closes over the static config,
 task and optax transformation (`make_train_step`), takes and returns a `TrainState`, and draws its
 dropout keys from the state's key, so a run is reproducible from its state alone. Data parallelism
-is `jax.sharding`: `shard_batch` splits the batch over a one-axis "batch" mesh of all devices,
-`replicate` copies the state to every device, and XLA inserts the gradient all-reduce.
+is `jax.sharding`: `shard_examples` splits the batch over a one-axis "batch" mesh of all devices,
+`replicate` copies the state to every device, and XLA inserts the gradient all-reduce. Both take
+the mesh first, as `bertjax.scale.sharding`'s functions do (whose `shard_batch` pads a tuple of
+arrays instead: a different function, so a different name).
 """
 
 from __future__ import annotations
@@ -236,8 +238,9 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), ("batch",))
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Places each [B, ...] array split along B over the mesh's "batch" axis."""
+def shard_examples(mesh: Mesh, batch: dict) -> dict:
+    """Places each [B, ...] array of a batch dict split along B over the mesh's "batch" axis (B a
+    multiple of the axis size; `bertjax.scale.sharding.shard_batch` pads instead)."""
     n = mesh.shape["batch"]
     for name, x in batch.items():
         if np.shape(x)[0] % n:
@@ -246,6 +249,6 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("batch")))
 
 
-def replicate(tree, mesh: Mesh):
+def replicate(mesh: Mesh, tree):
     """Places a copy of every leaf on every device of the mesh (params, optimizer state)."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -44,11 +44,11 @@ FIELD_CASES = {
                      r"params: encoder/layer/0/intermediate/dense/bias has shape \(37,\), the "
                      r"config needs \(40,\) \(intermediate_size=40\)"),
     "more-layers": (dict(num_hidden_layers=5),
-                    r"params do not match the BERT parameter tree \(missing 16: encoder/layer/4/.*\); "
-                    r"the tree has 4 layers \(0, 1, 2, 3\), the config says num_hidden_layers=5"),
+                    r"^params: the tree has 4 layers \(0, 1, 2, 3\), the config says num_hidden_layers=5 "
+                    r"\(missing 16: encoder/layer/4 \(16 leaves\)\)$"),
     "fewer-layers": (dict(num_hidden_layers=3),
-                     r"\(unexpected 16: encoder/layer/3/.*\); the tree has 4 layers \(0, 1, 2, 3\), "
-                     r"the config says num_hidden_layers=3"),
+                     r"^params: the tree has 4 layers \(0, 1, 2, 3\), the config says "
+                     r"num_hidden_layers=3 \(unexpected 16: encoder/layer/3 \(16 leaves\)\)$"),
 }
 
 
@@ -89,8 +89,8 @@ def _edited(params, path: str, value=None):
 
 TREE_CASES = {
     "deleted-layer": ("encoder/layer/2", None,
-                      r"\(missing 16: encoder/layer/2/.*\); the tree has 3 layers \(0, 1, 3\), the "
-                      r"config says num_hidden_layers=4"),
+                      r"^params: the tree has 3 layers \(0, 1, 3\), the config says "
+                      r"num_hidden_layers=4 \(missing 16: encoder/layer/2 \(16 leaves\)\)$"),
     "missing-leaf": ("encoder/layer/1/attention/self/key/bias", None,
                      r"params do not match the BERT parameter tree \(missing 1: "
                      r"encoder/layer/1/attention/self/key/bias\)$"),
@@ -137,7 +137,8 @@ PART_CASES = {
                    r"embeddings/word_embeddings/embedding has shape \(101, 15\), the config needs "
                    r"\(99, 15\) \(vocab_size=99\)"),
     "encoder": (lambda p, c: bertjax.encoder(p, jnp.zeros((2, 3, 15)), _with(c, num_hidden_layers=2)),
-                r"unexpected 32: encoder/layer/2/"),
+                r"the tree has 4 layers \(0, 1, 2, 3\), the config says num_hidden_layers=2 "
+                r"\(unexpected 32: encoder/layer/2 \(16 leaves\), encoder/layer/3 \(16 leaves\)\)"),
     "encoder-layer": (lambda p, c: bertjax.encoder_layer(p["encoder"]["layer"]["0"],
                                                          jnp.zeros((2, 3, 15)),
                                                          _with(c, intermediate_size=36)),
@@ -216,3 +217,38 @@ def test_checked_forward_value_checks_under_outer_jit(model, name, value, match)
     bad[name][0, 5] = value
     with pytest.raises(Exception, match=match):
         run(bad).throw()
+
+
+def test_the_layer_count_mismatch_leads_with_its_cause_in_one_short_line(model):
+    """The cause first, the missing leaves summarised by subtree, under 200 characters."""
+    config, params = model
+    with pytest.raises(ValueError) as e:
+        bertjax.forward(params, IDS, _with(config, num_hidden_layers=5))
+    assert str(e.value).startswith("params: the tree has 4 layers") and len(str(e.value)) < 200
+
+
+def test_missing_leaves_are_summarised_by_subtree(model):
+    config, params = model
+    tree = _edited(params, "encoder/layer/1/attention/self/key")
+    with pytest.raises(ValueError, match=r"^params do not match the BERT parameter tree \(missing 2: "
+                                         r"encoder/layer/1/attention/self/key \(2 leaves\)\)$"):
+        bertjax.forward(tree, IDS, config)
+
+
+@pytest.mark.parametrize("part,given,match", [
+    ("attention", "", r"^params: attention takes the subtree encoder/layer/<i>/attention, got a tree "
+                      r"holding 'encoder': pass params\['encoder'\]\['layer'\]\[i\]\['attention'\] "
+                      r"\(i: the layer, a string\)$"),
+    ("attention", "encoder/layer/0", r"takes the subtree encoder/layer/<i>/attention, got a tree "
+                                     r"holding 'attention': pass params\['attention'\]$"),
+    ("encoder_layer", "", r"^params: encoder_layer takes the subtree encoder/layer/<i>, got a tree "
+                          r"holding 'encoder': pass params\['encoder'\]\['layer'\]\[i\]"),
+])
+def test_a_part_given_a_larger_tree_says_which_subtree_it_takes(model, part, given, match):
+    config, params = model
+    tree = params
+    for key in filter(None, given.split("/")):
+        tree = tree[key]
+    hidden = np.zeros((1, 3, config.hidden_size), np.float32)
+    with pytest.raises(ValueError, match=match):
+        getattr(bertjax, part)(tree, hidden, config)

@@ -282,9 +282,9 @@ _SHARDED = textwrap.dedent("""
     step = T.make_train_step(config, "classification", tx)
     one, m1 = step(T.init_state(params, tx), batch)
     mesh = T.batch_mesh()
-    sharded = T.shard_batch(batch, mesh)
+    sharded = T.shard_examples(mesh, batch)
     assert len(sharded["input_ids"].sharding.device_set) == 2
-    two, m2 = step(T.replicate(T.init_state(params, tx), mesh), sharded)
+    two, m2 = step(T.replicate(mesh, T.init_state(params, tx)), sharded)
     assert abs(float(m1["loss"]) - float(m2["loss"])) <= 1e-6, (m1, m2)
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                for a, b in zip(jax.tree_util.tree_leaves(one.params),
@@ -293,7 +293,7 @@ _SHARDED = textwrap.dedent("""
     assert diff <= 1e-5, diff
     assert two.params["classifier"]["kernel"].sharding.is_fully_replicated
     with pytest.raises(ValueError, match="input_ids has 3 rows, not a multiple of the 2 devices"):
-        T.shard_batch({{"input_ids": batch["input_ids"][:3]}}, mesh)
+        T.shard_examples(mesh, {{"input_ids": batch["input_ids"][:3]}})
 """)
 
 
