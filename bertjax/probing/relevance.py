@@ -33,7 +33,7 @@ def attention_relevance(params: dict, input_ids, config, metric: Callable, **for
     """Chefer et al.'s relevance of every input token for `metric`.
 
     Args:
-      params, input_ids, config, metric, **forward_kwargs: as for `bertjax.site_grads` (metric:
+      params, input_ids, config, metric, forward_kwargs: as for `bertjax.site_grads` (metric:
         BertOutput -> float scalar, e.g. a class logit summed over the batch).
 
     Returns:

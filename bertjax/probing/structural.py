@@ -218,10 +218,10 @@ def depth_probe(features, heads, *, rank: int = 64, dev=0.2, seed: int = 0, upos
 
 
 distance_probe.__doc__ = ("""Hewitt & Manning's distance probe for every layer: squared distances
-    |B(h_i - h_j)|^2 fit to tree distances; returns StructuralResult with `uuas` and
+    ``||B (h_i - h_j)||^2`` fit to tree distances; returns StructuralResult with `uuas` and
     `spearman` (DSpr.) [L] on the held-out sentences.
 """ + _DOC_ARGS)
-depth_probe.__doc__ = ("""Hewitt & Manning's depth probe for every layer: squared norms |B h_i|^2
+depth_probe.__doc__ = ("""Hewitt & Manning's depth probe for every layer: squared norms ``||B h_i||^2``
     fit to tree depths; returns StructuralResult with `root_accuracy` and `spearman` (NSpr.) [L]
     on the held-out sentences.
 """ + _DOC_ARGS)
