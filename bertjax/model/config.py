@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -81,6 +82,32 @@ class BertConfig:
     relative_attention_num_buckets: int = 0
     num_hidden_groups: int = 1
     inner_group_num: int = 1
+    # DeBERTa-v2/v3 (transformers' DebertaV2Config names; the defaults are a model without them).
+    relative_attention: bool = False
+    max_relative_positions: int = -1
+    position_buckets: int = -1
+    pos_att_type: tuple[str, ...] = ()
+    share_att_key: bool = False
+    norm_rel_ebd: str = "none"
+    position_biased_input: bool = True
+    conv_kernel_size: int = 0
+    conv_groups: int = 1
+    conv_act: str = "tanh"
+    legacy: bool = True
+    pooler_hidden_act: str = "tanh"
+    pooler_dropout: float = 0.0
+    # ModernBERT (ModernBertConfig names; biases default to present, as in every other family).
+    layer_types: tuple[str, ...] = ()
+    local_attention: int = 0
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    norm_bias: bool = True
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    decoder_bias: bool = True
+    classifier_bias: bool = True
+    classifier_pooling: str = "cls"
+    classifier_activation: str = "gelu"
 
     def __post_init__(self):
         if self.model_type not in F.FAMILIES:
@@ -122,17 +149,17 @@ class BertConfig:
                 or self.embedding_size < 1):
             raise ValueError(f"BertConfig.embedding_size must be a positive integer or None, "
                              f"got {self.embedding_size!r}")
-        own = {"embedding_size": (None,), "num_hidden_groups": (1,), "inner_group_num": (1,),
-               "relative_attention_num_buckets": (0,)}
-        for name, default in own.items():
-            if name not in F.OWN_FIELDS.get(family, ()) and getattr(self, name) not in default:
+        for name, default in F.FAMILY_FIELDS.items():
+            if name not in F.OWN_FIELDS.get(family, ()) and getattr(self, name) != default:
                 raise ValueError(f"BertConfig.{name}={getattr(self, name)!r} is not a field of "
-                                 f"model_type={family!r} (leave it at {default[0]!r})")
+                                 f"model_type={family!r} (leave it at {default!r})")
+        if family in ("deberta-v2", "modernbert"):
+            _check_modern(self)
         if family == "mpnet" and self.relative_attention_num_buckets < F.MPNET_BUCKETS:
             raise ValueError(f"BertConfig.relative_attention_num_buckets must be at least "
                              f"{F.MPNET_BUCKETS} for mpnet (its bucketing always uses 32), got "
                              f"{self.relative_attention_num_buckets}")
-        if self.type_vocab_size == 0 and family not in F.NO_TOKEN_TYPES:
+        if self.type_vocab_size == 0 and family not in F.NO_TOKEN_TYPES + ("deberta-v2",):
             raise ValueError(f"BertConfig.type_vocab_size must be a positive integer for "
                              f"model_type={family!r}, got 0")
         if family in F.NO_TOKEN_TYPES and self.type_vocab_size:
@@ -160,10 +187,107 @@ class BertConfig:
 
     @property
     def has_projection(self) -> bool:
-        """Whether the embeddings end with the E -> D projection `embeddings/project`
-        (`embed.proj`): ALBERT always, ELECTRA when E != D."""
+        """Whether the embeddings have the E -> D projection `embeddings/project` (`embed.proj`):
+        ALBERT always, ELECTRA and DeBERTa when E != D."""
         return self.model_type == "albert" or (
-            self.model_type == "electra" and self.embed_size != self.hidden_size)
+            self.model_type in ("electra", "deberta-v2") and self.embed_size != self.hidden_size)
+
+    @property
+    def projection_before_norm(self) -> bool:
+        """Whether `embed.proj` projects `embed.sum` before the embedding LayerNorm (DeBERTa, whose
+        LayerNorm is then D wide) rather than `embed.out` after it (ELECTRA, ALBERT)."""
+        return self.model_type == "deberta-v2"
+
+    @property
+    def embed_norm_size(self) -> int:
+        """The width of the embedding LayerNorm: D where the projection comes first, else E."""
+        return self.hidden_size if self.projection_before_norm else self.embed_size
+
+    @property
+    def has_position_table(self) -> bool:
+        """Whether absolute positions are embedded (`embed.position`): not in ModernBERT (rotary)
+        nor in DeBERTa with position_biased_input=false (v3)."""
+        return self.model_type != "modernbert" and self.position_biased_input
+
+    @property
+    def has_embed_sum(self) -> bool:
+        """Whether the embeddings sum several lookups (`embed.sum`): ModernBERT's are the word
+        lookup alone."""
+        return self.model_type != "modernbert"
+
+    @property
+    def pre_norm(self) -> bool:
+        """Pre-norm layers (ModernBERT): x + attn(norm(x)), then + mlp(norm(.)), a final norm."""
+        return self.model_type == "modernbert"
+
+    @property
+    def glu_mlp(self) -> bool:
+        """A gated MLP (ModernBERT's GeGLU): act(first half) * second half of one I x 2 dense."""
+        return self.model_type == "modernbert"
+
+    @property
+    def rotary(self) -> bool:
+        """Rotary position embeddings on queries and keys (ModernBERT)."""
+        return self.model_type == "modernbert"
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per applied layer, whether it is a sliding-window layer (ModernBERT's
+        "sliding_attention"); all False elsewhere."""
+        return tuple(kind == F.SLIDING for kind in self.layer_types) or (False,) * self.num_layers
+
+    @property
+    def sliding_window(self) -> int:
+        """w: a sliding layer's query i sees keys j with |i - j| <= w (local_attention // 2)."""
+        return self.local_attention // 2
+
+    @property
+    def position_terms(self) -> tuple[str, ...]:
+        """DeBERTa's disentangled score terms beyond c2c, in ("c2p", "p2c") order, when it has
+        relative attention; () elsewhere."""
+        if not self.relative_attention:
+            return ()
+        return tuple(t for t in ("c2p", "p2c") if t in self.pos_att_type)
+
+    @property
+    def score_scale(self) -> float:
+        """What q.k is divided by: sqrt(H), times sqrt(1 + number of position terms) in DeBERTa
+        (which counts pos_att_type even without relative attention)."""
+        terms = sum(t in self.pos_att_type for t in ("c2p", "p2c"))
+        return math.sqrt(self.head_size * (1 + terms))
+
+    @property
+    def masks_queries(self) -> bool:
+        """DeBERTa: padded queries are masked as well as padded keys, and padded embedding rows
+        (embed.out) are zero."""
+        return self.model_type == "deberta-v2"
+
+    @property
+    def rel_span(self) -> int:
+        """DeBERTa's relative span: position_buckets when > 0, else max_relative_positions (or
+        max_position_embeddings when < 1); the relative table has 2 x span rows."""
+        if self.position_buckets > 0:
+            return self.position_buckets
+        return self.rel_max_position
+
+    @property
+    def rel_max_position(self) -> int:
+        """max_relative_positions, or max_position_embeddings when it is < 1 (as transformers)."""
+        return (self.max_relative_positions if self.max_relative_positions >= 1
+                else self.max_position_embeddings)
+
+    @property
+    def pooler_act(self) -> str:
+        """The pooler's activation: tanh (BERT), DeBERTa's ContextPooler pooler_hidden_act."""
+        return self.pooler_hidden_act
+
+    @property
+    def mlm_size(self) -> int:
+        """The MLM transform's width: E (D for DeBERTa's non-legacy head, which multiplies by the
+        word embeddings directly)."""
+        if self.model_type == "deberta-v2" and not self.legacy:
+            return self.hidden_size
+        return self.embed_size
 
     @property
     def num_layers(self) -> int:
@@ -221,6 +345,8 @@ class BertConfig:
         family, MPNet and ELECTRA's generator; hidden_act elsewhere."""
         if self.model_type in (*F.ROBERTA_LIKE, "mpnet", "electra"):
             return "gelu"
+        if self.model_type == "modernbert":
+            return self.classifier_activation
         return self.hidden_act
 
     @property
@@ -231,7 +357,7 @@ class BertConfig:
         pre_classifier, ReLU, classifier on the first token)."""
         return {"roberta": "dense_tanh", "xlm-roberta": "dense_tanh", "camembert": "dense_tanh",
                 "mpnet": "dense_tanh", "electra": "dense_gelu",
-                "distilbert": "pre_relu"}.get(self.model_type, "pooler")
+                "distilbert": "pre_relu", "modernbert": "head"}.get(self.model_type, "pooler")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
@@ -249,8 +375,7 @@ class BertConfig:
         if bad:
             raise ValueError(f"unsupported BERT config feature(s): {', '.join(bad)}")
         types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "id2label"
-                 and (f.name not in ("embedding_size", "num_hidden_groups", "inner_group_num",
-                                     "relative_attention_num_buckets")
+                 and (f.name not in F.FAMILY_FIELDS
                       or f.name in F.OWN_FIELDS.get(d.get("model_type", "bert"), ()))}
         kwargs = {k: _coerce(k, v, types[k]) for k, v in d.items() if k in types}
         names = _label_names(d.get("id2label"))
@@ -283,8 +408,7 @@ class BertConfig:
         d = dataclasses.asdict(self)
         d.pop("id2label")
         d.pop("num_labels")
-        for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
-                     "relative_attention_num_buckets"):
+        for name in F.FAMILY_FIELDS:
             if name not in F.OWN_FIELDS.get(self.model_type, ()):
                 d.pop(name)
         labels = self.id2label or _default_labels(self.num_labels)
@@ -301,6 +425,10 @@ class BertConfig:
             d["embedding_size"] = self.hidden_size
         if self.model_type == "distilbert":
             d = F.distilbert_dict(d)
+        if self.model_type == "deberta-v2":
+            d = F.deberta_out(d)
+        if self.model_type == "modernbert":
+            d = F.modernbert_out(d)
         return d
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -309,10 +437,48 @@ class BertConfig:
             f.write("\n")
 
 
+def _check_modern(config: BertConfig) -> None:
+    """DeBERTa's and ModernBERT's own fields: values transformers would run."""
+    bad = None
+    if config.model_type == "deberta-v2":
+        odd = [t for t in config.pos_att_type if t not in ("c2p", "p2c")]
+        if odd:
+            bad = f"pos_att_type={config.pos_att_type!r} (terms are 'c2p' and 'p2c')"
+        elif config.conv_kernel_size < 0 or config.hidden_size % config.conv_groups:
+            bad = (f"conv_kernel_size={config.conv_kernel_size}, conv_groups="
+                   f"{config.conv_groups} (groups must divide hidden_size)")
+        elif config.conv_act not in ACTIVATIONS + ("tanh",):
+            bad = f"conv_act={config.conv_act!r}"
+        elif config.pooler_hidden_act not in ACTIVATIONS + ("tanh",):
+            bad = f"pooler_hidden_act={config.pooler_hidden_act!r}"
+        elif not config.legacy and config.embed_size != config.hidden_size:
+            bad = "legacy=false with embedding_size != hidden_size (transformers cannot run it)"
+        elif config.norm_rel_ebd.lower() not in ("none", "layer_norm"):
+            bad = f"norm_rel_ebd={config.norm_rel_ebd!r} (use 'none' or 'layer_norm')"
+    else:
+        if len(config.layer_types) != config.num_hidden_layers or any(
+                t not in (F.FULL, F.SLIDING) for t in config.layer_types):
+            bad = (f"layer_types={config.layer_types!r} (one of {F.FULL!r}, {F.SLIDING!r} per "
+                   f"layer, {config.num_hidden_layers} layers)")
+        elif config.head_size % 2:
+            bad = f"head size {config.head_size} (rotary embeddings need an even head size)"
+        elif config.local_attention < 2 and F.SLIDING in config.layer_types:
+            bad = f"local_attention={config.local_attention} (sliding layers need >= 2)"
+        elif config.classifier_pooling not in ("cls", "mean"):
+            bad = f"classifier_pooling={config.classifier_pooling!r} (use 'cls' or 'mean')"
+        elif config.classifier_activation not in ACTIVATIONS:
+            bad = f"classifier_activation={config.classifier_activation!r}"
+    if bad:
+        raise ValueError(f"BertConfig: unsupported {config.model_type} value {bad}")
+
+
 def _coerce(name: str, value, kind: str):
     """A JSON value as the field's type (an int is a valid float); ValueError naming the field."""
     if kind in ("float", "float | None") and _is_number(value):
         return float(value)
+    if kind == "tuple[str, ...]" and isinstance(value, (list, tuple)) and all(
+            isinstance(x, str) for x in value):
+        return tuple(value)
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
           "float | None": value is None, "str": isinstance(value, str),
