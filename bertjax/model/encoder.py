@@ -29,7 +29,7 @@ from bertjax.model import capture as C
 from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.layer import encoder_layer
-from bertjax.model.nn import activation, layer_norm, subtree, tapped_layer_norm
+from bertjax.model.nn import activation, last_axis, layer_norm, subtree, tapped_layer_norm
 from bertjax.model.params import check_tree
 from bertjax.model.positions import deberta_index, rotary_tables
 from bertjax.model.relative import relative_bias
@@ -265,7 +265,7 @@ def _conv(params: dict, hidden0: jax.Array, out: jax.Array, config: BertConfig,
         hidden0, params["conv"]["kernel"], window_strides=(1,), padding=[((k - 1) // 2,) * 2],
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=config.conv_groups,
         precision=jax.lax.Precision.HIGHEST)  # [B, S, D]
-    conv = (conv + params["conv"]["bias"]) * mask[..., None]
+    conv = (conv + last_axis(params["conv"]["bias"], 3)) * mask[..., None]
     conv = activation(config, conv, config.conv_act)
     return layer_norm(params["LayerNorm"], out + conv, config.layer_norm_eps) * mask[..., None]
 

@@ -36,7 +36,8 @@ def inv_freq(theta: float, H: int) -> np.ndarray:
 
 def rotary_tables(position_ids: jax.Array, theta: float, H: int) -> tuple[jax.Array, jax.Array]:
     """cos, sin float32 [..., S, H] for int position ids [..., S] ([S] or [B, S])."""
-    angle = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq(theta, H))
+    freq = jnp.asarray(inv_freq(theta, H)).reshape((1,) * position_ids.ndim + (-1,))
+    angle = position_ids.astype(jnp.float32)[..., None] * freq  # [..., S, H / 2]
     angle = jnp.concatenate([angle, angle], axis=-1)  # [..., S, H]
     return jnp.cos(angle), jnp.sin(angle)
 
