@@ -83,7 +83,8 @@ ENCODER_NAMES = (ATTN_REL_BIAS,)
 # ModernBERT's final norm, applied by the encoder after its last layer (not stacked).
 FINAL_NAMES = (FINAL_LN_STD, FINAL_OUT)
 OUTPUT_NAMES = HEAD_NAMES + (DISC_LOGITS, SOP_LOGITS)
-LAYER_NAMES = LAYER_NAMES + MODERN_LAYER_NAMES
+BERT_LAYER_NAMES = LAYER_NAMES  # BERT's per-layer names (the contract's first table)
+LAYER_NAMES = LAYER_NAMES + MODERN_LAYER_NAMES  # every per-layer name of every family
 # Every name of every family, in one order: `model_names` picks a model's own from it.
 EVERY_NAME = EMBEDDING_NAMES + ENCODER_NAMES + LAYER_NAMES + FINAL_NAMES + OUTPUT_NAMES
 
