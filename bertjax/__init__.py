@@ -37,6 +37,7 @@ _EXPORTS = {
     "classifier_logits": "bertjax.model.heads",
     "composition_scores": "bertjax.analysis.circuits",
     "convert_checkpoint": "bertjax.checkpoints.checkpoint",
+    "disc_logits": "bertjax.model.heads",
     "embeddings": "bertjax.model.embeddings",
     "enable_compilation_cache": "bertjax.scale.compile_cache",
     "encoder": "bertjax.model.encoder",
@@ -58,7 +59,9 @@ _EXPORTS = {
     "resolve_capture": "bertjax.model.capture:resolve",
     "save": "bertjax.checkpoints.checkpoint",
     "site_grads": "bertjax.model.site_grads",
+    "sop_logits": "bertjax.model.heads",
     "stack_layers": "bertjax.model.encoder",
+    "token_classifier_logits": "bertjax.model.heads",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
 }
 

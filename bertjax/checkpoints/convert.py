@@ -1,12 +1,14 @@
-"""PyTorch BERT state dict -> bertjax parameter tree.
+"""PyTorch state dict of any supported family -> bertjax parameter tree.
 
 The mapping is one rule, listed in full by `key_table` (and in conversion/README.md): a tree path
 `a/b/<leaf>` comes from the PyTorch key `a.b.<weight|bias>`, where `kernel` (Dense, transposed
-from torch's [out, in] to [in, out]), `embedding` and LayerNorm `scale` come from `weight`.
+from torch's [out, in] to [in, out]), `embedding` and LayerNorm `scale` come from `weight`; the
+other families rename that key by their table (`bertjax.checkpoints.keys`).
 
 Checkpoint dialects accepted, normalised before the mapping:
-* `bert.` prefix of BertForMaskedLM / BertForPreTraining / BertForSequenceClassification;
-* Google-ported LayerNorm `gamma` / `beta`;
+* the family's base-model prefix (`bert.`, `roberta.`, `distilbert.`, `electra.`, `albert.`,
+  `mpnet.`) of its task models, optional;
+* legacy `gamma` / `beta` (renamed weight / bias, as transformers does);
 * `position_ids` / `token_type_ids` buffers (dropped);
 * the NSP head `cls.seq_relationship.*` (dropped, reported in `notes`);
 * the MLM decoder, resolved as transformers 5 loads it (`resolve_decoder`): the decoder weight is

@@ -86,6 +86,12 @@ def top_k_agreement(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray, k: int 
 
 
 def verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
+    """See `_verify_inputs`; token types are None for a model without them (type_vocab_size 0)."""
+    ids, types, mask, what = _verify_inputs(folder, vocab_size, max(type_vocab_size, 1), positions)
+    return ids, (types if type_vocab_size else None), mask, what
+
+
+def _verify_inputs(folder: str | None, vocab_size: int, type_vocab_size: int, positions: int):
     """int32 ids, token types and mask [B, S]: SENTENCES through the checkpoint's tokenizer, or
     random ids with a padded row when there is no usable tokenizer. Returns them and a label."""
     from bertjax.checkpoints.pretrained import has_tokenizer, tokenizer_for
@@ -124,16 +130,29 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def _reference_class(heads: Heads):
+# transformers' class name prefix of each family.
+_CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
+                 "camembert": "Camembert", "distilbert": "DistilBert", "electra": "Electra",
+                 "albert": "Albert", "mpnet": "MPNet"}
+
+
+def _reference_class(heads: Heads, config=None):
+    """transformers' class of the family for the heads found, and its extra arguments."""
     import transformers
 
+    family = "bert" if config is None else config.model_type
+    token_head = heads.classifier_form == "linear" and not heads.pooler
     if heads.classifier:
-        return transformers.BertForSequenceClassification, {}
-    if heads.mlm and heads.pooler:
-        return transformers.BertForPreTraining, {}
-    if heads.mlm:
-        return transformers.BertForMaskedLM, {}
-    return transformers.BertModel, {"add_pooling_layer": heads.pooler}
+        task = "ForTokenClassification" if token_head else "ForSequenceClassification"
+    elif heads.disc or heads.sop or (heads.mlm and heads.pooler and family == "bert"):
+        task = "ForPreTraining"
+    elif heads.mlm:
+        task = "ForMaskedLM"
+    else:
+        pooled = family in ("bert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet")
+        return (getattr(transformers, _CLASS_PREFIX[family] + "Model"),
+                {"add_pooling_layer": heads.pooler} if pooled else {})
+    return getattr(transformers, _CLASS_PREFIX[family] + task), {}
 
 
 def _as_torch(array: np.ndarray):
@@ -145,16 +164,21 @@ def _as_torch(array: np.ndarray):
     return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
-def reference_model(source: Source, config_path: str, heads: Heads):
-    """transformers' model for these heads, holding the source's tensors in float32, eval mode."""
+def reference_model(source: Source, config_path: str, heads: Heads, config=None):
+    """transformers' model of the family for these heads, holding the source's tensors in float32,
+    eval mode."""
+    import json
+
     import transformers
 
     if source.weights.endswith(".msgpack"):
         raise VerifyError(f"--verify compares with the PyTorch weights, and {source.weights} is a "
                           f"Flax msgpack file")
-    model_class, kwargs = _reference_class(heads)
+    model_class, kwargs = _reference_class(heads, config)
     state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
-    hf_config = transformers.BertConfig.from_json_file(config_path)
+    with open(config_path, encoding="utf-8") as f:
+        family = json.load(f).get("model_type", "bert")
+    hf_config = transformers.CONFIG_MAPPING[family].from_json_file(config_path)
     with _quiet_transformers():
         model, info = model_class.from_pretrained(
             None, config=hf_config, state_dict=state, output_loading_info=True,
@@ -170,31 +194,41 @@ def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.nda
     """name -> float32 array from the transformers model (see module docstring for the names)."""
     import torch
 
-    base = getattr(model, "bert", model)
+    base = model.base_model
     args = {k: torch.from_numpy(v.astype(np.int64)) for k, v in
-            (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))}
+            (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))
+            if v is not None}
     with torch.no_grad():
         out = base(**args, output_hidden_states=True, output_attentions=True)
         ref = {"embeddings": out.hidden_states[0]}
         for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
             ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
-        if heads.pooler:
-            ref["pooler"] = out.pooler_output
+        if heads.pooler and getattr(out, "pooler_output", None) is not None:
+            ref["pooler"] = out.pooler_output  # (a task model without one drops a stored pooler)
+        top = model(**args) if model is not base else None
         if heads.mlm:
-            ref["mlm logits"] = model.cls.predictions(out.last_hidden_state)
+            logits = getattr(top, "prediction_logits", None)
+            ref["mlm logits"] = top.logits if logits is None else logits
+        if heads.disc:
+            ref["disc logits"] = top.logits
+        if heads.sop:
+            ref["sop logits"] = top.sop_logits
         if heads.classifier:
-            ref["classifier logits"] = model.classifier(out.pooler_output)
+            ref["classifier logits"] = top.logits
     return {k: v.float().numpy() for k, v in ref.items()}
 
 
 def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
     """The same names as `reference_outputs`, from `bertjax.forward`, as float32."""
     from bertjax.model.forward import forward
-    from bertjax.model.heads import classifier_logits
+    from bertjax.model.heads import classifier_logits, token_classifier_logits
 
-    capture = (C.EMBED_OUT, C.LAYER_OUT, C.ATTN_PROBS) + ((C.MLM_LOGITS,) if heads.mlm else ())
+    first = C.EMBED_PROJ if config.has_projection else C.EMBED_OUT  # = hidden_states[0]
+    capture = (first, C.LAYER_OUT, C.ATTN_PROBS) + tuple(
+        name for name, has in ((C.MLM_LOGITS, heads.mlm), (C.DISC_LOGITS, heads.disc),
+                               (C.SOP_LOGITS, heads.sop)) if has)
     out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
-    ours = {"embeddings": out.acts[C.EMBED_OUT]}
+    ours = {"embeddings": out.acts[first]}
     for i in range(config.num_layers):
         ours[f"layer {i} hidden"] = out.acts[C.LAYER_OUT][i]
         ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
@@ -202,8 +236,15 @@ def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dic
         ours["pooler"] = out.pooler_output
     if heads.mlm:
         ours["mlm logits"] = out.acts[C.MLM_LOGITS]
-    if heads.classifier:
-        ours["classifier logits"] = classifier_logits(params, out.pooler_output, config)
+    if heads.disc:
+        ours["disc logits"] = out.acts[C.DISC_LOGITS]
+    if heads.sop:
+        ours["sop logits"] = out.acts[C.SOP_LOGITS]
+    if heads.classifier and heads.classifier_form == "linear" and not heads.pooler:
+        ours["classifier logits"] = token_classifier_logits(params, out.last_hidden_state, config)
+    elif heads.classifier:
+        pooled = out.pooler_output if heads.classifier_form == "linear" else out.last_hidden_state
+        ours["classifier logits"] = classifier_logits(params, pooled, config)
     return {k: np.asarray(v, np.float32) for k, v in ours.items()}
 
 
@@ -243,9 +284,9 @@ def verify_conversion(out: str, src, config: str | None = None, dtype: str = "fl
     cfg, heads = converted.config, converted.heads
     loose = np.dtype(converted.params["embeddings"]["LayerNorm"]["scale"].dtype) != np.float32
     source = locate(src, config)
-    model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads)
+    model = reference_model(source, source.config or os.path.join(out, CONFIG_FILE), heads, cfg)
     ids, types, mask, what = verify_inputs(out, cfg.vocab_size, cfg.type_vocab_size,
-                                           cfg.max_position_embeddings)
+                                           cfg.max_sequence_length)
     params = jax.tree_util.tree_map(jnp.asarray, converted.params)
     ours = bertjax_outputs(params, cfg, heads, ids, types, mask)
     ref = reference_outputs(model, heads, ids, types, mask)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertjax.analysis.tables import check_index
     from bertjax.checkpoints.pretrained import load_pretrained
-    from bertjax.model.capture import ALL_NAMES, ATTN_PROBS
+    from bertjax.model.capture import ATTN_PROBS, EVERY_NAME
 
     model = load_pretrained(args.model)
     if model.tokenizer is None:
@@ -40,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
     layer = check_index("layer", args.layer, config.num_layers)
     if args.head is not None:
         check_index("head", args.head, config.num_attention_heads)
-    names = _capture_names(model.params, args.capture)
+    names = _capture_names(model.params, args.capture, config)
     tokens, types, acts = _run_model(model, args.text, args.pair, names | {ATTN_PROBS})
     print(f"model: {model.folder or args.model} ({config.num_layers} layers x "
           f"{config.num_attention_heads} heads, hidden {config.hidden_size})")
     print(f"tokens ({len(tokens)}): {' '.join(tokens)}")
     print("activations:")
-    for name in (n for n in ALL_NAMES if n in names):
+    for name in (n for n in EVERY_NAME if n in names):
         print(f"  {name:<18}{str(tuple(acts[name].shape)):<24}{acts[name].dtype}")
     _print_table(acts[ATTN_PROBS], tokens, layer, args.head)
     if args.html:
@@ -54,14 +54,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capture_names(params: dict, capture: str) -> frozenset[str]:
-    """--capture ("a,b*,all") resolved against the model's heads."""
+def _capture_names(params: dict, capture: str, config=None) -> frozenset[str]:
+    """--capture ("a,b*,all") resolved against the model (its family and heads)."""
     from bertjax.model.capture import resolve
     from bertjax.model.params import Heads
 
     heads = Heads.of(params)
     return resolve([n.strip() for n in capture.split(",") if n.strip()],
-                   has_pooler=heads.pooler, has_mlm=heads.mlm)
+                   has_pooler=heads.pooler, has_mlm=heads.mlm, config=config,
+                   heads=None if config is None else heads)
 
 
 def _run_model(model, text: str, pair: str | None, names: frozenset[str]):
@@ -74,7 +75,8 @@ def _run_model(model, text: str, pair: str | None, names: frozenset[str]):
     encoded = model.tokenizer(text, pair, return_tensors="np")
     ids = encoded["input_ids"].astype(np.int32)  # [1, S]
     types = np.asarray(encoded.get("token_type_ids", np.zeros_like(ids)), np.int32)  # [1, S]
-    out = bertjax.forward(model.params, ids, model.config, types, capture=names)
+    out = bertjax.forward(model.params, ids, model.config,
+                          types if model.config.has_token_types else None, capture=names)
     return tokens_for(model.tokenizer, ids[0]), types, out.acts
 
 

@@ -121,7 +121,9 @@ class BertConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 kind = "a non-negative" if least == 0 else "a positive"
                 raise ValueError(f"BertConfig.{name} must be {kind} integer, got {value!r}")
-        self._check_family()
+        F.check_family(self)
+        if self.model_type in ("deberta-v2", "modernbert"):
+            _check_modern(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -140,35 +142,6 @@ class BertConfig:
         if self.id2label and len(self.id2label) != self.num_labels:
             raise ValueError(f"BertConfig.id2label has {len(self.id2label)} names but "
                              f"num_labels={self.num_labels}")
-
-    def _check_family(self) -> None:
-        """The family's own fields: present where it has them, absent (default) elsewhere."""
-        family = self.model_type
-        if self.embedding_size is not None and (
-                isinstance(self.embedding_size, bool) or not isinstance(self.embedding_size, int)
-                or self.embedding_size < 1):
-            raise ValueError(f"BertConfig.embedding_size must be a positive integer or None, "
-                             f"got {self.embedding_size!r}")
-        for name, default in F.FAMILY_FIELDS.items():
-            if name not in F.OWN_FIELDS.get(family, ()) and getattr(self, name) != default:
-                raise ValueError(f"BertConfig.{name}={getattr(self, name)!r} is not a field of "
-                                 f"model_type={family!r} (leave it at {default!r})")
-        if family in ("deberta-v2", "modernbert"):
-            _check_modern(self)
-        if family == "mpnet" and self.relative_attention_num_buckets < F.MPNET_BUCKETS:
-            raise ValueError(f"BertConfig.relative_attention_num_buckets must be at least "
-                             f"{F.MPNET_BUCKETS} for mpnet (its bucketing always uses 32), got "
-                             f"{self.relative_attention_num_buckets}")
-        if self.type_vocab_size == 0 and family not in F.NO_TOKEN_TYPES + ("deberta-v2",):
-            raise ValueError(f"BertConfig.type_vocab_size must be a positive integer for "
-                             f"model_type={family!r}, got 0")
-        if family in F.NO_TOKEN_TYPES and self.type_vocab_size:
-            raise ValueError(f"BertConfig.type_vocab_size must be 0 for model_type={family!r} "
-                             f"(it has no token types), got {self.type_vocab_size}")
-        if self.padding_aware_positions and self.position_pad_id + 1 >= self.max_position_embeddings:
-            raise ValueError(f"BertConfig.max_position_embeddings={self.max_position_embeddings} "
-                             f"leaves no position for a token: {family} positions start at "
-                             f"{self.position_pad_id + 1}")
 
     @property
     def head_size(self) -> int:

@@ -47,9 +47,12 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
     check_tree(params, config, "embeddings")
     check_inputs(config, input_ids, token_type_ids, None, position_ids)
     input_ids = jnp.asarray(input_ids)
+    B, S = input_ids.shape
+    if config.has_token_types:
+        token_type_ids = (jnp.zeros((B, S), jnp.int32) if token_type_ids is None
+                          else jnp.asarray(token_type_ids))
     position_ids = (default_positions(input_ids, config) if position_ids is None
                     else jnp.asarray(position_ids))
-    B, S = input_ids.shape
     word = params["word_embeddings"]["embedding"][input_ids]  # [B, S, E]
     # As torch's nn.Embedding(padding_idx=pad_token_id): the [PAD] row gets no gradient from the
     # lookup (values unchanged; the tied MLM decoder still trains it).
@@ -77,12 +80,13 @@ def _summed(params: dict, word: jax.Array, config: BertConfig, taps: C.Taps,
     (word + position) + token type. [B, S, E]."""
     B, S = word.shape[:2]
     if config.has_token_types:
-        token_type_ids = (jnp.zeros((B, S), jnp.int32) if token_type_ids is None
-                          else jnp.asarray(token_type_ids))
         token_type = taps(C.EMBED_TOKEN_TYPE,
                           params["token_type_embeddings"]["embedding"][token_type_ids])  # [B, S, E]
     if config.has_position_table:
         position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]
+        if config.padding_aware_positions:  # nn.Embedding(padding_idx=pad): no gradient there
+            at_pad = (jnp.reshape(position_ids, (-1, S)) == config.position_pad_id)[..., None]
+            position = jnp.where(at_pad, jax.lax.stop_gradient(position), position)
         position = taps(C.EMBED_POSITION, jnp.broadcast_to(position, word.shape))  # [B, S, E]
     if config.model_type == "deberta-v2":
         summed = word + position if config.has_position_table else word

@@ -183,3 +183,32 @@ def distilbert_dict(d: dict) -> dict:
     if out.get("seq_classif_dropout") is None:  # None means hidden dropout, as for BERT
         out["seq_classif_dropout"] = out["dropout"]
     return out
+
+
+def check_family(config) -> None:
+    """Raises ValueError unless the family's own fields are present where it has them and at
+    their defaults elsewhere (one line naming the field)."""
+    family = config.model_type
+    if config.embedding_size is not None and (
+            isinstance(config.embedding_size, bool) or not isinstance(config.embedding_size, int)
+            or config.embedding_size < 1):
+        raise ValueError(f"BertConfig.embedding_size must be a positive integer or None, "
+                         f"got {config.embedding_size!r}")
+    for name, default in FAMILY_FIELDS.items():
+        if name not in OWN_FIELDS.get(family, ()) and getattr(config, name) != default:
+            raise ValueError(f"BertConfig.{name}={getattr(config, name)!r} is not a field of "
+                             f"model_type={family!r} (leave it at {default!r})")
+    if family == "mpnet" and config.relative_attention_num_buckets < MPNET_BUCKETS:
+        raise ValueError(f"BertConfig.relative_attention_num_buckets must be at least "
+                         f"{MPNET_BUCKETS} for mpnet (its bucketing always uses 32), got "
+                         f"{config.relative_attention_num_buckets}")
+    if config.type_vocab_size == 0 and family not in NO_TOKEN_TYPES + ("deberta-v2",):
+        raise ValueError(f"BertConfig.type_vocab_size must be a positive integer for "
+                         f"model_type={family!r}, got 0")
+    if family in NO_TOKEN_TYPES and config.type_vocab_size:
+        raise ValueError(f"BertConfig.type_vocab_size must be 0 for model_type={family!r} "
+                         f"(it has no token types), got {config.type_vocab_size}")
+    if config.padding_aware_positions and config.position_pad_id + 1 >= config.max_position_embeddings:
+        raise ValueError(f"BertConfig.max_position_embeddings={config.max_position_embeddings} "
+                         f"leaves no position for a token: {family} positions start at "
+                         f"{config.position_pad_id + 1}")

@@ -175,7 +175,8 @@ def _add_head(opts: Options, pre, labels: tuple) -> tuple:
                              f"--task mlm needs one")
         return pre.config, pre.params
     names, num_labels = labels
-    return add_classifier(pre.params, pre.config, num_labels, jax.random.PRNGKey(opts.seed), names)
+    return add_classifier(pre.params, pre.config, num_labels, jax.random.PRNGKey(opts.seed), names,
+                          task=opts.task)
 
 
 def _read(opts: Options, path: str, tokenizer, labels, fields) -> tuple[list, tuple]:

@@ -43,22 +43,36 @@ def _dense_init(rng: jax.Array, d_in: int, d_out: int, std: float) -> dict:
 
 
 def add_classifier(params: dict, config: BertConfig, num_labels: int, rng: jax.Array,
-                   id2label: tuple[str, ...] = ()) -> tuple[BertConfig, dict]:
-    """A fresh `classifier` head (and a `pooler`, when the tree has none) for `num_labels` classes.
+                   id2label: tuple[str, ...] = (), task: str = "classification",
+                   ) -> tuple[BertConfig, dict]:
+    """A fresh classifier head of the family's form for `num_labels` classes.
 
-    Initialised as transformers initialises BertFor{Sequence,Token}Classification: kernels
-    normal(initializer_range), zero biases. An existing classifier is replaced.
+    The form is transformers' head of the family for the task (`BertConfig.classifier_kind`):
+    `classifier/{kernel, bias}` for tokens and for BERT/ALBERT sequences (with a `pooler`, added
+    when the tree has none); `classifier/{dense, out_proj}` for RoBERTa-family, ELECTRA and MPNet
+    sequences; `pre_classifier` + `classifier` for DistilBERT sequences. Initialised as
+    transformers initialises them: kernels normal(initializer_range), zero biases. An existing
+    classifier is replaced.
 
     Returns:
-      (config with num_labels and id2label set, params with `classifier/{kernel [D, C], bias [C]}`).
+      (config with num_labels and id2label set, params with the head).
     """
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
     config = dataclasses.replace(config, num_labels=num_labels, id2label=tuple(id2label))
     D, std = config.hidden_size, config.initializer_range
     r_classifier, r_pooler = jax.random.split(rng)
-    params = {**params, "classifier": _dense_init(r_classifier, D, num_labels, std)}
-    if "pooler" not in params:
+    r_pre = jax.random.fold_in(rng, 2)
+    kind = "pooler" if task == "tokens" else config.classifier_kind
+    params = {k: v for k, v in params.items() if k not in ("classifier", "pre_classifier")}
+    if kind in ("dense_tanh", "dense_gelu"):
+        params["classifier"] = {"dense": _dense_init(r_pre, D, D, std),
+                                "out_proj": _dense_init(r_classifier, D, num_labels, std)}
+        return config, params
+    params["classifier"] = _dense_init(r_classifier, D, num_labels, std)
+    if kind == "pre_relu":
+        params["pre_classifier"] = _dense_init(r_pre, D, D, std)
+    elif "pooler" not in params and config.classifier_kind == "pooler":
         params["pooler"] = {"dense": _dense_init(r_pooler, D, D, std)}
     return config, params
 
@@ -100,6 +114,8 @@ def task_logits(params: dict, batch: dict, config: BertConfig, task: str,
                          "bertjax.training.train.add_classifier(params, config, num_labels, rng)")
     if task == "tokens":
         return token_classifier_logits(params, out.last_hidden_state, config, r_head)
+    if config.classifier_kind != "pooler":  # the family's head reads the first token
+        return classifier_logits(params, out.last_hidden_state, config, r_head)
     if out.pooler_output is None:
         raise ValueError("sequence classification needs a pooler; the model has none")
     return classifier_logits(params, out.pooler_output, config, r_head)
