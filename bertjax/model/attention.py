@@ -127,24 +127,39 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
         names = {"c2p": C.ATTN_C2P, "p2c": C.ATTN_P2C}
         terms = [taps(names[t], x) for t, x in terms.items()]
         extra = functools.reduce(jnp.add, terms) if terms else None  # [B, N, S, T]
-    bias = _bias(attention_mask, config, q.shape[2], positions.get("local"))
-    local = positions.get("local")
+    local = positions.get("local")  # None, a Python bool, or a traced bool (scanned layers)
     active = rng is not None and config.attention_probs_dropout_prob > 0.0
     explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active \
         or taps.wants(C.ATTN_C2C)
     if explicit or head_mask is not None:
+        bias = _bias(attention_mask, config, q.shape[2], local)
         context = _context(q, k, v, bias, config, taps, rng, head_mask, extra)
     elif local is not None:  # ModernBERT: banded in sliding layers, full in global ones
-        context = jax.lax.cond(
-            local, lambda: banded_context(q, k, v, attention_mask, config.sliding_window,
-                                          config.score_scale),
-            lambda: _grouped_context(q, k, v, mask_bias(attention_mask), config, extra))
+        context = _local_or_global(q, k, v, attention_mask, config, local)
     elif _fused_here():
-        context = _fused_context(q, k, v, bias, attention_mask, extra)
+        context = _fused_context(q, k, v, _bias(attention_mask, config, q.shape[2], None),
+                                 attention_mask, extra)
     else:
-        context = _grouped_context(q, k, v, bias, config, extra)
+        context = _grouped_context(q, k, v, _bias(attention_mask, config, q.shape[2], None),
+                                   config, extra)
     context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
     return _output(params["output"]["dense"], context, config, taps), taps.acts
+
+
+def _local_or_global(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask,
+                     config: BertConfig, local) -> jax.Array:
+    """ModernBERT's context without captured probabilities: banded attention in a sliding layer
+    (`bertjax.model.banded`), the grouped full form in a global one; chosen at trace time when
+    every layer is of one kind, else by `lax.cond` on the scanned flag. [B, N, S, H]."""
+    def sliding():
+        return banded_context(q, k, v, attention_mask, config.sliding_window, config.score_scale)
+
+    def full():
+        return _grouped_context(q, k, v, mask_bias(attention_mask), config)
+
+    if isinstance(local, bool):
+        return sliding() if local else full()
+    return jax.lax.cond(local, sliding, full)
 
 
 def _qkv(params: dict, hidden: jax.Array, config: BertConfig) -> tuple[jax.Array, ...]:
@@ -159,7 +174,7 @@ def _qkv(params: dict, hidden: jax.Array, config: BertConfig) -> tuple[jax.Array
 
 
 def _bias(attention_mask: ArrayLike | None, config: BertConfig, S: int,
-          local: jax.Array | None) -> jax.Array | None:
+          local: jax.Array | bool | None) -> jax.Array | None:
     """The additive mask of the full-form scores: [B, 1, 1, T] for padded keys (BERT); DeBERTa's
     [B, 1, S, T] masking padded queries too (one MASK_VALUE per pair, so that a padded query's row
     is uniform, as transformers' masked_fill); in a ModernBERT layer, the sliding window's

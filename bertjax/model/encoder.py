@@ -243,9 +243,11 @@ def _rope_tables(config: BertConfig, S: int, position_ids) -> dict | None:
 def _layer_positions(config: BertConfig, x: dict, rope: dict | None, rel) -> dict | None:
     """One layer's `positions` for `encoder_layer` from the scanned flags."""
     if rope is not None:
+        kinds = set(config.local_layers)
+        if len(kinds) == 1:  # every layer global, or every layer sliding: known at trace time
+            local = kinds.pop()
+            return {"rope": rope[local], "first": x["first"], "local": local}
         local = x["local"]
-        if not any(config.local_layers):
-            return {"rope": rope[False], "first": x["first"]}
         tables = tuple(jnp.where(local, a, b) for a, b in zip(rope[True], rope[False]))
         return {"rope": tables, "first": x["first"], "local": local}
     if rel is not None:
