@@ -81,6 +81,17 @@ def _group_size(B: int, N: int, S: int, T: int) -> int:
     return max(fits, default=1)
 
 
+def _query_chunk(N: int, S: int, T: int) -> int:
+    """Query rows per chunk for one sequence whose scores exceed GROUP_BYTES: the largest divisor
+    of S (at least 64) keeping a chunk's float32 scores [N, c, T] within GROUP_BYTES; S when
+    they fit or no such divisor exists (ModernBERT's global layers at S = 8192: 3 GiB of scores
+    at once, 4 MiB per chunk)."""
+    if N * S * T * 4 <= GROUP_BYTES:
+        return S
+    fits = [c for c in range(64, S) if S % c == 0 and N * c * T * 4 <= GROUP_BYTES]
+    return max(fits, default=S)
+
+
 def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
               attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
               head_mask: Float[ArrayLike, "N"] | None = None,
@@ -231,6 +242,12 @@ def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
         return jnp.einsum("BNST,BNTH->BNSH", probs, v)
 
     if G == B:
+        rows = _query_chunk(N, S, k.shape[2])
+        if B == 1 and rows < S and own is None and shared is None and (
+                bias is None or bias.shape[2] == 1):  # one long sequence: by query chunks
+            chunks = q.reshape(B, N, S // rows, rows, -1).swapaxes(0, 2)  # [S/c, N, B, c, H]
+            out = jax.lax.map(lambda x: context(x.swapaxes(0, 1), k, v, bias, None), chunks)
+            return out.swapaxes(0, 2).reshape(q.shape)  # [B, N, S, H]
         return context(q, k, v, bias, own)
     groups = lambda x: None if x is None else x.reshape(B // G, G, *x.shape[1:])  # [B/G, G, ...]
     out = jax.lax.map(lambda xs: context(*xs),

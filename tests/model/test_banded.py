@@ -101,3 +101,21 @@ def test_window_bias_is_the_inclusive_band():
                      [0, 0, 0, 1, 0]], bool)
     np.testing.assert_array_equal(allowed, want)
     assert mask_bias(None) is None
+
+
+def test_long_single_sequence_is_scored_by_query_chunks():
+    """A global layer on one long sequence: query chunks whose scores fit GROUP_BYTES, the same
+    context as all queries at once."""
+    from bertjax.model import attention as A
+
+    config = bertjax.BertConfig(hidden_size=48, num_attention_heads=4)
+    S = 1024
+    assert A._query_chunk(4, S, S) == 256 and A._query_chunk(4, 64, 64) == 64
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 4, S, 12)), jnp.float32) for _ in range(3))
+    mask = np.ones((1, S), np.int64)
+    mask[0, 900:] = 0
+    bias = mask_bias(mask)
+    probs = jax.nn.softmax(jnp.einsum("BNSH,BNTH->BNST", q, k) / np.sqrt(12) + bias, axis=-1)
+    want = jnp.einsum("BNST,BNTH->BNSH", probs, v)
+    assert_close("chunked context", A._grouped_context(q, k, v, bias, config), want)
