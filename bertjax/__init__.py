@@ -61,6 +61,7 @@ _EXPORTS = {
     "site_grads": "bertjax.model.site_grads",
     "sop_logits": "bertjax.model.heads",
     "stack_layers": "bertjax.model.encoder",
+    "term_shares": "bertjax.analysis.terms",
     "token_classifier_logits": "bertjax.model.heads",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
 }
