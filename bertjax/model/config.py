@@ -123,7 +123,7 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be {kind} integer, got {value!r}")
         F.check_family(self)
         if self.model_type in ("deberta-v2", "modernbert"):
-            _check_modern(self)
+            F.check_modern(self, ACTIVATIONS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -408,41 +408,6 @@ class BertConfig:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
-
-
-def _check_modern(config: BertConfig) -> None:
-    """DeBERTa's and ModernBERT's own fields: values transformers would run."""
-    bad = None
-    if config.model_type == "deberta-v2":
-        odd = [t for t in config.pos_att_type if t not in ("c2p", "p2c")]
-        if odd:
-            bad = f"pos_att_type={config.pos_att_type!r} (terms are 'c2p' and 'p2c')"
-        elif config.conv_kernel_size < 0 or config.hidden_size % config.conv_groups:
-            bad = (f"conv_kernel_size={config.conv_kernel_size}, conv_groups="
-                   f"{config.conv_groups} (groups must divide hidden_size)")
-        elif config.conv_act not in ACTIVATIONS + ("tanh",):
-            bad = f"conv_act={config.conv_act!r}"
-        elif config.pooler_hidden_act not in ACTIVATIONS + ("tanh",):
-            bad = f"pooler_hidden_act={config.pooler_hidden_act!r}"
-        elif not config.legacy and config.embed_size != config.hidden_size:
-            bad = "legacy=false with embedding_size != hidden_size (transformers cannot run it)"
-        elif config.norm_rel_ebd.lower() not in ("none", "layer_norm"):
-            bad = f"norm_rel_ebd={config.norm_rel_ebd!r} (use 'none' or 'layer_norm')"
-    else:
-        if len(config.layer_types) != config.num_hidden_layers or any(
-                t not in (F.FULL, F.SLIDING) for t in config.layer_types):
-            bad = (f"layer_types={config.layer_types!r} (one of {F.FULL!r}, {F.SLIDING!r} per "
-                   f"layer, {config.num_hidden_layers} layers)")
-        elif config.head_size % 2:
-            bad = f"head size {config.head_size} (rotary embeddings need an even head size)"
-        elif config.local_attention < 2 and F.SLIDING in config.layer_types:
-            bad = f"local_attention={config.local_attention} (sliding layers need >= 2)"
-        elif config.classifier_pooling not in ("cls", "mean"):
-            bad = f"classifier_pooling={config.classifier_pooling!r} (use 'cls' or 'mean')"
-        elif config.classifier_activation not in ACTIVATIONS:
-            bad = f"classifier_activation={config.classifier_activation!r}"
-    if bad:
-        raise ValueError(f"BertConfig: unsupported {config.model_type} value {bad}")
 
 
 def _coerce(name: str, value, kind: str):

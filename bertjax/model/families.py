@@ -212,3 +212,39 @@ def check_family(config) -> None:
         raise ValueError(f"BertConfig.max_position_embeddings={config.max_position_embeddings} "
                          f"leaves no position for a token: {family} positions start at "
                          f"{config.position_pad_id + 1}")
+
+
+def check_modern(config, activations: tuple[str, ...]) -> None:
+    """DeBERTa's and ModernBERT's own fields: values transformers would run (`activations`:
+    the hidden_act values bertjax implements)."""
+    bad = None
+    if config.model_type == "deberta-v2":
+        odd = [t for t in config.pos_att_type if t not in ("c2p", "p2c")]
+        if odd:
+            bad = f"pos_att_type={config.pos_att_type!r} (terms are 'c2p' and 'p2c')"
+        elif config.conv_kernel_size < 0 or config.hidden_size % config.conv_groups:
+            bad = (f"conv_kernel_size={config.conv_kernel_size}, conv_groups="
+                   f"{config.conv_groups} (groups must divide hidden_size)")
+        elif config.conv_act not in activations + ("tanh",):
+            bad = f"conv_act={config.conv_act!r}"
+        elif config.pooler_hidden_act not in activations + ("tanh",):
+            bad = f"pooler_hidden_act={config.pooler_hidden_act!r}"
+        elif not config.legacy and config.embed_size != config.hidden_size:
+            bad = "legacy=false with embedding_size != hidden_size (transformers cannot run it)"
+        elif config.norm_rel_ebd.lower() not in ("none", "layer_norm"):
+            bad = f"norm_rel_ebd={config.norm_rel_ebd!r} (use 'none' or 'layer_norm')"
+    else:
+        if len(config.layer_types) != config.num_hidden_layers or any(
+                t not in (FULL, SLIDING) for t in config.layer_types):
+            bad = (f"layer_types={config.layer_types!r} (one of {FULL!r}, {SLIDING!r} per "
+                   f"layer, {config.num_hidden_layers} layers)")
+        elif config.head_size % 2:
+            bad = f"head size {config.head_size} (rotary embeddings need an even head size)"
+        elif config.local_attention < 2 and SLIDING in config.layer_types:
+            bad = f"local_attention={config.local_attention} (sliding layers need >= 2)"
+        elif config.classifier_pooling not in ("cls", "mean"):
+            bad = f"classifier_pooling={config.classifier_pooling!r} (use 'cls' or 'mean')"
+        elif config.classifier_activation not in activations:
+            bad = f"classifier_activation={config.classifier_activation!r}"
+    if bad:
+        raise ValueError(f"BertConfig: unsupported {config.model_type} value {bad}")
