@@ -374,5 +374,6 @@ def convert_checkpoint(src, out, dtype="float32", force: bool = False,
         "source": loaded.source.origin, "out": out, "dtype": np.dtype(_dtype(dtype)).name,
         "parameters": count_params(loaded.params), "layers": c.num_layers,
         "attention_heads": c.num_attention_heads, "hidden_size": c.hidden_size,
-        "heads": dataclasses.asdict(loaded.heads), "notes": loaded.notes,
+        "heads": {name: present for name, present in dataclasses.asdict(loaded.heads).items()
+                  if isinstance(present, bool)}, "notes": loaded.notes,
     }

@@ -136,6 +136,7 @@ def test_roberta_sequence_length_counts_the_pad_offset(family_model):
         bertjax.forward(params, ids, config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["roberta", "mpnet"])
 def test_padding_position_row_gets_no_gradient(family_model, family):
     """As nn.Embedding(padding_idx=pad) in transformers: the embedding gradients match torch's."""
