@@ -39,6 +39,10 @@ from bertjax.model.positions import relative_terms, rotate
 # fully padded row softmaxes to a uniform row instead of NaN.
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
+# One sequence whose float32 scores exceed this is scored by query chunks (long context only:
+# bert-base's (1, 512) scores, 12 MiB, stay whole as before).
+LONG_BYTES = 256 * 2**20
+
 # Scores of one batch group on the CPU fast path stay under this many bytes (measured on a 32 MiB
 # L3: 1.5-3 MiB groups ran best at S = 128 and 512; whole-batch scores of 25-100 MB, 1.4-2x slower).
 GROUP_BYTES = 4 * 2**20
@@ -82,13 +86,14 @@ def _group_size(B: int, N: int, S: int, T: int) -> int:
 
 
 def _query_chunk(N: int, S: int, T: int) -> int:
-    """Query rows per chunk for one sequence whose scores exceed GROUP_BYTES: the largest divisor
-    of S (at least 64) keeping a chunk's float32 scores [N, c, T] within GROUP_BYTES; S when
-    they fit or no such divisor exists (ModernBERT's global layers at S = 8192: 3 GiB of scores
-    at once, 4 MiB per chunk)."""
-    if N * S * T * 4 <= GROUP_BYTES:
+    """Query rows per chunk for one sequence whose scores exceed LONG_BYTES: the largest divisor
+    c of S, at least 64, whose float32 scores [N, c, T] fit in GROUP_BYTES (or in 64 rows' worth
+    when even 64 rows do not); S when they fit whole or no such divisor exists. ModernBERT's
+    global layers at S = 8192: 3 GiB of scores at once, 24 MiB per chunk of 64 rows."""
+    if N * S * T * 4 <= LONG_BYTES:
         return S
-    fits = [c for c in range(64, S) if S % c == 0 and N * c * T * 4 <= GROUP_BYTES]
+    budget = max(GROUP_BYTES, N * 64 * T * 4)
+    fits = [c for c in range(64, S) if S % c == 0 and N * c * T * 4 <= budget]
     return max(fits, default=S)
 
 

@@ -103,11 +103,13 @@ def test_window_bias_is_the_inclusive_band():
     assert mask_bias(None) is None
 
 
-def test_long_single_sequence_is_scored_by_query_chunks():
+def test_long_single_sequence_is_scored_by_query_chunks(monkeypatch):
     """A global layer on one long sequence: query chunks whose scores fit GROUP_BYTES, the same
     context as all queries at once."""
     from bertjax.model import attention as A
 
+    assert A._query_chunk(12, 8192, 8192) == 64 and A._query_chunk(12, 512, 512) == 512
+    monkeypatch.setattr(A, "LONG_BYTES", A.GROUP_BYTES)  # chunk this short sequence too
     config = bertjax.BertConfig(hidden_size=48, num_attention_heads=4)
     S = 1024
     assert A._query_chunk(4, S, S) == 256 and A._query_chunk(4, 64, 64) == 64
