@@ -55,9 +55,7 @@ def array_layout(name: str, config: BertConfig, n_layers: int, reduce: str) -> d
     axis (`token_axis`) comes first, or is pooled away when reduce is "mean" or "cls" (seq_axis
     None). A second length axis (the keys T of the attention maps) stays where it is.
     """
-    sizes = {"L": n_layers, "N": config.num_attention_heads, "D": config.hidden_size,
-             "H": config.hidden_size // config.num_attention_heads, "I": config.intermediate_size,
-             "V": config.vocab_size, "S": SEQ, "T": SEQ}
+    sizes = {**C.axis_sizes(config, 0, 0), "L": n_layers, "S": SEQ, "T": SEQ}
     letters = [a for a in C.SHAPES[name].split() if a != "B"]
     axis = token_axis(letters)
     if axis is None:
