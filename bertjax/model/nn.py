@@ -35,8 +35,11 @@ def layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
 
 def _affine(params: dict, y: jax.Array) -> jax.Array:
     """y * scale + bias in float32 (no bias where the tree has none: ModernBERT's norms)."""
-    y = y * last_axis(params["scale"].astype(jnp.float32), y.ndim)
-    return y + last_axis(params["bias"].astype(jnp.float32), y.ndim) if "bias" in params else y
+    scale = last_axis(params["scale"].astype(jnp.float32), y.ndim)
+    if "bias" not in params:
+        return y * scale
+    bias = last_axis(params["bias"].astype(jnp.float32), y.ndim)  # BERT's order of operations
+    return y * scale + bias
 
 
 def layer_norm_std(x: jax.Array, eps: float) -> jax.Array:
