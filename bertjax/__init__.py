@@ -74,6 +74,7 @@ _EXPORTS = {
     "sop_logits": "bertjax.model.heads",
     "stack_layers": "bertjax.model.encoder",
     "StructuralResult": "bertjax.probing.structural",
+    "term_shares": "bertjax.analysis.terms",
     "token_classifier_logits": "bertjax.model.heads",
     "tokenizer_for": "bertjax.checkpoints.pretrained",
     "word_features": "bertjax.probing.words",

@@ -51,20 +51,40 @@ from bertjax.model.encoder import stack_layers
 from bertjax.model.forward import forward
 from bertjax.model.nn import activation, dense
 
-# What `logit_parts` reads from a forward run (less embed.token_type in a family without it).
+# What `logit_parts` reads from a forward run (BERT's; `needed` gives each family's).
 NEEDED = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE, C.ATTN_HEAD_OUT, C.MLP_OUT,
           C.LAYER_OUT, C.MLM_LOGITS) + C.LN_STD_NAMES
 EMBED_PARTS = (C.EMBED_WORD, C.EMBED_POSITION, C.EMBED_TOKEN_TYPE)
+# ModernBERT (pre-norm): the residual stream is embed.out plus every attn.out and mlp.out, read
+# through the final norm; the frozen scales are the embedding norm's and the final norm's.
+PRE_NORM_NEEDED = (C.EMBED_WORD, C.ATTN_HEAD_OUT, C.MLP_OUT, C.FINAL_OUT, C.MLM_LOGITS,
+                   C.EMBED_LN_STD, C.FINAL_LN_STD)
+PRE_NORM_SCALES = (C.EMBED_LN_STD, C.FINAL_LN_STD)
+
+
+def needed(config: BertConfig) -> tuple[str, ...]:
+    """The names `logit_parts` reads for this model (the embedding parts its family has)."""
+    have = set(C.model_names(config, has_mlm=True))
+    names = PRE_NORM_NEEDED if config.pre_norm else NEEDED
+    return tuple(n for n in names if n in have)
+
+
+def scale_names(config: BertConfig) -> tuple[str, ...]:
+    """The LayerNorm scales a split freezes (what `ln_std=` may give)."""
+    return PRE_NORM_SCALES if config.pre_norm else C.LN_STD_NAMES
+
+
+def check_attributable(config: BertConfig) -> None:
+    """Raises ValueError, one line naming the reason, where the split is not implemented."""
+    if config.conv_kernel_size:
+        raise ValueError("logit_attribution does not follow DeBERTa's ConvLayer (conv_kernel_size"
+                         f"={config.conv_kernel_size}): its convolution of the embeddings joins "
+                         "layer 0's output before a LayerNorm")
 
 
 def embed_parts(config: BertConfig) -> tuple[str, ...]:
     """The embedding parts of the model's split: no embed.token_type for DistilBERT and MPNet."""
     return tuple(n for n in EMBED_PARTS if n != C.EMBED_TOKEN_TYPE or config.has_token_types)
-
-
-def needed(config: BertConfig) -> tuple[str, ...]:
-    """NEEDED for this model's family."""
-    return tuple(n for n in NEEDED if n != C.EMBED_TOKEN_TYPE or config.has_token_types)
 
 
 def through_norm(params: dict, std: Float[ArrayLike, ""],
@@ -78,7 +98,8 @@ def through_norm(params: dict, std: Float[ArrayLike, ""],
       the direction at the LayerNorm's input, float32 [D], and beta . u (its bias part).
     """
     v = params["scale"].astype(jnp.float32) / jnp.asarray(std, jnp.float32) * u  # [D]
-    return v - jnp.mean(v), jnp.dot(params["bias"].astype(jnp.float32), u)
+    bias = jnp.dot(params["bias"].astype(jnp.float32), u) if "bias" in params else jnp.float32(0)
+    return v - jnp.mean(v), bias
 
 
 def _through_head(params: dict, config: BertConfig, hidden: Float[Array, "D"],
@@ -97,7 +118,10 @@ def _through_head(params: dict, config: BertConfig, hidden: Float[Array, "D"],
     u, bias = through_norm(transform["LayerNorm"], std, readout.astype(jnp.float32))
     gate = jnp.where(pre != 0, post / jnp.where(pre != 0, pre, 1.0), 0.0)  # act(x) = gate * x
     u = gate * u
-    bias = bias + predictions["bias"][token] + jnp.dot(transform["dense"]["bias"], u)
+    if "bias" in predictions:  # ModernBERT without decoder_bias has none
+        bias = bias + predictions["bias"][token]
+    if "bias" in transform["dense"]:
+        bias = bias + jnp.dot(transform["dense"]["bias"], u)
     return transform["dense"]["kernel"].astype(jnp.float32) @ u, bias  # [D]
 
 
@@ -138,6 +162,8 @@ def logit_parts(params: dict, acts: dict, config: BertConfig, batch: ArrayLike,
       model's own logit) as scalars, "heads" [L, N], "attn_bias" [L] and "mlp" [L], and the
       frozen scales used: "embed.ln_std" (a scalar), "attn.ln_std" and "layer.ln_std" ([L]).
     """
+    if config.pre_norm:
+        return _pre_norm_parts(params, acts, config, batch, position, token)
     at = {name: acts[name][:, batch, ..., position, :]  # per-layer [L, (N,) D]
           for name in (C.ATTN_HEAD_OUT, C.MLP_OUT)}
     scales = {name: acts[name][..., batch, position] for name in C.LN_STD_NAMES}  # [L] or []
@@ -149,17 +175,45 @@ def logit_parts(params: dict, acts: dict, config: BertConfig, batch: ArrayLike,
         index = jnp.asarray(config.layer_map)
         layers = jax.tree_util.tree_map(lambda x: x[index], layers)
     u, per_layer = _through_layers(layers, at, config, u)
-    project = params["embeddings"].get("project")
+    project = None if config.projection_before_norm else params["embeddings"].get("project")
     project_bias = 0.0
     if project is not None:  # ELECTRA (E != D), ALBERT: embed.proj = project(embed.out)
         project_bias = jnp.dot(project["bias"].astype(jnp.float32), u)
         u = project["kernel"].astype(jnp.float32) @ u  # [E, D] @ [D] -> [E]
     u, embed_bias = through_norm(params["embeddings"]["LayerNorm"], scales[C.EMBED_LN_STD], u)
+    if config.projection_before_norm and config.has_projection:  # DeBERTa: E -> D before it
+        u = params["embeddings"]["project"]["kernel"].astype(jnp.float32) @ u  # [E]
     parts = {name: jnp.dot(acts[name][batch, position].astype(jnp.float32), u)
-             for name in embed_parts(config)}
+             for name in embed_parts(config) if name in acts}
     bias = head_bias + jnp.sum(per_layer.pop("bias")) + embed_bias + project_bias
     logit = acts[C.MLM_LOGITS][batch, position, token].astype(jnp.float32)
     return {**parts, **per_layer, "bias": bias, "logit": logit, **scales}
+
+
+def _pre_norm_parts(params: dict, acts: dict, config: BertConfig, batch, position,
+                    token) -> dict:
+    """`logit_parts` for ModernBERT: the residual stream at the position is embed.out plus each
+    layer's attn.out (the sum of its heads, and the output bias where there is one) and mlp.out;
+    the readout goes back through the head and the final norm (frozen at final.ln_std), and
+    embed.out back through the embedding norm (frozen at embed.ln_std) to embed.word."""
+    last = acts[C.FINAL_OUT][batch, position]  # [D]
+    u, head_bias = _through_head(params, config, last, token)
+    final = params["encoder"]["final_norm"]
+    u, final_bias = through_norm(final, acts[C.FINAL_LN_STD][batch, position], u)
+    heads = jnp.einsum("LND,D->LN", acts[C.ATTN_HEAD_OUT][:, batch, :, position].astype(
+        jnp.float32), u)
+    mlp = jnp.einsum("LD,D->L", acts[C.MLP_OUT][:, batch, position].astype(jnp.float32), u)
+    layers = stack_layers(params["encoder"])["layer"]
+    out_dense = layers["attention"]["output"]["dense"]
+    attn_bias = (out_dense["bias"].astype(jnp.float32) @ u if "bias" in out_dense
+                 else jnp.zeros_like(mlp))  # [L]
+    scale = acts[C.EMBED_LN_STD][batch, position]
+    u, embed_bias = through_norm(params["embeddings"]["LayerNorm"], scale, u)
+    word = jnp.dot(acts[C.EMBED_WORD][batch, position].astype(jnp.float32), u)
+    logit = acts[C.MLM_LOGITS][batch, position, token].astype(jnp.float32)
+    return {C.EMBED_WORD: word, "heads": heads, "attn_bias": attn_bias, "mlp": mlp,
+            "bias": head_bias + final_bias + embed_bias, "logit": logit,
+            C.EMBED_LN_STD: scale, C.FINAL_LN_STD: acts[C.FINAL_LN_STD][batch, position]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,13 +325,17 @@ def logit_attribution(params: dict, config: BertConfig, input_ids: ArrayLike, po
     _check_index("batch", batch, input_ids.shape[0], "rows of input_ids")
     _check_index("position", position, input_ids.shape[1], "the sequence length")
     _check_index("token", token, config.vocab_size, f"vocab_size={config.vocab_size}")
-    if ln_std is not None and not set(ln_std) <= set(C.LN_STD_NAMES):
-        raise ValueError(f"ln_std keys must be among {', '.join(C.LN_STD_NAMES)}, got "
+    check_attributable(config)
+    names = scale_names(config)
+    if ln_std is not None and not set(ln_std) <= set(names):
+        raise ValueError(f"ln_std keys must be among {', '.join(names)}, got "
                          f"{sorted(ln_std)}")
     edit = {name: (0.0, jnp.asarray(std)) for name, std in (ln_std or {}).items()}
     acts = forward(params, input_ids, config, token_type_ids, attention_mask,
                    capture=needed(config), edit=edit).acts
     arrays = logit_parts(params, acts, config, batch, position, token)
-    scales = {name: np.asarray(arrays[name]) for name in C.LN_STD_NAMES}
-    scales[C.EMBED_LN_STD] = float(scales[C.EMBED_LN_STD])
+    scales = {name: np.asarray(arrays[name]) for name in names}
+    for name in (C.EMBED_LN_STD, C.FINAL_LN_STD):
+        if name in scales:
+            scales[name] = float(scales[name])
     return Attribution(label_parts(arrays), float(arrays["logit"]), token, position, scales)

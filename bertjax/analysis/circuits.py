@@ -168,6 +168,23 @@ def _core(left: Array, right: Array) -> Array:
     return r_left @ jnp.swapaxes(r_right, -1, -2)
 
 
+def check_qk_defined(config: BertConfig) -> None:
+    """Raises ValueError, one line naming the reason, where a position-free QK circuit does not
+    describe the model's scores."""
+    if config.relative_attention_num_buckets:  # MPNet
+        raise ValueError(f"QK circuits of this {config.model_type} model would leave out the "
+                         f"relative position bias (attn.rel_bias) that every attention score "
+                         f"adds: refused (OV circuits, which do not read scores, work)")
+    if config.model_type == "deberta-v2" and config.position_terms:
+        raise ValueError(f"the QK circuit W_Q W_K^T omits DeBERTa's {' and '.join(config.position_terms)} "
+                         f"position terms (attn.c2p / attn.p2c): use the captured attn.c2c / "
+                         f"attn.c2p / attn.p2c (bertjax.analysis.term_shares) instead")
+    if config.rotary:
+        raise ValueError("the QK circuit W_Q W_K^T is not position-free in ModernBERT: rotary "
+                         "embeddings rotate q and k by position (use the captured attn.q_rot / "
+                         "attn.k_rot, or attn.scores)")
+
+
 def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L N ..."]]:
     """Each head's slices of the attention kernels, stacked over layers and heads.
 
@@ -189,27 +206,26 @@ def head_weights(params: dict, config: BertConfig) -> dict[str, Float[Array, "L 
         layers = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[index], layers)
     attn = layers["attention"]
     out = {}
-    for name, key in (("q", "query"), ("k", "key"), ("v", "value")):
-        kernel = jnp.asarray(attn["self"][key]["kernel"])  # [L, D, N*H]
+    for i, (name, key) in enumerate((("q", "query"), ("k", "key"), ("v", "value"))):
+        if "qkv" in attn["self"]:  # ModernBERT's fused [D, 3D]: q, k, v in that order
+            fused = jnp.asarray(attn["self"]["qkv"]["kernel"])
+            kernel = fused[..., i * N * H:(i + 1) * N * H]  # [L, D, N*H]
+        else:
+            kernel = jnp.asarray(attn["self"][key]["kernel"])  # [L, D, N*H]
         out[name] = kernel.reshape(*kernel.shape[:2], N, H).transpose(0, 2, 1, 3)  # [L, N, D, H]
     kernel = jnp.asarray(attn["output"]["dense"]["kernel"])  # [L, N*H, D]
     out["o"] = kernel.reshape(kernel.shape[0], N, H, kernel.shape[-1])  # [L, N, H, D]
     return out
 
 
-def check_qk(config: BertConfig) -> None:
-    """Refuses QK circuits where scores have a term the circuit cannot hold: MPNet's relative
-    position bias (`attn.rel_bias`, added to every score and shared by all layers)."""
-    if config.relative_attention_num_buckets:
-        raise ValueError(f"QK circuits of this {config.model_type} model would leave out the "
-                         f"relative position bias (attn.rel_bias) that every attention score "
-                         f"adds: refused (OV circuits, which do not read scores, work)")
-
-
 def qk_circuit(params: dict, config: BertConfig) -> FactoredMatrix:
-    """Every head's QK circuit W_Q,h W_K,h^T as factors [L, N, D, H] @ [L, N, H, D] (refused for
-    MPNet, see `check_qk`)."""
-    check_qk(config)
+    """Every head's QK circuit W_Q,h W_K,h^T as factors [L, N, D, H] @ [L, N, H, D].
+
+    Raises:
+      ValueError: a family whose scores are not q.k of the content alone (MPNet adds its relative
+        bias, DeBERTa its c2p / p2c position terms, ModernBERT rotates q and k by position).
+    """
+    check_qk_defined(config)
     w = head_weights(params, config)
     return FactoredMatrix(w["q"], jnp.swapaxes(w["k"], -1, -2))
 
@@ -345,7 +361,7 @@ def composition_scores(params: dict, config: BertConfig) -> dict[str, Float[Arra
       {"q", "k", "v": float [L, N, L, N]}, indexed [writer layer, writer head, reader layer, reader
       head]; 0 where the reader's layer is not after the writer's (no composition possible).
     """
-    check_qk(config)
+    check_qk_defined(config)
     w = head_weights(params, config)
     # R factors [L, N, H, H]: W_Q, W_K (= (W_K^T)^T), W_V and W_O^T.
     rq, rk, rv, ro = _rs(w["q"], w["k"], w["v"], jnp.swapaxes(w["o"], -1, -2))

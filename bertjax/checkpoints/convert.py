@@ -44,6 +44,9 @@ _LEAF_TO_TORCH = {"kernel": "weight", "embedding": "weight", "scale": "weight", 
 _BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # torch buffers, not weights
 _NSP_PREFIX = "cls.seq_relationship."
 _WORD = "embeddings.word_embeddings.weight"
+# Keys transformers ignores on load, per family (DeBERTa: a position table the config does not use,
+# the pretraining replaced-token head).
+_IGNORED = {"deberta-v2": ("mask_predictions.",)}
 # A progress bar over tensors only for checkpoints this big (tiny test models stay quiet).
 PROGRESS_MIN_PARAMS = 50_000_000
 
@@ -110,11 +113,18 @@ def normalize(state: Mapping[str, np.ndarray], config: BertConfig | None = None)
     """Canonical key -> source key, dropping buffers and the NSP head (`config` says the family,
     hence the base-model prefix; BERT's when None)."""
     family = "bert" if config is None else config.model_type
+    word = _WORD if config is None else family_key(config, "embeddings/word_embeddings/embedding")[0]
     keys: dict[str, str] = {}
     nsp = False
+    ignored = []
     for key in state:
         canon = _canonical(key, BASE_PREFIX[family])
         if canon in _BUFFERS:
+            continue
+        if canon.startswith(_IGNORED.get(family, ())) or (
+                family == "deberta-v2" and not config.has_position_table
+                and canon == "embeddings.position_embeddings.weight"):
+            ignored.append(key)
             continue
         if canon.startswith(_NSP_PREFIX) and family == "bert":
             nsp = True
@@ -122,12 +132,15 @@ def normalize(state: Mapping[str, np.ndarray], config: BertConfig | None = None)
         if canon in keys:
             raise CheckpointError(f"checkpoint has both {keys[canon]!r} and {key!r}")
         keys[canon] = key
-    if _WORD not in keys:
+    if word not in keys:
         sample = ", ".join(sorted(state)[:4]) or "(no tensors at all)"
         name = "BERT" if family == "bert" else family
-        raise CheckpointError(f"not a {name} checkpoint: no {_WORD!r} ({BASE_PREFIX[family]} "
+        raise CheckpointError(f"not a {name} checkpoint: no {word!r} ({BASE_PREFIX[family]} "
                               f"prefix optional); its keys look like: {sample}")
     notes = ["dropped the next-sentence-prediction head (cls.seq_relationship)"] if nsp else []
+    if ignored:
+        notes.append(f"dropped {len(ignored)} tensor(s) transformers ignores for {family}: "
+                     f"{', '.join(sorted(ignored)[:4])}")
     return Normalized(keys, notes)
 
 
@@ -139,6 +152,9 @@ def detect_heads(keys: Mapping[str, str], untied_decoder: bool = False,
     mlm = has("cls/predictions/transform/dense/kernel")
     form = ("dense" if has("classifier/dense/kernel") else
             "pre" if has("pre_classifier/kernel") else "linear")
+    if config.model_type == "modernbert":  # head.* is the MLM head's or the classifier's
+        classifier = has("classifier/kernel")
+        form, mlm = ("head" if classifier else "linear"), mlm and not classifier
     return Heads(pooler=has("pooler/dense/kernel"), mlm=mlm, untied_decoder=mlm and untied_decoder,
                  classifier=has("classifier/kernel") or form == "dense",
                  disc=has("discriminator_predictions/dense/kernel"),
@@ -173,8 +189,9 @@ def resolve_decoder(state: Mapping, keys: Mapping[str, str],
                          f"decoder's bias, which transformers' forward adds")
         keys[mlm_bias] = keys.pop(decoder_bias)
     untied = not config.tie_word_embeddings
-    if not untied and weight in keys and _WORD in keys:
-        untied = _differs(state, keys[weight], keys[_WORD])
+    word = family_key(config, "embeddings/word_embeddings/embedding")[0]
+    if not untied and weight in keys and word in keys:
+        untied = _differs(state, keys[weight], keys[word])
         if untied:
             notes.append(f"{keys[weight]} differs from the word embeddings although the "
                          f"config ties them: kept it untied (cls/predictions/decoder/kernel, "

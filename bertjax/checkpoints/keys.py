@@ -27,9 +27,14 @@ from bertjax.model.config import BertConfig
 
 BASE_PREFIX = {"bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta.",
                "camembert": "roberta.", "distilbert": "distilbert.", "electra": "electra.",
-               "albert": "albert.", "mpnet": "mpnet."}
+               "albert": "albert.", "mpnet": "mpnet.", "deberta-v2": "deberta.",
+               "modernbert": "model."}
 # First components of the base model's keys (the ones the prefix goes on).
-_BASE_ROOTS = ("embeddings", "encoder", "pooler", "transformer", "embeddings_project")
+_BASE_ROOTS = ("embeddings", "encoder", "pooler", "transformer", "embeddings_project", "layers",
+               "final_norm")
+# Keys of a family's heads that sit outside its base model although their root is a base root
+# (DeBERTa's ContextPooler is `pooler.dense` of the task model).
+_HEAD_ROOTS = {"deberta-v2": ("pooler",)}
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 _ATTENTION = ("attention.self.query.", "attention.self.key.", "attention.self.value.",
@@ -47,7 +52,16 @@ _IN_LAYER = {
                         "full_layer_layer_norm."))),
     "mpnet": dict(zip(_ATTENTION, ("attention.attn.q.", "attention.attn.k.", "attention.attn.v.",
                                    "attention.attn.o.", "attention.LayerNorm."))),
+    "deberta-v2": dict(zip(_ATTENTION[:3], ("attention.self.query_proj.",
+                                            "attention.self.key_proj.",
+                                            "attention.self.value_proj."))),
+    "modernbert": {"attention.self.qkv.": "attn.Wqkv.", "attention.output.dense.": "attn.Wo.",
+                   "intermediate.dense.": "mlp.Wi.", "output.dense.": "mlp.Wo."},
 }
+# DeBERTa's MLM head without `legacy` (lm_predictions.lm_head, logits against the word embeddings).
+_DEBERTA_LM = {"cls.predictions.transform.dense.": "lm_predictions.lm_head.dense.",
+               "cls.predictions.transform.LayerNorm.": "lm_predictions.lm_head.LayerNorm.",
+               "cls.predictions.bias": "lm_predictions.lm_head.bias"}
 _LM_HEAD = {"cls.predictions.transform.dense.": "lm_head.dense.",
             "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
             "cls.predictions.bias": "lm_head.bias", "cls.predictions.decoder.": "lm_head.decoder."}
@@ -70,6 +84,14 @@ _OUTSIDE = {
                "cls.predictions.bias": "predictions.bias",
                "cls.predictions.decoder.": "predictions.decoder.",
                "sop_classifier.": "sop_classifier.classifier."},
+    "deberta-v2": {"embeddings.project.": "embeddings.embed_proj."},
+    "modernbert": {"embeddings.word_embeddings.": "embeddings.tok_embeddings.",
+                   "embeddings.LayerNorm.": "embeddings.norm.",
+                   "encoder.final_norm.": "final_norm.",
+                   "cls.predictions.transform.dense.": "head.dense.",
+                   "cls.predictions.transform.LayerNorm.": "head.norm.",
+                   "cls.predictions.bias": "decoder.bias", "cls.predictions.decoder.": "decoder.",
+                   "head.LayerNorm.": "head.norm."},
 }
 
 
@@ -85,7 +107,11 @@ def rename(config: BertConfig, key: str) -> str:
         if family == "albert":
             g, j = divmod(i, config.inner_group_num)
             return f"encoder.albert_layer_groups.{g}.albert_layers.{j}.{rest}"
+        if family == "modernbert":
+            return f"layers.{i}.{rest}"
         return f"encoder.layer.{i}.{rest}"
+    if family == "deberta-v2" and not config.legacy:
+        key = _replace_prefix(key, _DEBERTA_LM)
     return _replace_prefix(key, _OUTSIDE.get(family, {}))
 
 
@@ -99,6 +125,7 @@ def _replace_prefix(key: str, table: dict[str, str]) -> str:
 def source_key(config: BertConfig, key: str) -> str:
     """A family key as transformers' task models name it: the base-model prefix added to the base
     model's keys (embeddings, encoder, pooler, ...), the heads' keys as they are."""
-    if key.split(".")[0] in _BASE_ROOTS:
+    root = key.split(".")[0]
+    if root in _BASE_ROOTS and root not in _HEAD_ROOTS.get(config.model_type, ()):
         return BASE_PREFIX[config.model_type] + key
     return key

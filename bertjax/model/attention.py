@@ -19,7 +19,7 @@ transposes, and slower).
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +27,21 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
+from bertjax.model.banded import banded_context, window_bias
 from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import dense, dropout, last_axis
 from bertjax.model.params import check_tree
+from bertjax.model.positions import relative_terms, rotate
 
 # Added to the scores of padded keys. transformers uses the dtype's most negative finite value;
 # we do the same (in float32, where the scores live) so that captured scores match it exactly and a
 # fully padded row softmaxes to a uniform row instead of NaN.
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+# One sequence whose float32 scores exceed this is scored by query chunks (long context only:
+# bert-base's (1, 512) scores, 12 MiB, stay whole as before).
+LONG_BYTES = 256 * 2**20
 
 # Scores of one batch group on the CPU fast path stay under this many bytes (measured on a 32 MiB
 # L3: 1.5-3 MiB groups ran best at S = 128 and 512; whole-batch scores of 25-100 MB, 1.4-2x slower).
@@ -79,54 +85,133 @@ def _group_size(B: int, N: int, S: int, T: int) -> int:
     return max(fits, default=1)
 
 
+def _query_chunk(N: int, S: int, T: int) -> int:
+    """Query rows per chunk for one sequence whose scores exceed LONG_BYTES: the largest divisor
+    c of S, at least 64, whose float32 scores [N, c, T] fit in GROUP_BYTES (or in 64 rows' worth
+    when even 64 rows do not); S when they fit whole or no such divisor exists. ModernBERT's
+    global layers at S = 8192: 3 GiB of scores at once, 24 MiB per chunk of 64 rows."""
+    if N * S * T * 4 <= LONG_BYTES:
+        return S
+    budget = max(GROUP_BYTES, N * 64 * T * 4)
+    fits = [c for c in range(64, S) if S % c == 0 and N * c * T * 4 <= budget]
+    return max(fits, default=S)
+
+
 def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
               attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
               head_mask: Float[ArrayLike, "N"] | None = None,
               patch: dict | None = None,
-              extra: Float[ArrayLike, "N S T"] | None = None) -> tuple[Float[Array, "B S D"], dict]:
+              extra: Float[ArrayLike, "N S T"] | None = None,
+              positions: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
     """Self-attention of one layer, through the output dense (before residual and LayerNorm).
 
     Args:
-      params: one layer's `attention` subtree (`self/{query,key,value}`, `output/dense`).
+      params: one layer's `attention` subtree (`self/{query,key,value}` or ModernBERT's fused
+        `self/qkv`, `output/dense`).
       hidden: float [B, S, D], the layer input.
       attention_mask: [B, S] with 1 for tokens and 0 for padding, or None.
       capture: names among attn.q, attn.k, attn.v, attn.scores, attn.probs, attn.context,
-        attn.head_out, attn.out.
+        attn.head_out, attn.out, and the family's attn.q_rot / attn.k_rot (ModernBERT),
+        attn.c2c / attn.c2p / attn.p2c (DeBERTa).
       rng: PRNG key for dropout on the probabilities; None for inference.
       head_mask: float [N] multiplying each head's probabilities (after dropout), or None.
       patch: name -> (new, mask) replacing attn.* activations (see `bertjax.model.capture.Taps`).
       extra: float [N, S, T], a score term added to q.k / sqrt(H) before the padding mask on
-        every path (MPNet's relative position bias, `attn.rel_bias`), or None.
+        every path (MPNet's relative bias, `attn.rel_bias`), or None.
+      positions: the family's position inputs (`bertjax.model.encoder` makes them), or None:
+        "rope": (cos, sin) float32 [S, H] or [B, S, H] rotating q and k (ModernBERT);
+        "local": a bool scalar, True in a sliding-window layer (ModernBERT; window
+        config.sliding_window); "rel": (relative embeddings [R, D], index int32 [S, T]) for
+        DeBERTa's c2p / p2c terms.
 
     Returns:
       attn.out, float [B, S, D], and the captured activations (one layer's shapes).
     """
     taps = C.taps_for(capture, patch)
+    positions = positions or {}
     check_tree(params, config, "encoder/layer/0/attention", uses=("self", "output/dense"))
     check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
-    q = taps(C.ATTN_Q, _project(params["self"]["query"], hidden, config))  # [B, N, S, H]
-    k = taps(C.ATTN_K, _project(params["self"]["key"], hidden, config))  # [B, N, T, H]
-    v = taps(C.ATTN_V, _project(params["self"]["value"], hidden, config))  # [B, N, T, H]
-    bias = mask_bias(attention_mask)
+    q, k, v = (taps(name, x) for name, x in zip((C.ATTN_Q, C.ATTN_K, C.ATTN_V),
+                                                 _qkv(params["self"], hidden, config)))
+    if "rope" in positions:  # [B, N, S, H], rotated in float32
+        q = taps(C.ATTN_Q_ROT, rotate(q, *positions["rope"]))
+        k = taps(C.ATTN_K_ROT, rotate(k, *positions["rope"]))
     extra = None if extra is None else jnp.asarray(extra, jnp.float32)[None]  # [1, N, S, T]
+    if "rel" in positions:  # DeBERTa: scores = c2c + (c2p + p2c)
+        terms = relative_terms(params["self"], q, k, *positions["rel"], config)
+        names = {"c2p": C.ATTN_C2P, "p2c": C.ATTN_P2C}
+        terms = [taps(names[t], x) for t, x in terms.items()]
+        extra = functools.reduce(jnp.add, terms) if terms else None  # [B, N, S, T]
+    local = positions.get("local")  # None, a Python bool, or a traced bool (scanned layers)
     active = rng is not None and config.attention_probs_dropout_prob > 0.0
-    explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active
+    explicit = taps.wants(C.ATTN_SCORES) or taps.wants(C.ATTN_PROBS) or active \
+        or taps.wants(C.ATTN_C2C)
     if explicit or head_mask is not None:
+        bias = _bias(attention_mask, config, q.shape[2], local)
         context = _context(q, k, v, bias, config, taps, rng, head_mask, extra)
+    elif local is not None:  # ModernBERT: banded in sliding layers, full in global ones
+        context = _local_or_global(q, k, v, attention_mask, config, local)
     elif _fused_here():
-        context = _fused_context(q, k, v, bias, attention_mask, extra)
+        context = _fused_context(q, k, v, _bias(attention_mask, config, q.shape[2], None),
+                                 attention_mask, extra)
     else:
-        context = _grouped_context(q, k, v, bias, config, extra)
+        context = _grouped_context(q, k, v, _bias(attention_mask, config, q.shape[2], None),
+                                   config, extra)
     context = taps(C.ATTN_CONTEXT, context)  # [B, N, S, H]
     return _output(params["output"]["dense"], context, config, taps), taps.acts
+
+
+def _local_or_global(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask,
+                     config: BertConfig, local) -> jax.Array:
+    """ModernBERT's context without captured probabilities: banded attention in a sliding layer
+    (`bertjax.model.banded`), the grouped full form in a global one; chosen at trace time when
+    every layer is of one kind, else by `lax.cond` on the scanned flag. [B, N, S, H]."""
+    def sliding():
+        return banded_context(q, k, v, attention_mask, config.sliding_window, config.score_scale)
+
+    def full():
+        return _grouped_context(q, k, v, mask_bias(attention_mask), config)
+
+    if isinstance(local, bool):
+        return sliding() if local else full()
+    return jax.lax.cond(local, sliding, full)
+
+
+def _qkv(params: dict, hidden: jax.Array, config: BertConfig) -> tuple[jax.Array, ...]:
+    """Queries, keys, values [B, N, S, H]: three projections, or ModernBERT's one fused `qkv`
+    dense [D, 3D] (q, k, v in that order)."""
+    if "qkv" not in params:
+        return tuple(_project(params[name], hidden, config) for name in ("query", "key", "value"))
+    B, S, _ = hidden.shape
+    fused = dense(params["qkv"], hidden).reshape(B, S, 3, config.num_attention_heads,
+                                                 config.head_size)  # [B, S, 3, N, H]
+    return tuple(jnp.swapaxes(fused[:, :, i], 1, 2) for i in range(3))  # [B, N, S, H] each
+
+
+def _bias(attention_mask: ArrayLike | None, config: BertConfig, S: int,
+          local: jax.Array | bool | None) -> jax.Array | None:
+    """The additive mask of the full-form scores: [B, 1, 1, T] for padded keys (BERT); DeBERTa's
+    [B, 1, S, T] masking padded queries too (one MASK_VALUE per pair, so that a padded query's row
+    is uniform, as transformers' masked_fill); in a ModernBERT layer, the sliding window's
+    [B, 1, S, T] where `local` is True."""
+    if local is not None:
+        B = 1 if attention_mask is None else jnp.shape(attention_mask)[0]
+        pad = mask_bias(attention_mask)
+        pad = jnp.zeros((B, 1, 1, S), jnp.float32) if pad is None else pad
+        return jnp.where(local, window_bias(attention_mask, B, S, config.sliding_window), pad)
+    if not config.masks_queries or attention_mask is None:
+        return mask_bias(attention_mask)
+    m = jnp.asarray(attention_mask) != 0  # [B, S]
+    both = m[:, :, None] & m[:, None, :]  # [B, S, T]
+    return jnp.where(both, 0.0, MASK_VALUE).astype(jnp.float32)[:, None]  # [B, 1, S, T]
 
 
 def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
              config: BertConfig, taps: C.Taps, rng: jax.Array | None,
              head_mask: ArrayLike | None, extra: jax.Array | None = None) -> jax.Array:
     """probs @ v step by step, through the attn.scores and attn.probs taps: [B, N, S, H]."""
-    scores = taps(C.ATTN_SCORES, _scores(q, k, bias, config, extra))  # [B, N, S, T], float32
+    scores = taps(C.ATTN_SCORES, _scores(q, k, bias, config, extra, taps))  # [B, N, S, T], f32
     probs = taps(C.ATTN_PROBS, jax.nn.softmax(scores, axis=-1).astype(q.dtype))  # [B, N, S, T]
     weights = dropout(rng, probs, config.attention_probs_dropout_prob)
     if head_mask is not None:
@@ -135,11 +220,14 @@ def _context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
 
 
 def _scores(q: jax.Array, k: jax.Array, bias: jax.Array | None, config: BertConfig,
-            extra: jax.Array | None = None) -> jax.Array:
-    """q.k / sqrt(H), plus the extra score term [1, N, S, T] when given, plus the padding bias,
-    in float32: [B, N, S, T]."""
+            extra: jax.Array | None = None, taps: C.Taps | None = None) -> jax.Array:
+    """q.k / scale (sqrt(H); DeBERTa's `config.score_scale`), tapped as attn.c2c in DeBERTa,
+    plus the extra score term [1 or B, N, S, T] when given, plus the padding bias, in float32:
+    [B, N, S, T]."""
     scores = jnp.einsum("BNSH,BNTH->BNST", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(config.head_size))
+    scores = scores * (1.0 / config.score_scale)
+    if taps is not None and config.model_type == "deberta-v2":
+        scores = taps(C.ATTN_C2C, scores)
     if extra is not None:
         scores = scores + extra
     return scores if bias is None else scores + bias
@@ -150,15 +238,25 @@ def _grouped_context(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
     """`_context`'s arithmetic (nothing tapped) over batch groups of `_group_size`: [B, N, S, H]."""
     B, N, S, _ = q.shape
     G = _group_size(B, N, S, k.shape[2])
+    shared = extra if extra is not None and extra.shape[0] != B else None  # [1, N, S, T]
+    own = extra if extra is not None and shared is None else None  # DeBERTa's [B, N, S, T]
 
-    def context(q, k, v, bias):
-        probs = jax.nn.softmax(_scores(q, k, bias, config, extra), axis=-1).astype(q.dtype)
+    def context(q, k, v, bias, own):
+        scores = _scores(q, k, bias, config, shared if own is None else own)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         return jnp.einsum("BNST,BNTH->BNSH", probs, v)
 
     if G == B:
-        return context(q, k, v, bias)
+        rows = _query_chunk(N, S, k.shape[2])
+        if B == 1 and rows < S and own is None and shared is None and (
+                bias is None or bias.shape[2] == 1):  # one long sequence: by query chunks
+            chunks = q.reshape(B, N, S // rows, rows, -1).swapaxes(0, 2)  # [S/c, N, B, c, H]
+            out = jax.lax.map(lambda x: context(x.swapaxes(0, 1), k, v, bias, None), chunks)
+            return out.swapaxes(0, 2).reshape(q.shape)  # [B, N, S, H]
+        return context(q, k, v, bias, own)
     groups = lambda x: None if x is None else x.reshape(B // G, G, *x.shape[1:])  # [B/G, G, ...]
-    out = jax.lax.map(lambda xs: context(*xs), (groups(q), groups(k), groups(v), groups(bias)))
+    out = jax.lax.map(lambda xs: context(*xs),
+                      (groups(q), groups(k), groups(v), groups(bias), groups(own)))
     return out.reshape(q.shape)  # [B, N, S, H]
 
 

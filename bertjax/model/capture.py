@@ -49,6 +49,18 @@ EMBED_PROJ = "embed.proj"
 ATTN_REL_BIAS = "attn.rel_bias"
 DISC_LOGITS = "disc.logits"
 SOP_LOGITS = "sop.logits"
+ATTN_C2C = "attn.c2c"
+ATTN_C2P = "attn.c2p"
+ATTN_P2C = "attn.p2c"
+ATTN_NORM_IN = "attn.norm_in"
+MLP_NORM_IN = "mlp.norm_in"
+ATTN_Q_ROT = "attn.q_rot"
+ATTN_K_ROT = "attn.k_rot"
+MLP_GATE = "mlp.gate"
+MLP_GLU = "mlp.glu"
+MLP_LN_STD = "mlp.ln_std"
+FINAL_LN_STD = "final.ln_std"
+FINAL_OUT = "final.out"
 
 EMBED_NAMES = (EMBED_WORD, EMBED_POSITION, EMBED_TOKEN_TYPE, EMBED_SUM, EMBED_OUT, EMBED_LN_STD)
 ATTENTION_NAMES = (ATTN_Q, ATTN_K, ATTN_V, ATTN_SCORES, ATTN_PROBS, ATTN_CONTEXT, ATTN_HEAD_OUT,
@@ -56,6 +68,10 @@ ATTENTION_NAMES = (ATTN_Q, ATTN_K, ATTN_V, ATTN_SCORES, ATTN_PROBS, ATTN_CONTEXT
 # Names produced once per encoder layer, stacked over layers on axis 0.
 LAYER_NAMES = ATTENTION_NAMES + (ATTN_RESID, ATTN_NORM, MLP_PRE, MLP_POST, MLP_OUT, MLP_RESID,
                                  LAYER_OUT, ATTN_LN_STD, LAYER_LN_STD)
+# The per-layer names of DeBERTa (disentangled score terms) and ModernBERT (pre-norm, rotary,
+# GeGLU), produced by the same parts (attention, encoder_layer).
+MODERN_LAYER_NAMES = (ATTN_C2C, ATTN_C2P, ATTN_P2C, ATTN_NORM_IN, ATTN_Q_ROT, ATTN_K_ROT,
+                      MLP_NORM_IN, MLP_GATE, MLP_GLU, MLP_LN_STD)
 # sqrt(var + eps) of each LayerNorm's input, float32, one value per token.
 LN_STD_NAMES = (EMBED_LN_STD, ATTN_LN_STD, LAYER_LN_STD)
 HEAD_NAMES = (POOLER_OUT, MLM_LOGITS)
@@ -65,9 +81,13 @@ ALL_NAMES = EMBED_NAMES + LAYER_NAMES + HEAD_NAMES
 # produces, what the encoder produces once for every layer (not stacked), and model outputs.
 EMBEDDING_NAMES = EMBED_NAMES + (EMBED_PROJ,)
 ENCODER_NAMES = (ATTN_REL_BIAS,)
+# ModernBERT's final norm, applied by the encoder after its last layer (not stacked).
+FINAL_NAMES = (FINAL_LN_STD, FINAL_OUT)
 OUTPUT_NAMES = HEAD_NAMES + (DISC_LOGITS, SOP_LOGITS)
+BERT_LAYER_NAMES = LAYER_NAMES  # BERT's per-layer names (the contract's first table)
+LAYER_NAMES = LAYER_NAMES + MODERN_LAYER_NAMES  # every per-layer name of every family
 # Every name of every family, in one order: `model_names` picks a model's own from it.
-EVERY_NAME = EMBEDDING_NAMES + ENCODER_NAMES + LAYER_NAMES + OUTPUT_NAMES
+EVERY_NAME = EMBEDDING_NAMES + ENCODER_NAMES + LAYER_NAMES + FINAL_NAMES + OUTPUT_NAMES
 
 # Shapes in the package's axis letters (per-layer names carry a leading L once stacked; E is the
 # embedding size, D for BERT; C the number of labels).
@@ -80,6 +100,10 @@ SHAPES = {
     MLP_PRE: "L B S I", MLP_POST: "L B S I", MLP_OUT: "L B S D", MLP_RESID: "L B S D",
     LAYER_OUT: "L B S D", POOLER_OUT: "B D", MLM_LOGITS: "B S V",
     EMBED_LN_STD: "B S", ATTN_LN_STD: "L B S", LAYER_LN_STD: "L B S",
+    ATTN_C2C: "L B N S T", ATTN_C2P: "L B N S T", ATTN_P2C: "L B N S T",
+    ATTN_NORM_IN: "L B S D", MLP_NORM_IN: "L B S D", ATTN_Q_ROT: "L B N S H",
+    ATTN_K_ROT: "L B N T H", MLP_GATE: "L B S I", MLP_GLU: "L B S I", MLP_LN_STD: "L B S",
+    FINAL_LN_STD: "B S", FINAL_OUT: "B S D",
 }
 
 
@@ -87,7 +111,15 @@ SHAPES = {
 _WHY = {EMBED_TOKEN_TYPE: "token type embeddings", EMBED_PROJ: "embedding projection",
         ATTN_REL_BIAS: "relative attention bias", POOLER_OUT: "pooler",
         MLM_LOGITS: "MLM head", DISC_LOGITS: "discriminator head (ELECTRA's)",
-        SOP_LOGITS: "sentence-order head (ALBERT's)"}
+        SOP_LOGITS: "sentence-order head (ALBERT's)",
+        EMBED_POSITION: "absolute position embeddings", EMBED_SUM: "embedding sum (its "
+        "embeddings are the word lookup alone)", ATTN_C2C: "disentangled attention (DeBERTa's)",
+        ATTN_C2P: "c2p score term (pos_att_type)", ATTN_P2C: "p2c score term (pos_att_type)",
+        ATTN_NORM: "post-norm attention LayerNorm (it is pre-norm: see attn.norm_in)",
+        LAYER_LN_STD: "post-norm layer LayerNorm (it is pre-norm: see mlp.ln_std)",
+        **{n: "pre-norm, rotary, GeGLU layer (ModernBERT's)" for n in (
+            ATTN_NORM_IN, MLP_NORM_IN, ATTN_Q_ROT, ATTN_K_ROT, MLP_GATE, MLP_GLU, MLP_LN_STD,
+            FINAL_LN_STD, FINAL_OUT)}}
 
 
 def model_names(config=None, heads=None, *, has_pooler: bool = False,
@@ -105,11 +137,26 @@ def model_names(config=None, heads=None, *, has_pooler: bool = False,
     proj = config is not None and config.has_projection
     rel = config is not None and bool(config.relative_attention_num_buckets)
     have = {EMBED_TOKEN_TYPE: tokens, EMBED_PROJ: proj, ATTN_REL_BIAS: rel,
+            **_modern_names(config),
             POOLER_OUT: heads.pooler if heads is not None else has_pooler,
             MLM_LOGITS: heads.mlm if heads is not None else has_mlm,
             DISC_LOGITS: heads is not None and heads.disc,
             SOP_LOGITS: heads is not None and heads.sop}
     return tuple(n for n in EVERY_NAME if have.get(n, True))
+
+
+def _modern_names(config) -> dict[str, bool]:
+    """Which of the names that depend on DeBERTa's and ModernBERT's variation points a model has."""
+    deberta = config is not None and config.model_type == "deberta-v2"
+    pre = config is not None and config.pre_norm
+    terms = () if config is None else config.position_terms
+    have = {EMBED_POSITION: config is None or config.has_position_table,
+            EMBED_SUM: config is None or config.has_embed_sum, ATTN_C2C: deberta,
+            ATTN_C2P: "c2p" in terms, ATTN_P2C: "p2c" in terms, ATTN_NORM: not pre,
+            LAYER_LN_STD: not pre}
+    have.update({n: pre for n in (ATTN_NORM_IN, MLP_NORM_IN, ATTN_Q_ROT, ATTN_K_ROT, MLP_GATE,
+                                  MLP_GLU, MLP_LN_STD, FINAL_LN_STD, FINAL_OUT)})
+    return have
 
 
 def _lacks(name: str, config) -> str:

@@ -94,6 +94,32 @@ class BertConfig:
     relative_attention_num_buckets: int = 0
     num_hidden_groups: int = 1
     inner_group_num: int = 1
+    # DeBERTa-v2/v3 (transformers' DebertaV2Config names; the defaults are a model without them).
+    relative_attention: bool = False
+    max_relative_positions: int = -1
+    position_buckets: int = -1
+    pos_att_type: tuple[str, ...] = ()
+    share_att_key: bool = False
+    norm_rel_ebd: str = "none"
+    position_biased_input: bool = True
+    conv_kernel_size: int = 0
+    conv_groups: int = 1
+    conv_act: str = "tanh"
+    legacy: bool = True
+    pooler_hidden_act: str = "tanh"
+    pooler_dropout: float = 0.0
+    # ModernBERT (ModernBertConfig names; biases default to present, as in every other family).
+    layer_types: tuple[str, ...] = ()
+    local_attention: int = 0
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    norm_bias: bool = True
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    decoder_bias: bool = True
+    classifier_bias: bool = True
+    classifier_pooling: str = "cls"
+    classifier_activation: str = "gelu"
 
     def __post_init__(self):
         if self.model_type not in F.FAMILIES:
@@ -109,6 +135,8 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be {kind} integer, got {value!r}")
         F.check_family(self)
         _check_limits(self)
+        if self.model_type in ("deberta-v2", "modernbert"):
+            F.check_modern(self, ACTIVATIONS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
@@ -145,10 +173,107 @@ class BertConfig:
 
     @property
     def has_projection(self) -> bool:
-        """Whether the embeddings end with the E -> D projection `embeddings/project`
-        (`embed.proj`): ALBERT always, ELECTRA when E != D."""
+        """Whether the embeddings have the E -> D projection `embeddings/project` (`embed.proj`):
+        ALBERT always, ELECTRA and DeBERTa when E != D."""
         return self.model_type == "albert" or (
-            self.model_type == "electra" and self.embed_size != self.hidden_size)
+            self.model_type in ("electra", "deberta-v2") and self.embed_size != self.hidden_size)
+
+    @property
+    def projection_before_norm(self) -> bool:
+        """Whether `embed.proj` projects `embed.sum` before the embedding LayerNorm (DeBERTa, whose
+        LayerNorm is then D wide) rather than `embed.out` after it (ELECTRA, ALBERT)."""
+        return self.model_type == "deberta-v2"
+
+    @property
+    def embed_norm_size(self) -> int:
+        """The width of the embedding LayerNorm: D where the projection comes first, else E."""
+        return self.hidden_size if self.projection_before_norm else self.embed_size
+
+    @property
+    def has_position_table(self) -> bool:
+        """Whether absolute positions are embedded (`embed.position`): not in ModernBERT (rotary)
+        nor in DeBERTa with position_biased_input=false (v3)."""
+        return self.model_type != "modernbert" and self.position_biased_input
+
+    @property
+    def has_embed_sum(self) -> bool:
+        """Whether the embeddings sum several lookups (`embed.sum`): ModernBERT's are the word
+        lookup alone."""
+        return self.model_type != "modernbert"
+
+    @property
+    def pre_norm(self) -> bool:
+        """Pre-norm layers (ModernBERT): x + attn(norm(x)), then + mlp(norm(.)), a final norm."""
+        return self.model_type == "modernbert"
+
+    @property
+    def glu_mlp(self) -> bool:
+        """A gated MLP (ModernBERT's GeGLU): act(first half) * second half of one I x 2 dense."""
+        return self.model_type == "modernbert"
+
+    @property
+    def rotary(self) -> bool:
+        """Rotary position embeddings on queries and keys (ModernBERT)."""
+        return self.model_type == "modernbert"
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per applied layer, whether it is a sliding-window layer (ModernBERT's
+        "sliding_attention"); all False elsewhere."""
+        return tuple(kind == F.SLIDING for kind in self.layer_types) or (False,) * self.num_layers
+
+    @property
+    def sliding_window(self) -> int:
+        """w: a sliding layer's query i sees keys j with |i - j| <= w (local_attention // 2)."""
+        return self.local_attention // 2
+
+    @property
+    def position_terms(self) -> tuple[str, ...]:
+        """DeBERTa's disentangled score terms beyond c2c, in ("c2p", "p2c") order, when it has
+        relative attention; () elsewhere."""
+        if not self.relative_attention:
+            return ()
+        return tuple(t for t in ("c2p", "p2c") if t in self.pos_att_type)
+
+    @property
+    def score_scale(self) -> float:
+        """What q.k is divided by: sqrt(H), times sqrt(1 + number of position terms) in DeBERTa
+        (which counts pos_att_type even without relative attention)."""
+        terms = sum(t in self.pos_att_type for t in ("c2p", "p2c"))
+        return math.sqrt(self.head_size * (1 + terms))
+
+    @property
+    def masks_queries(self) -> bool:
+        """DeBERTa: padded queries are masked as well as padded keys, and padded embedding rows
+        (embed.out) are zero."""
+        return self.model_type == "deberta-v2"
+
+    @property
+    def rel_span(self) -> int:
+        """DeBERTa's relative span: position_buckets when > 0, else max_relative_positions (or
+        max_position_embeddings when < 1); the relative table has 2 x span rows."""
+        if self.position_buckets > 0:
+            return self.position_buckets
+        return self.rel_max_position
+
+    @property
+    def rel_max_position(self) -> int:
+        """max_relative_positions, or max_position_embeddings when it is < 1 (as transformers)."""
+        return (self.max_relative_positions if self.max_relative_positions >= 1
+                else self.max_position_embeddings)
+
+    @property
+    def pooler_act(self) -> str:
+        """The pooler's activation: tanh (BERT), DeBERTa's ContextPooler pooler_hidden_act."""
+        return self.pooler_hidden_act
+
+    @property
+    def mlm_size(self) -> int:
+        """The MLM transform's width: E (D for DeBERTa's non-legacy head, which multiplies by the
+        word embeddings directly)."""
+        if self.model_type == "deberta-v2" and not self.legacy:
+            return self.hidden_size
+        return self.embed_size
 
     @property
     def num_layers(self) -> int:
@@ -206,6 +331,8 @@ class BertConfig:
         family, MPNet and ELECTRA's generator; hidden_act elsewhere."""
         if self.model_type in (*F.ROBERTA_LIKE, "mpnet", "electra"):
             return "gelu"
+        if self.model_type == "modernbert":
+            return self.classifier_activation
         return self.hidden_act
 
     @property
@@ -216,7 +343,7 @@ class BertConfig:
         pre_classifier, ReLU, classifier on the first token)."""
         return {"roberta": "dense_tanh", "xlm-roberta": "dense_tanh", "camembert": "dense_tanh",
                 "mpnet": "dense_tanh", "electra": "dense_gelu",
-                "distilbert": "pre_relu"}.get(self.model_type, "pooler")
+                "distilbert": "pre_relu", "modernbert": "head"}.get(self.model_type, "pooler")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
@@ -234,8 +361,7 @@ class BertConfig:
         if bad:
             raise ValueError(f"unsupported BERT config feature(s): {', '.join(bad)}")
         types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "id2label"
-                 and (f.name not in ("embedding_size", "num_hidden_groups", "inner_group_num",
-                                     "relative_attention_num_buckets")
+                 and (f.name not in F.FAMILY_FIELDS
                       or f.name in F.OWN_FIELDS.get(d.get("model_type", "bert"), ()))}
         kwargs = {k: _coerce(k, v, types[k]) for k, v in d.items() if k in types}
         names = _label_names(d.get("id2label"))
@@ -262,8 +388,7 @@ class BertConfig:
         d = dataclasses.asdict(self)
         d.pop("id2label")
         d.pop("num_labels")
-        for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
-                     "relative_attention_num_buckets"):
+        for name in F.FAMILY_FIELDS:
             if name not in F.OWN_FIELDS.get(self.model_type, ()):
                 d.pop(name)
         labels = self.id2label or _default_labels(self.num_labels)
@@ -280,6 +405,10 @@ class BertConfig:
             d["embedding_size"] = self.hidden_size
         if self.model_type == "distilbert":
             d = F.distilbert_dict(d)
+        if self.model_type == "deberta-v2":
+            d = F.deberta_out(d)
+        if self.model_type == "modernbert":
+            d = F.modernbert_out(d)
         return d
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -343,6 +472,9 @@ def _coerce(name: str, value, kind: str):
     """A JSON value as the field's type (an int is a valid float); ValueError naming the field."""
     if kind in ("float", "float | None") and _is_number(value):
         return float(value)
+    if kind == "tuple[str, ...]" and isinstance(value, (list, tuple)) and all(
+            isinstance(x, str) for x in value):
+        return tuple(value)
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
           "float | None": value is None, "str": isinstance(value, str),

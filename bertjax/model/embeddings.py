@@ -19,7 +19,8 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
                token_type_ids: ArrayLike | None = None, position_ids: ArrayLike | None = None,
                capture=(), rng: jax.Array | None = None,
                patch: dict | None = None,
-               edit: dict | None = None) -> tuple[Float[Array, "B S D"], dict]:
+               edit: dict | None = None,
+               attention_mask: ArrayLike | None = None) -> tuple[Float[Array, "B S D"], dict]:
     """Embeds token ids: the encoder's input.
 
     Args:
@@ -34,6 +35,8 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
       rng: PRNG key for hidden dropout; None for inference.
       patch: name -> (new, mask) replacing embed.* activations (see `bertjax.model.capture.Taps`).
       edit: name -> (mul, add) editing embed.* activations: value * mul + add.
+      attention_mask: [B, S] of 1 / 0; DeBERTa zeroes embed.out at its padding (the others
+        ignore it).
 
     Returns:
       float [B, S, D] in the parameters' dtype: embed.out, or embed.proj (its E -> D projection)
@@ -55,23 +58,42 @@ def embeddings(params: dict, input_ids: ArrayLike, config: BertConfig,
     # lookup (values unchanged; the tied MLM decoder still trains it).
     is_pad = (input_ids == config.pad_token_id)[..., None]  # [B, S, 1]
     word = taps(C.EMBED_WORD, jnp.where(is_pad, jax.lax.stop_gradient(word), word))
+    summed = _summed(params, word, config, taps, token_type_ids, position_ids) \
+        if config.has_embed_sum else word  # [B, S, E]
+    if config.projection_before_norm and config.has_projection:  # DeBERTa: E -> D, then norm
+        summed = taps(C.EMBED_PROJ, dense(params["project"], summed))  # [B, S, D]
+    out = tapped_layer_norm(params["LayerNorm"], summed, config.layer_norm_eps, taps,
+                            C.EMBED_LN_STD)
+    if config.masks_queries:  # DeBERTa zeroes the padded rows
+        mask = jnp.ones((B, S)) if attention_mask is None else jnp.asarray(attention_mask)
+        out = out * mask[..., None].astype(out.dtype)
+    out = taps(C.EMBED_OUT, dropout(rng, out, config.hidden_dropout_prob))  # [B, S, E]
+    if config.has_projection and not config.projection_before_norm:
+        out = taps(C.EMBED_PROJ, dense(params["project"], out))  # [B, S, D]
+    return out, taps.acts
+
+
+def _summed(params: dict, word: jax.Array, config: BertConfig, taps: C.Taps,
+            token_type_ids, position_ids) -> jax.Array:
+    """embed.sum: the word lookup plus the position and token type lookups the family has, in
+    transformers' order of addition: (word + token type) + position, DeBERTa's
+    (word + position) + token type. [B, S, E]."""
+    B, S = word.shape[:2]
     if config.has_token_types:
         token_type = taps(C.EMBED_TOKEN_TYPE,
                           params["token_type_embeddings"]["embedding"][token_type_ids])  # [B, S, E]
-    position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]
-    if config.padding_aware_positions:  # nn.Embedding(padding_idx=pad): no gradient to that row
-        at_pad = (jnp.reshape(position_ids, (-1, S)) == config.position_pad_id)[..., None]
-        position = jnp.where(at_pad, jax.lax.stop_gradient(position), position)
-    position = taps(C.EMBED_POSITION, jnp.broadcast_to(position, word.shape))  # [B, S, E]
-    # transformers' order of addition: (word + token type) + position
-    summed = (word + token_type) + position if config.has_token_types else word + position
-    summed = taps(C.EMBED_SUM, summed)
-    out = tapped_layer_norm(params["LayerNorm"], summed, config.layer_norm_eps, taps,
-                            C.EMBED_LN_STD)
-    out = taps(C.EMBED_OUT, dropout(rng, out, config.hidden_dropout_prob))  # [B, S, E]
-    if config.has_projection:
-        out = taps(C.EMBED_PROJ, dense(params["project"], out))  # [B, S, D]
-    return out, taps.acts
+    if config.has_position_table:
+        position = params["position_embeddings"]["embedding"][jnp.reshape(position_ids, (-1, S))]
+        if config.padding_aware_positions:  # nn.Embedding(padding_idx=pad): no gradient there
+            at_pad = (jnp.reshape(position_ids, (-1, S)) == config.position_pad_id)[..., None]
+            position = jnp.where(at_pad, jax.lax.stop_gradient(position), position)
+        position = taps(C.EMBED_POSITION, jnp.broadcast_to(position, word.shape))  # [B, S, E]
+    if config.model_type == "deberta-v2":
+        summed = word + position if config.has_position_table else word
+        summed = summed + token_type if config.has_token_types else summed
+    else:
+        summed = (word + token_type) + position if config.has_token_types else word + position
+    return taps(C.EMBED_SUM, summed)
 
 
 def default_positions(input_ids: jax.Array, config: BertConfig) -> jax.Array:

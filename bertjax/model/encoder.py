@@ -29,8 +29,9 @@ from bertjax.model import capture as C
 from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.layer import encoder_layer
-from bertjax.model.nn import subtree
+from bertjax.model.nn import activation, last_axis, layer_norm, subtree, tapped_layer_norm
 from bertjax.model.params import check_tree
+from bertjax.model.positions import deberta_index, rotary_tables
 from bertjax.model.relative import relative_bias
 
 
@@ -50,8 +51,20 @@ def stack_layers(params: dict) -> dict:
         return {**params, "layer": stack_layers(params["layer"])}
     if is_stacked(params):
         return params
-    layers = [params[str(i)] for i in range(len(params))]
+    layers = _complete([params[str(i)] for i in range(len(params))])
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+
+
+def _complete(layers: list[dict]) -> list[dict]:
+    """Layers given the same subtrees for stacking: a part one layer lacks (ModernBERT's layer 0
+    has no attention norm) becomes a placeholder of ones shaped as the last layer's, which the
+    layer never reads (`encoder_layer` skips that norm at applied layer 0)."""
+    full = layers[-1]
+    missing = [k for k in full if k not in layers[0]]
+    if not missing:
+        return layers
+    filled = {k: jax.tree_util.tree_map(jnp.ones_like, full[k]) for k in missing}
+    return [{**layers[0], **filled}, *layers[1:]]
 
 
 # The one entry of `stacked_once`: (ids of the per-layer leaves, weakrefs to them, stacked tree).
@@ -91,7 +104,8 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
             attention_mask: ArrayLike | None = None, capture=(), rng: jax.Array | None = None,
             head_mask: Float[ArrayLike, "L N"] | None = None,
             patch: dict | None = None, edit: dict | None = None,
-            layers: tuple = ()) -> tuple[Float[Array, "B S D"], dict]:
+            layers: tuple = (), position_ids: ArrayLike | None = None
+            ) -> tuple[Float[Array, "B S D"], dict]:
     """All encoder layers.
 
     Args:
@@ -109,6 +123,8 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         [L, ...]: the activation becomes value * mul + add at every layer.
       layers: (name, layer indices) pairs of a resolved selection (what `layer_selection`
         returns); a dict `capture` gives its own.
+      position_ids: ModernBERT's rotary positions, [S], [1, S] or [B, S]; 0 .. S-1 when None
+        (the other families read positions in the embeddings).
 
     Returns:
       the last layer's output, float [B, S, D], and the captured activations: [L, ...] per name
@@ -127,6 +143,9 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
     check_hidden(hidden, config)
     hidden = jnp.asarray(hidden)
     extra, shared = _shared_terms(params, hidden, config, capture, patch, edit)
+    rel = _deberta_rel(params, config, hidden.shape[1])
+    rope = _rope_tables(config, hidden.shape[1], position_ids)
+    final_capture, patch_all, edit_all = capture & frozenset(C.FINAL_NAMES), patch, edit
     capture = capture & frozenset(C.LAYER_NAMES)
     patch = {k: v for k, v in patch.items() if k in C.LAYER_NAMES}
     edit = {k: v for k, v in edit.items() if k in C.LAYER_NAMES}
@@ -137,6 +156,11 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         xs = {"index": jnp.asarray(config.layer_map, jnp.int32)}
     if rng is not None:
         xs["rng"] = jax.random.split(rng, L)
+    if config.pre_norm:
+        xs["first"] = jnp.arange(L) == 0
+        xs["local"] = jnp.asarray(config.local_layers)
+    if config.conv_kernel_size:
+        xs["first"] = jnp.arange(L) == 0
     if head_mask is not None:
         if tuple(head_mask.shape) != (L, config.num_attention_heads):
             raise ValueError(f"head_mask must have shape [L, N]={(L, config.num_attention_heads)}, "
@@ -155,13 +179,29 @@ def encoder(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
         taps = C.Taps(names, x.get("patch"), per_layer)
         weights = x["params"] if "params" in x else jax.tree_util.tree_map(
             lambda a: a[x["index"]], stacked)
-        return encoder_layer(weights, h, config, attention_mask, taps, x.get("rng"),
-                             x.get("head_mask"), extra=extra)
+        positions = _layer_positions(config, x, rope, rel)
+        out, acts = encoder_layer(weights, h, config, attention_mask, taps, x.get("rng"),
+                                  x.get("head_mask"), extra=extra, positions=positions)
+        if config.conv_kernel_size:  # DeBERTa's ConvLayer replaces layer 0's output
+            out = jax.lax.cond(x["first"], lambda: _conv(params["conv"], hidden0, out, config,
+                                                         attention_mask), lambda: out)
+            if C.LAYER_OUT in acts:
+                acts[C.LAYER_OUT] = out
+        return out, acts
+
+    hidden0 = hidden
 
     if not layers:
         hidden, acts = jax.lax.scan(lambda h, x: step(capture, h, x), hidden, xs)
     else:
         hidden, acts = _scan_runs(step, hidden, xs, capture, dict(layers), L)
+    if config.pre_norm:  # ModernBERT's final norm: last_hidden_state = final.out
+        taps = C.Taps(final_capture, {k: v for k, v in patch_all.items() if k in C.FINAL_NAMES},
+                      {k: v for k, v in edit_all.items() if k in C.FINAL_NAMES})
+        hidden = tapped_layer_norm(params["final_norm"], hidden, config.layer_norm_eps, taps,
+                                   C.FINAL_LN_STD)
+        hidden = taps(C.FINAL_OUT, hidden)
+        shared = {**shared, **taps.acts}
     return hidden, {**shared, **acts}
 
 
@@ -176,6 +216,60 @@ def _shared_terms(params: dict, hidden: jax.Array, config: BertConfig, capture: 
                   {k: v for k, v in edit.items() if k in C.ENCODER_NAMES})
     table = params["relative_attention_bias"]["embedding"]  # [R, N]
     return taps(C.ATTN_REL_BIAS, relative_bias(table, hidden.shape[1])), taps.acts
+
+
+def _deberta_rel(params: dict, config: BertConfig, S: int) -> tuple | None:
+    """DeBERTa's relative embeddings as every layer reads them: the rows S positions reach
+    (after the shared LayerNorm when norm_rel_ebd says so) [R, D], and the index int32 [S, T]."""
+    if not config.position_terms:
+        return None
+    index, lo, hi = deberta_index(config, S)
+    rel = params["rel_embeddings"]["embedding"]  # [2 span, D]
+    if "LayerNorm" in params:
+        rel = layer_norm(params["LayerNorm"], rel, config.layer_norm_eps)
+    return rel[lo:hi], jnp.asarray(index)
+
+
+def _rope_tables(config: BertConfig, S: int, position_ids) -> dict | None:
+    """ModernBERT's rotary cos / sin [S, H] (or [B, S, H]) for global and sliding layers."""
+    if not config.rotary:
+        return None
+    ids = jnp.arange(S) if position_ids is None else jnp.asarray(position_ids)
+    ids = ids[0] if ids.ndim == 2 and ids.shape[0] == 1 else ids
+    return {False: rotary_tables(ids, config.global_rope_theta, config.head_size),
+            True: rotary_tables(ids, config.local_rope_theta, config.head_size)}
+
+
+def _layer_positions(config: BertConfig, x: dict, rope: dict | None, rel) -> dict | None:
+    """One layer's `positions` for `encoder_layer` from the scanned flags."""
+    if rope is not None:
+        kinds = set(config.local_layers)
+        if len(kinds) == 1:  # every layer global, or every layer sliding: known at trace time
+            local = kinds.pop()
+            return {"rope": rope[local], "first": x["first"], "local": local}
+        local = x["local"]
+        tables = tuple(jnp.where(local, a, b) for a, b in zip(rope[True], rope[False]))
+        return {"rope": tables, "first": x["first"], "local": local}
+    if rel is not None:
+        return {"rel": rel}
+    return None
+
+
+def _conv(params: dict, hidden0: jax.Array, out: jax.Array, config: BertConfig,
+          attention_mask) -> jax.Array:
+    """DeBERTa's ConvLayer: LayerNorm(layer 0's output + act(masked conv1d of the encoder's
+    input)) * mask, [B, S, D]."""
+    B, S, _ = hidden0.shape
+    k = config.conv_kernel_size
+    mask = jnp.ones((B, S), out.dtype) if attention_mask is None else \
+        jnp.asarray(attention_mask).astype(out.dtype)
+    conv = jax.lax.conv_general_dilated(
+        hidden0, params["conv"]["kernel"], window_strides=(1,), padding=[((k - 1) // 2,) * 2],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=config.conv_groups,
+        precision=jax.lax.Precision.HIGHEST)  # [B, S, D]
+    conv = (conv + last_axis(params["conv"]["bias"], 3)) * mask[..., None]
+    conv = activation(config, conv, config.conv_act)
+    return layer_norm(params["LayerNorm"], out + conv, config.layer_norm_eps) * mask[..., None]
 
 
 def _leading_layers(x, rank: int, L: int) -> jax.Array:

@@ -238,9 +238,11 @@ def _forward_body(params, input_ids, token_type_ids, attention_mask, position_id
     hidden, acts = embeddings(params["embeddings"], input_ids, config, token_type_ids,
                               position_ids, capture & embed_names, r_embed,
                               {k: v for k, v in patch.items() if k in embed_names},
-                              {k: v for k, v in edit.items() if k in embed_names})
+                              {k: v for k, v in edit.items() if k in embed_names},
+                              attention_mask=attention_mask)
     hidden, layer_acts = encoder(params["encoder"], hidden, config, attention_mask, capture,
-                                 r_encoder, head_mask, patch, edit, layers)
+                                 r_encoder, head_mask, patch, edit, layers,
+                                 position_ids=position_ids if config.rotary else None)
     acts.update(layer_acts)
     outputs = C.Taps(capture, edit={k: v for k, v in edit.items() if k in C.OUTPUT_NAMES})
     pooled = None

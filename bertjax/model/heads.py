@@ -17,7 +17,7 @@ from bertjax.model.params import check_tree
 
 def pooler(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
            capture=()) -> tuple[Float[Array, "B D"], dict]:
-    """tanh(dense(hidden at [CLS])).
+    """act(dense(hidden at [CLS])): tanh (BERT), DeBERTa's ContextPooler pooler_hidden_act.
 
     Args:
       params: the `pooler` subtree (or the full tree).
@@ -28,7 +28,8 @@ def pooler(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfig,
     """
     check_tree(subtree(params, "pooler"), config, "pooler")
     check_hidden(hidden, config)
-    out = jnp.tanh(dense(subtree(params, "pooler")["dense"], jnp.asarray(hidden)[:, 0]))  # [B, D]
+    out = dense(subtree(params, "pooler")["dense"], jnp.asarray(hidden)[:, 0])  # [B, D]
+    out = activation(config, out, config.pooler_act)
     taps = C.taps_for(capture, has_pooler=True)
     return taps(C.POOLER_OUT, out), taps.acts
 
@@ -58,7 +59,8 @@ def mlm_logits(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConf
         logits = jnp.einsum("BSE,EV->BSV", x, predictions["decoder"]["kernel"])
     else:
         logits = jnp.einsum("BSE,VE->BSV", x, params["embeddings"]["word_embeddings"]["embedding"])
-    logits = logits + last_axis(predictions["bias"], 3)  # [B, S, V]
+    if "bias" in predictions:  # ModernBERT without decoder_bias has none
+        logits = logits + last_axis(predictions["bias"], 3)  # [B, S, V]
     taps = C.taps_for(capture, has_mlm=True)
     return taps(C.MLM_LOGITS, logits), taps.acts
 
@@ -86,8 +88,28 @@ def _head(params: dict, key: str, what: str) -> dict:
     return params[key]
 
 
+def modernbert_pool(hidden: Float[ArrayLike, "B S D"], config: BertConfig,
+                    attention_mask: ArrayLike | None = None) -> Float[Array, "B D"]:
+    """ModernBERT's classifier pooling of the last hidden state: the first token ("cls") or the
+    mean over tokens (attention_mask's 1s; "mean"), [B, S, D] -> [B, D]."""
+    hidden = jnp.asarray(hidden)
+    if config.classifier_pooling == "cls":
+        return hidden[:, 0]
+    B, S, _ = hidden.shape
+    mask = jnp.ones((B, S), hidden.dtype) if attention_mask is None else \
+        jnp.asarray(attention_mask).astype(hidden.dtype)
+    return (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+
+
+def _modernbert_head(head: dict, x: jax.Array, config: BertConfig) -> jax.Array:
+    """ModernBERT's prediction head: LayerNorm(act(dense(x))), act = classifier_activation."""
+    x = activation(config, dense(head["dense"], x), config.classifier_activation)
+    return layer_norm(head["LayerNorm"], x, config.layer_norm_eps)
+
+
 def classifier_logits(params: dict, features: Float[ArrayLike, "B D"] | Float[ArrayLike, "B S D"],
-                      config: BertConfig, rng: jax.Array | None = None) -> Float[Array, "B C"]:
+                      config: BertConfig, rng: jax.Array | None = None,
+                      attention_mask: ArrayLike | None = None) -> Float[Array, "B C"]:
     """The sequence classification head of the tree's form, [B, C] (transformers' family
     `...ForSequenceClassification` heads, dropout where they have it):
 
@@ -95,7 +117,11 @@ def classifier_logits(params: dict, features: Float[ArrayLike, "B D"] | Float[Ar
     * `classifier/{dense,out_proj}` (RoBERTa family, MPNet: tanh; ELECTRA: exact gelu): dropout,
       dense, activation, dropout, out_proj on the first token's hidden state;
     * `pre_classifier` + `classifier` (DistilBERT): pre_classifier, ReLU, dropout, classifier on
-      the first token's hidden state.
+      the first token's hidden state;
+    * `head` + `classifier` (ModernBERT): the head (dense, classifier_activation, LayerNorm) on
+      the cls or mean pooling (`modernbert_pool`, which reads `attention_mask`), dropout,
+      classifier.
+    DeBERTa's sequence head is the first form with its ContextPooler as the pooler.
 
     Args:
       features: the pooled output [B, D] (`pooler_output`) for the first form; the last hidden
@@ -104,6 +130,11 @@ def classifier_logits(params: dict, features: Float[ArrayLike, "B D"] | Float[Ar
     """
     features = jnp.asarray(features)
     head = subtree(params, "classifier")
+    if "head" in params:  # ModernBERT: pooled [B, D] (see `modernbert_pool`), head, classifier
+        if features.ndim == 3:
+            features = modernbert_pool(features, config, attention_mask)
+        x = _modernbert_head(params["head"], features, config)
+        return dense(head, dropout(rng, x, _classifier_rate(config)))
     if "dense" in head:
         r1, r2 = split(rng, 2)
         x = _first_token(features)
@@ -134,6 +165,9 @@ def token_classifier_logits(params: dict, hidden: Float[ArrayLike, "B S D"], con
     if "kernel" not in head:
         raise ValueError("the classifier is a sequence head (classifier/dense, out_proj): a token "
                          "head is classifier/{kernel,bias}")
+    hidden = jnp.asarray(hidden)
+    if "head" in params:  # ModernBERT's token head: head at every position, then classifier
+        hidden = _modernbert_head(params["head"], hidden, config)
     return dense(head, dropout(rng, hidden, _classifier_rate(config)))
 
 

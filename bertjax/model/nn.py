@@ -18,8 +18,10 @@ def last_axis(v: jax.Array, ndim: int) -> jax.Array:
 
 
 def dense(params: dict, x: jax.Array) -> jax.Array:
-    """x @ kernel + bias over the last axis: [..., in] -> [..., out]."""
-    return jnp.einsum("...i,io->...o", x, params["kernel"]) + last_axis(params["bias"], x.ndim)
+    """x @ kernel + bias over the last axis: [..., in] -> [..., out] (no bias where the tree has
+    none: ModernBERT's bias-free layers, DeBERTa's embedding projection)."""
+    out = jnp.einsum("...i,io->...o", x, params["kernel"])
+    return out + last_axis(params["bias"], x.ndim) if "bias" in params else out
 
 
 def layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
@@ -28,9 +30,16 @@ def layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    scale = last_axis(params["scale"].astype(jnp.float32), x.ndim)
-    bias = last_axis(params["bias"].astype(jnp.float32), x.ndim)
-    return (y * scale + bias).astype(x.dtype)
+    return _affine(params, y).astype(x.dtype)
+
+
+def _affine(params: dict, y: jax.Array) -> jax.Array:
+    """y * scale + bias in float32 (no bias where the tree has none: ModernBERT's norms)."""
+    scale = last_axis(params["scale"].astype(jnp.float32), y.ndim)
+    if "bias" not in params:
+        return y * scale
+    bias = last_axis(params["bias"].astype(jnp.float32), y.ndim)  # BERT's order of operations
+    return y * scale + bias
 
 
 def layer_norm_std(x: jax.Array, eps: float) -> jax.Array:
@@ -52,9 +61,7 @@ def tapped_layer_norm(params: dict, x: jax.Array, eps: float, taps, name: str) -
         return layer_norm(params, x, eps)
     x32 = x.astype(jnp.float32)
     y = (x32 - jnp.mean(x32, axis=-1, keepdims=True)) / std[..., None]
-    scale = last_axis(params["scale"].astype(jnp.float32), x.ndim)
-    bias = last_axis(params["bias"].astype(jnp.float32), x.ndim)
-    return (y * scale + bias).astype(x.dtype)
+    return _affine(params, y).astype(x.dtype)
 
 
 _ACT = {
@@ -64,6 +71,7 @@ _ACT = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
+    "tanh": jnp.tanh,  # DeBERTa's conv_act default and BERT's pooler
 }
 
 

@@ -67,28 +67,59 @@ class Heads:
         predictions = params.get("cls", {}).get("predictions", {})
         classifier = params.get("classifier")
         form = ("dense" if isinstance(classifier, dict) and "dense" in classifier
-                else "pre" if "pre_classifier" in params else "linear")
+                else "pre" if "pre_classifier" in params
+                else "head" if "head" in params else "linear")
         return cls(pooler="pooler" in params, mlm="transform" in predictions,
                    untied_decoder="decoder" in predictions, classifier=classifier is not None,
                    disc="discriminator_predictions" in params, sop="sop_classifier" in params,
                    classifier_form=form)
 
 
-def _dense(d_in: int, d_out: int, dtype) -> dict:
-    return {"kernel": jax.ShapeDtypeStruct((d_in, d_out), dtype),
-            "bias": jax.ShapeDtypeStruct((d_out,), dtype)}
+def _dense(d_in: int, d_out: int, dtype, bias: bool = True) -> dict:
+    kernel = {"kernel": jax.ShapeDtypeStruct((d_in, d_out), dtype)}
+    return {**kernel, "bias": jax.ShapeDtypeStruct((d_out,), dtype)} if bias else kernel
 
 
-def _norm(d: int, dtype) -> dict:
-    return {"scale": jax.ShapeDtypeStruct((d,), dtype), "bias": jax.ShapeDtypeStruct((d,), dtype)}
+def _norm(d: int, dtype, bias: bool = True) -> dict:
+    scale = {"scale": jax.ShapeDtypeStruct((d,), dtype)}
+    return {**scale, "bias": jax.ShapeDtypeStruct((d,), dtype)} if bias else scale
 
 
 def _table(rows: int, d: int, dtype) -> dict:
     return {"embedding": jax.ShapeDtypeStruct((rows, d), dtype)}
 
 
-def layer_shapes(config: BertConfig, dtype=jnp.float32) -> dict:
-    """Shapes of one encoder layer's subtree."""
+def layer_shapes(config: BertConfig, dtype=jnp.float32, index: int = 1) -> dict:
+    """Shapes of one encoder layer's subtree (`index`: the parameter layer; ModernBERT's layer 0
+    has no attention norm)."""
+    D, I = config.hidden_size, config.intermediate_size
+    if config.pre_norm:
+        return _pre_norm_layer_shapes(config, dtype, index)
+    layer = _post_norm_layer_shapes(config, dtype)
+    self_attention = layer["attention"]["self"]
+    if not config.share_att_key and "c2p" in config.position_terms:
+        self_attention["pos_key_proj"] = _dense(D, D, dtype)
+    if not config.share_att_key and "p2c" in config.position_terms:
+        self_attention["pos_query_proj"] = _dense(D, D, dtype)
+    del I
+    return layer
+
+
+def _pre_norm_layer_shapes(config: BertConfig, dtype, index: int) -> dict:
+    """ModernBERT's layer: attn_norm (not at layer 0), fused qkv [D, 3D], output dense, mlp_norm,
+    the GeGLU input dense [D, 2I] and output dense [I, D]."""
+    D, I, c = config.hidden_size, config.intermediate_size, config
+    layer = {"attention": {"self": {"qkv": _dense(D, 3 * D, dtype, c.attention_bias)},
+                           "output": {"dense": _dense(D, D, dtype, c.attention_bias)}},
+             "mlp_norm": _norm(D, dtype, c.norm_bias),
+             "intermediate": {"dense": _dense(D, 2 * I, dtype, c.mlp_bias)},
+             "output": {"dense": _dense(I, D, dtype, c.mlp_bias)}}
+    if index > 0:
+        layer["attn_norm"] = _norm(D, dtype, c.norm_bias)
+    return layer
+
+
+def _post_norm_layer_shapes(config: BertConfig, dtype) -> dict:
     D, I = config.hidden_size, config.intermediate_size
     return {
         "attention": {
@@ -104,25 +135,28 @@ def layer_shapes(config: BertConfig, dtype=jnp.float32) -> dict:
 def param_shapes(config: BertConfig, heads: Heads = Heads(), dtype=jnp.float32) -> dict:
     """The parameter tree as `jax.ShapeDtypeStruct` leaves, for the given heads."""
     D, E, V = config.hidden_size, config.embed_size, config.vocab_size
-    embeddings = {"word_embeddings": _table(V, E, dtype),
-                  "position_embeddings": _table(config.max_position_embeddings, E, dtype)}
+    embeddings = {"word_embeddings": _table(V, E, dtype)}
+    if config.has_position_table:
+        embeddings["position_embeddings"] = _table(config.max_position_embeddings, E, dtype)
     if config.has_token_types:
         embeddings["token_type_embeddings"] = _table(config.type_vocab_size, E, dtype)
-    embeddings["LayerNorm"] = _norm(E, dtype)
+    embeddings["LayerNorm"] = _norm(config.embed_norm_size, dtype, config.norm_bias)
     if config.has_projection:
-        embeddings["project"] = _dense(E, D, dtype)
-    encoder = {"layer": {str(i): layer_shapes(config, dtype) for i in range(config.num_param_layers)}}
-    if config.relative_attention_num_buckets:
-        encoder["relative_attention_bias"] = _table(config.relative_attention_num_buckets,
-                                                    config.num_attention_heads, dtype)
+        embeddings["project"] = _dense(E, D, dtype, not config.projection_before_norm)
+    encoder = {"layer": {str(i): layer_shapes(config, dtype, i)
+                         for i in range(config.num_param_layers)}}
+    encoder.update(_encoder_extras(config, dtype))
     tree = {"embeddings": embeddings, "encoder": encoder}
     if heads.pooler:
         tree["pooler"] = {"dense": _dense(D, D, dtype)}
     if heads.mlm:
-        predictions = {"transform": {"dense": _dense(D, E, dtype), "LayerNorm": _norm(E, dtype)},
-                       "bias": jax.ShapeDtypeStruct((V,), dtype)}
+        M = config.mlm_size
+        predictions = {"transform": {"dense": _dense(D, M, dtype, config.classifier_bias),
+                                     "LayerNorm": _norm(M, dtype, config.norm_bias)}}
+        if config.decoder_bias:
+            predictions["bias"] = jax.ShapeDtypeStruct((V,), dtype)
         if heads.untied_decoder:
-            predictions["decoder"] = {"kernel": jax.ShapeDtypeStruct((E, V), dtype)}
+            predictions["decoder"] = {"kernel": jax.ShapeDtypeStruct((M, V), dtype)}
         tree["cls"] = {"predictions": predictions}
     if heads.disc:
         tree["discriminator_predictions"] = {"dense": _dense(D, D, dtype),
@@ -132,6 +166,28 @@ def param_shapes(config: BertConfig, heads: Heads = Heads(), dtype=jnp.float32) 
     if heads.classifier:
         tree.update(classifier_shapes(config, heads.classifier_form, dtype))
     return tree
+
+
+def _encoder_extras(config: BertConfig, dtype) -> dict:
+    """The encoder's parts beside its layers: MPNet's relative bias table; DeBERTa's relative
+    embeddings [2 x span, D], their LayerNorm and the convolution after layer 0
+    (`conv/conv/kernel` [k, D / groups, D]); ModernBERT's final norm."""
+    D, extras = config.hidden_size, {}
+    if config.relative_attention_num_buckets:
+        extras["relative_attention_bias"] = _table(config.relative_attention_num_buckets,
+                                                   config.num_attention_heads, dtype)
+    if config.relative_attention:
+        extras["rel_embeddings"] = _table(2 * config.rel_span, D, dtype)
+    if "layer_norm" in config.norm_rel_ebd.lower():
+        extras["LayerNorm"] = _norm(D, dtype)
+    if config.conv_kernel_size:
+        k, g = config.conv_kernel_size, config.conv_groups
+        extras["conv"] = {"conv": {"kernel": jax.ShapeDtypeStruct((k, D // g, D), dtype),
+                                   "bias": jax.ShapeDtypeStruct((D,), dtype)},
+                          "LayerNorm": _norm(D, dtype)}
+    if config.pre_norm:
+        extras["final_norm"] = _norm(D, dtype, config.norm_bias)
+    return extras
 
 
 def classifier_shapes(config: BertConfig, form: str = "linear", dtype=jnp.float32) -> dict:
@@ -144,7 +200,11 @@ def classifier_shapes(config: BertConfig, form: str = "linear", dtype=jnp.float3
         return {"classifier": {"dense": _dense(D, D, dtype), "out_proj": _dense(D, C, dtype)}}
     if form == "pre":
         return {"pre_classifier": _dense(D, D, dtype), "classifier": _dense(D, C, dtype)}
-    raise ValueError(f"classifier form must be 'linear', 'dense' or 'pre', got {form!r}")
+    if form == "head":  # ModernBERT: head (dense, act, norm) then the classifier, seq or token
+        return {"head": {"dense": _dense(D, D, dtype, config.classifier_bias),
+                         "LayerNorm": _norm(D, dtype, config.norm_bias)},
+                "classifier": _dense(D, C, dtype)}
+    raise ValueError(f"classifier form must be 'linear', 'dense', 'pre' or 'head', got {form!r}")
 
 
 def init_params(rng: jax.Array, config: BertConfig, heads: Heads = Heads(),
@@ -193,7 +253,8 @@ def unflatten(flat: dict[str, object]) -> dict:
 # checks that it divides hidden_size).
 _SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
                 "max_position_embeddings", "type_vocab_size", "num_labels", "embedding_size",
-                "num_hidden_groups", "inner_group_num", "relative_attention_num_buckets")
+                "num_hidden_groups", "inner_group_num", "relative_attention_num_buckets",
+                "position_buckets", "max_relative_positions", "conv_kernel_size")
 # (tree structure, leaf shapes and dtypes, config, part) of the trees that passed `check_tree`.
 _CHECKED: set = set()
 
@@ -201,8 +262,8 @@ _CHECKED: set = set()
 def _expected(config: BertConfig, heads: Heads, stacked: bool) -> dict[str, tuple]:
     """Tree path -> shape of the whole tree; encoder layers stacked to [L, ...] when `stacked`."""
     tree = param_shapes(config, heads)
-    if stacked:
-        one = layer_shapes(config)
+    if stacked:  # every layer's leaves (ModernBERT's layer 0 gets a placeholder attention norm)
+        one = layer_shapes(config, index=1)
         L = config.num_param_layers
         tree["encoder"]["layer"] = jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct((L, *s.shape), s.dtype), one)

@@ -47,7 +47,7 @@ def test_globs_edits_and_the_encoder_part(model):
     got = bertjax.forward(params, ids, config, capture={"attn.*": (2,), "all": (2,)},
                           **kwargs).acts
     assert set(got) == set(full)  # "all" with layers: the non-layer names whole
-    for name in C.LAYER_NAMES:
+    for name in C.BERT_LAYER_NAMES:
         assert_close(name, got[name], full[name][2:3], 1e-6)
     assert_close("embed.sum", got["embed.sum"], full["embed.sum"], 1e-6)
     hidden = full["embed.out"]

@@ -80,7 +80,7 @@ def _parts(params):
         "attention": (bertjax.attention, layer["attention"], hidden, dict(attention_mask=mask),
                       attention, attention),
         "encoder_layer": (bertjax.encoder_layer, layer, hidden, dict(attention_mask=mask), "all",
-                          C.LAYER_NAMES),
+                          C.BERT_LAYER_NAMES),
         "encoder": (bertjax.encoder, params["encoder"], hidden, dict(attention_mask=mask),
                     ("attn.scores", "layer.out"), ("attn.scores", "layer.out")),
         "pooler": (bertjax.pooler, params["pooler"], hidden, {}, ("pooler.out",),

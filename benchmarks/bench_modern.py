@@ -1,0 +1,186 @@
+"""ModernBERT and DeBERTa-v3 on CPU: long context, sliding vs global layers, and transformers.
+
+Random weights of the real shapes (no hub needed):
+  * ModernBERT-base (D 768, 12 heads, I 1152, local_attention 128, every third layer global):
+    the forward at (1, 8192) with capture=() (wall time and the process's peak RSS: it must fit
+    in 24 GiB); one sliding layer vs one global layer at S = 8192 (jitted `encoder_layer`);
+    the forward at (8, 512) against transformers' ModernBertModel with sdpa, same run;
+  * DeBERTa-v3-base (D 768, 12 layers, 12 heads, I 3072, 256 buckets): the forward at (8, 128)
+    against transformers' DebertaV2Model (eager, its only implementation), same run.
+Each timing: one warm-up call, then the median of `--rounds` calls. The load average of the
+machine is recorded before and after (other processes share the CPU).
+
+Usage:  .venv/bin/python benchmarks/bench_modern.py [--rounds 2] [--layers 6]
+  --layers: ModernBERT layers for the (8, 512) comparison (both libraries; 22 is the base model).
+Writes benchmarks/results/modern.json and modern.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bertjax
+from bertjax.model.layer import encoder_layer
+from bertjax.model.params import Heads, init_params
+from bertjax.model.positions import rotary_tables
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODERNBERT_BASE = dict(model_type="modernbert", vocab_size=50368, hidden_size=768,
+                       intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+                       max_position_embeddings=8192, local_attention=128,
+                       global_attn_every_n_layers=3, pad_token_id=50283)
+DEBERTA_V3_BASE = dict(model_type="deberta-v2", vocab_size=128100, hidden_size=768,
+                       num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       max_position_embeddings=512, type_vocab_size=0, relative_attention=True,
+                       pos_att_type="p2c|c2p", position_buckets=256, max_relative_positions=-1,
+                       norm_rel_ebd="layer_norm", share_att_key=True,
+                       position_biased_input=False, layer_norm_eps=1e-7)
+
+
+def timed(fn, rounds: int) -> dict:
+    """One warm-up call, then `rounds` timed calls: median, min, max seconds."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _ids(vocab: int, B: int, S: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(5, min(vocab, 50000), (B, S)).astype(np.int32)
+
+
+def modernbert_long(rounds: int) -> dict:
+    config = bertjax.BertConfig.from_dict(MODERNBERT_BASE)
+    params = bertjax.stack_layers(init_params(jax.random.key(0), config, Heads(pooler=False)))
+    ids = _ids(config.vocab_size, 1, 8192)
+    run = lambda: bertjax.forward(params, ids, config).last_hidden_state.block_until_ready()
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    return {"shape": [1, 8192], "first_call_s": first, **timed(run, max(rounds - 1, 1)),
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def layer_costs(rounds: int) -> dict:
+    """One sliding and one global ModernBERT-base layer at S = 8192 (banded vs full attention)."""
+    config = bertjax.BertConfig.from_dict({**MODERNBERT_BASE, "num_hidden_layers": 2,
+                                           "global_attn_every_n_layers": 2})
+    layer = init_params(jax.random.key(1), config, Heads(pooler=False))["encoder"]["layer"]["1"]
+    hidden = jax.random.normal(jax.random.key(2), (1, 8192, 768), jnp.float32)
+    out = {}
+    for kind, local in (("sliding", True), ("global", False)):
+        theta = config.local_rope_theta if local else config.global_rope_theta
+        rope = rotary_tables(jnp.arange(8192), theta, config.head_size)
+        fn = jax.jit(lambda p, h, rope=rope, local=local: encoder_layer(
+            p, h, config, positions={"rope": rope, "local": local})[0])
+        out[kind] = timed(lambda fn=fn: fn(layer, hidden).block_until_ready(), rounds)
+    out["sliding_over_global"] = out["sliding"]["median_s"] / out["global"]["median_s"]
+    return out
+
+
+def _torch_time(model, ids, rounds: int, **kwargs) -> dict:
+    import torch
+
+    with torch.inference_mode():
+        return timed(lambda: model(torch.tensor(ids, dtype=torch.long), **kwargs), rounds)
+
+
+def modernbert_vs_transformers(rounds: int, layers: int) -> dict:
+    import torch
+    import transformers
+
+    spec = {**MODERNBERT_BASE, "num_hidden_layers": layers}
+    config = bertjax.BertConfig.from_dict(spec)
+    params = bertjax.stack_layers(init_params(jax.random.key(3), config, Heads(pooler=False)))
+    ids = _ids(config.vocab_size, 8, 512)
+    ours = timed(lambda: bertjax.forward(params, ids, config).last_hidden_state
+                 .block_until_ready(), rounds)
+    hf = {k: v for k, v in spec.items() if k != "model_type"}
+    torch.manual_seed(0)
+    model = transformers.ModernBertModel(transformers.ModernBertConfig(
+        **hf, attn_implementation="sdpa")).eval()
+    theirs = _torch_time(model, ids, rounds)
+    return {"shape": [8, 512], "layers": layers, "bertjax": ours, "transformers_sdpa": theirs,
+            "speedup": theirs["median_s"] / ours["median_s"]}
+
+
+def deberta_vs_transformers(rounds: int) -> dict:
+    import torch
+    import transformers
+
+    config = bertjax.BertConfig.from_dict(DEBERTA_V3_BASE)
+    params = bertjax.stack_layers(init_params(jax.random.key(4), config, Heads(pooler=False)))
+    ids = _ids(config.vocab_size, 8, 128)
+    ours = timed(lambda: bertjax.forward(params, ids, config).last_hidden_state
+                 .block_until_ready(), rounds)
+    hf = {k: v for k, v in DEBERTA_V3_BASE.items() if k != "model_type"}
+    torch.manual_seed(0)
+    model = transformers.DebertaV2Model(transformers.DebertaV2Config(**hf)).eval()
+    theirs = _torch_time(model, ids, rounds)
+    return {"shape": [8, 128], "bertjax": ours, "transformers_eager": theirs,
+            "speedup": theirs["median_s"] / ours["median_s"]}
+
+
+def markdown(results: dict) -> str:
+    long, layer = results["modernbert_8192"], results["layer_8192"]
+    mb, db = results["modernbert_8x512"], results["deberta_8x128"]
+    return "\n".join([
+        f"# ModernBERT and DeBERTa-v3 on CPU ({results['machine']})", "",
+        f"Load average before / after: {results['load_before']} / {results['load_after']} "
+        f"(other processes shared the {os.cpu_count()} cores: figures are upper bounds).", "",
+        "| measurement | bertjax | transformers | ratio |", "|---|---|---|---|",
+        f"| ModernBERT-base forward (1, 8192), capture=() | {long['median_s']:.2f} s "
+        f"(peak RSS {long['peak_rss_gib']:.1f} GiB) | | |",
+        f"| one ModernBERT-base layer at S=8192: sliding (banded) / global | "
+        f"{layer['sliding']['median_s']:.3f} s / {layer['global']['median_s']:.3f} s | | "
+        f"{layer['sliding_over_global']:.2f}x |",
+        f"| ModernBERT-base shapes ({mb['layers']} layers) forward (8, 512) | "
+        f"{mb['bertjax']['median_s']:.3f} s | {mb['transformers_sdpa']['median_s']:.3f} s (sdpa) "
+        f"| {mb['speedup']:.2f}x faster |",
+        f"| DeBERTa-v3-base forward (8, 128) | {db['bertjax']['median_s']:.3f} s | "
+        f"{db['transformers_eager']['median_s']:.3f} s (eager) | {db['speedup']:.2f}x faster |",
+        ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=6)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
+                          f"cores", "load_before": [round(x, 2) for x in os.getloadavg()]}
+    results["modernbert_8192"] = modernbert_long(args.rounds)  # first: its own peak RSS
+    results["layer_8192"] = layer_costs(args.rounds)
+    results["deberta_8x128"] = deberta_vs_transformers(args.rounds)
+    results["modernbert_8x512"] = modernbert_vs_transformers(args.rounds, args.layers)
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "modern.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(HERE, "results", "modern.md"), "w") as f:
+        f.write(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
