@@ -121,6 +121,7 @@ def classifier_logits(params: dict, features: Float[ArrayLike, "B D"] | Float[Ar
     * `head` + `classifier` (ModernBERT): the head (dense, classifier_activation, LayerNorm) on
       the cls or mean pooling (`modernbert_pool`, which reads `attention_mask`), dropout,
       classifier.
+
     DeBERTa's sequence head is the first form with its ContextPooler as the pooler.
 
     Args:

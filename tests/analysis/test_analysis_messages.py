@@ -57,7 +57,7 @@ def test_logit_attribution_without_an_mlm_head_names_itself(tiny_dir):
 
     config, params = bertjax.load(tiny_dir)
     bare = {k: v for k, v in params.items() if k != "cls"}
-    with pytest.raises(ValueError, match=r"\): logit_attribution needs a BertForMaskedLM"):
+    with pytest.raises(ValueError, match=r"\): logit_attribution needs a model with its MLM head"):
         logit_attribution(bare, config, np.array([[2, 5, 4, 3]], np.int32), 1, 1)
 
 
