@@ -134,6 +134,13 @@ def test_head_importance(family, models):
                                      lambda out, batch: out.last_hidden_state[:, 0].sum())
     assert scores.shape == (m["config"].num_layers, m["config"].num_attention_heads)
     assert np.isfinite(scores).all() and (scores > 0).any()
+    L, N = m["config"].num_layers, m["config"].num_attention_heads
+    curve = pruning.prune_curve(m["params"], m["config"],
+                                [{"input_ids": m["ids"], "attention_mask": m["mask"]}],
+                                lambda out, batch: out.last_hidden_state[:, 0, 0].sum(),
+                                importance=scores, step=N)
+    assert curve.pruned.tolist() == list(range(0, L * N + 1, N)) and curve.order.shape == (L * N, 2)
+    assert np.isfinite(curve.values).all() and abs(curve.values[0] - curve.values[-1]) > 1e-4
 
 
 @pytest.mark.slow
@@ -210,3 +217,42 @@ def test_extract(family, models, family_checkpoint, tmp_path):
         np.testing.assert_array_equal(store.token_ids(i), m["ids"][i, :length])
         np.testing.assert_allclose(store[i]["layer.out"],
                                    m["out"].acts["layer.out"][:, i, :length], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_tokens_and_mlm(family, family_checkpoint, tmp_path):
+    """Two steps of `bertjax finetune --task tokens` (the family's token head, exported to its
+    ForTokenClassification with bertjax's logits) and of `--task mlm` (the family's MLM head)."""
+    import torch
+    import transformers
+
+    from bertjax.commands.cli import main
+    from bertjax.training import datasets as D
+    from bertjax.training import finetune as F
+
+    rng = np.random.default_rng(1)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "big", "small", "red"]
+    tokens = [{"tokens": list(rng.choice(words, size=3)), "labels": ["A", "B", "A"]}
+              for _ in range(16)]
+    texts = [{"text": " ".join(rng.choice(words, size=4))} for _ in range(16)]
+    model = family_checkpoint(family, "mlm")
+    for task, records in (("tokens", tokens), ("mlm", texts)):
+        train = D.write_jsonl(tmp_path / f"{task}.jsonl", records)
+        opts = F.Options(train=train, out=str(tmp_path / task), model=model, task=task, epochs=1,
+                         batch_size=8, max_length=12, lr=1e-3)
+        summary = F.finetune(opts, progress=False)
+        assert summary["steps"] == 2 and np.isfinite(summary["history"]["loss"]).all(), task
+    assert main(["export", str(tmp_path / "tokens" / "model"), str(tmp_path / "hf")]) == 0
+    hf, info = transformers.AutoModelForTokenClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+    config, params = bertjax.load(str(tmp_path / "tokens" / "model"))
+    out = bertjax.forward(params, batch["input_ids"], config, attention_mask=batch["attention_mask"])
+    want = bertjax.token_classifier_logits(params, out.last_hidden_state, config)
+    with torch.no_grad():
+        got = hf.eval()(input_ids=torch.tensor(batch["input_ids"]),
+                        attention_mask=torch.tensor(batch["attention_mask"])).logits
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0)
