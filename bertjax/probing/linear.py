@@ -3,8 +3,9 @@
 Tenney et al. (2019) and Liu et al. (2019) train a linear classifier on each layer's frozen
 features; Hewitt & Liang (2019) make it honest with a control task (`selectivity`), Voita & Titov
 (2020) with the description length (`mdl_bits`). Here all layers' probes train at once
-(`bertjax.probing.fit.fit_linear`, vmapped over L), with scikit-learn's LogisticRegression
-objective, so accuracies can be compared with it directly.
+(`bertjax.probing.fit.fit_linear`: mapped over L inside the program on CPU, vmapped on
+accelerators), with scikit-learn's LogisticRegression objective, so accuracies can be compared
+with it directly.
 """
 
 from __future__ import annotations
