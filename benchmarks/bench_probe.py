@@ -72,6 +72,27 @@ def bench_probes(L, n, d, k, C, repeats):
     held = np.sort(np.random.default_rng(1).permutation(n)[: n // 5])
     train = np.setdiff1d(np.arange(n), held)
     first, _ = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C))
+    out, r = overhead(x, y, held, C, repeats)
+    bertjax.probe_layers(x, y, dev=held, C=C, parallel=True)
+    lockstep, _ = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C, parallel=True))
+    sk_times, sk_acc = [], []
+    for layer in range(L):
+        t, m = timed(lambda lay=layer: LogisticRegression(C=C).fit(x[lay, train], y[train]))
+        sk_times.append(t)
+        sk_acc.append(float(m.score(x[layer, held], y[held])))
+    return {"shape": [L, n, d], "classes": k, "C": C, "held_out": int(len(held)),
+            "bertjax_first_call_s": first, **out, "bertjax_vmapped_s": lockstep,
+            "sklearn_s": float(sum(sk_times)), "sklearn_per_layer_s": sk_times,
+            "bertjax_accuracy": [float(a) for a in r.accuracy], "sklearn_accuracy": sk_acc,
+            "max_accuracy_gap": float(np.max(np.abs(np.array(sk_acc) - r.accuracy)))}
+
+
+def overhead(x, y, held, C, repeats):
+    """The 13 layers in one program against each layer alone, in interleaved repeats."""
+    import bertjax
+
+    L = x.shape[0]
+    bertjax.probe_layers(x, y, dev=held, C=C)
     bertjax.probe_layers(x[:1], y, dev=held, C=C)  # compile the one-layer program
     together, alone, per_layer = [], [], []
     for _ in range(repeats):  # interleaved: all layers, then each alone
@@ -83,25 +104,12 @@ def bench_probes(L, n, d, k, C, repeats):
         per_layer.append([t for t, _ in singles])
         single_steps = [int(s.steps[0]) for _, s in singles]
     ratios = [a / b for a, b in zip(together, alone)]
-    bertjax.probe_layers(x, y, dev=held, C=C, parallel=True)
-    lockstep, _ = timed(lambda: bertjax.probe_layers(x, y, dev=held, C=C, parallel=True))
-    sk_times, sk_acc = [], []
-    for layer in range(L):
-        t, m = timed(lambda lay=layer: LogisticRegression(C=C).fit(x[lay, train], y[train]))
-        sk_times.append(t)
-        sk_acc.append(float(m.score(x[layer, held], y[held])))
-    return {"shape": [L, n, d], "classes": k, "C": C, "held_out": int(len(held)),
-            "repeats": repeats, "bertjax_first_call_s": first,
-            "bertjax_s": min(together), "bertjax_repeats_s": together,
+    return {"repeats": repeats, "bertjax_s": min(together), "bertjax_repeats_s": together,
             "bertjax_single_layers_s": per_layer[int(np.argmin(alone))],
             "bertjax_single_layers_sum_repeats_s": alone,
             "overhead_ratio_repeats": ratios, "overhead_ratio_median": float(np.median(ratios)),
             "overhead_ratio_best": min(together) / min(alone),
-            "bertjax_vmapped_s": lockstep,
-            "sklearn_s": float(sum(sk_times)), "sklearn_per_layer_s": sk_times,
-            "bertjax_accuracy": [float(a) for a in r.accuracy], "sklearn_accuracy": sk_acc,
-            "max_accuracy_gap": float(np.max(np.abs(np.array(sk_acc) - r.accuracy))),
-            "bertjax_steps": [int(s) for s in r.steps], "bertjax_single_steps": single_steps}
+            "bertjax_steps": [int(s) for s in r.steps], "bertjax_single_steps": single_steps}, r
 
 
 SENTENCE = 32  # words per synthetic sentence, one token each, between [CLS] and [SEP]
@@ -279,6 +287,18 @@ def probes_md(p: dict, title: str) -> list[str]:
     return lines
 
 
+def overhead_md(o: dict, title: str) -> list[str]:
+    L, n, d = o["shape"]
+    reps = ", ".join(f"{a:.2f} / {b:.2f} = {a / b:.2f}" for a, b in
+                     zip(o["bertjax_repeats_s"], o["bertjax_single_layers_sum_repeats_s"]))
+    return [f"## {title}{L} layers in one program against each layer alone, [{L}, {n}, {d}]", "",
+            f"Load average {o['load_start']} -> {o['load_end']}. {o['repeats']} interleaved "
+            f"repeats (seconds, all layers / the layers alone summed): {reps}; median "
+            f"{o['overhead_ratio_median']:.2f}, best against best {o['overhead_ratio_best']:.2f}. "
+            f"Optimiser steps in one program {o['bertjax_steps']}, alone "
+            f"{o['bertjax_single_steps']}.", ""]
+
+
 def ig_md(g: dict, title: str) -> list[str]:
     return [f"## {title}Integrated gradients, MiniLM, B={g['batch']}, S={g['seq']}, {g['steps']} "
             f"steps in chunks of {g['chunk']}", "",
@@ -319,6 +339,9 @@ def markdown(r: dict) -> str:
              f"{r['load_end']}; {r['versions']}", ""]
     if "probes" in r:
         lines += probes_md(r["probes"], "")
+    for key, title in (("overhead", ""), ("overhead_recheck", "Recheck: ")):
+        if key in r:
+            lines += overhead_md(r[key], title)
     if "ig" in r:
         lines += ig_md(r["ig"], "")
     if "stream" in r:
@@ -337,7 +360,8 @@ def markdown(r: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="probes,ig,stream",
-                    help="comma-separated: probes, ig, stream (default all)")
+                    help="comma-separated: probes, overhead (only the one-program / alone repeats), "
+                         "ig, stream (default probes, ig, stream)")
     ap.add_argument("--layers", type=int, default=13)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--dim", type=int, default=768)
@@ -364,14 +388,22 @@ def main(argv=None) -> None:
     import sklearn
 
     parts = set(args.parts.split(","))
-    if parts - {"probes", "ig", "stream"}:
-        raise SystemExit(f"--parts: unknown {sorted(parts - {'probes', 'ig', 'stream'})}")
+    known = {"probes", "overhead", "ig", "stream"}
+    if parts - known:
+        raise SystemExit(f"--parts: unknown {sorted(parts - known)}")
     result = {"cpu": machine.cpu_info(), "load_start": machine.load_average(),
               "versions": f"python {platform.python_version()}, jax {jax.__version__}, "
                           f"scikit-learn {sklearn.__version__}"}
     if "probes" in parts:
         result["probes"] = bench_probes(args.layers, args.n, args.dim, args.classes, args.C,
                                         args.repeats)
+    if "overhead" in parts:
+        x, y = features(args.layers, args.n, args.dim, args.classes)
+        held = np.sort(np.random.default_rng(1).permutation(args.n)[: args.n // 5])
+        load = machine.load_average()
+        result["overhead"] = {"shape": [args.layers, args.n, args.dim], "load_start": load,
+                              **overhead(x, y, held, args.C, args.repeats)[0],
+                              "load_end": machine.load_average()}
     if "ig" in parts:
         result["ig"] = bench_ig(args.batch, 64, 16)
     if "stream" in parts:
