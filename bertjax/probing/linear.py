@@ -3,8 +3,9 @@
 Tenney et al. (2019) and Liu et al. (2019) train a linear classifier on each layer's frozen
 features; Hewitt & Liang (2019) make it honest with a control task (`selectivity`), Voita & Titov
 (2020) with the description length (`mdl_bits`). Here all layers' probes train at once
-(`bertjax.probing.fit.fit_linear`, vmapped over L), with scikit-learn's LogisticRegression
-objective, so accuracies can be compared with it directly.
+(`bertjax.probing.fit.fit_linear`: mapped over L inside the program on CPU, vmapped on
+accelerators), with scikit-learn's LogisticRegression objective, so accuracies can be compared
+with it directly.
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ def _check(features, labels) -> tuple[np.ndarray, np.ndarray, int]:
                          f"{y.dtype} {y.shape}")
     if len(y) < 2 or y.min() < 0:
         raise ValueError("labels must be at least 2 non-negative class ids")
-    return x.astype(np.float32), y.astype(np.int32), int(y.max()) + 1
+    return x.astype(np.float32, copy=False), y.astype(np.int32), int(y.max()) + 1
 
 
-def _train(x, y, train, held, k, opts):
-    params, steps = F.fit_linear(x[:, train], y[train], np.ones(len(train), np.float32),
-                                 x[:, held], y[held], k=k, opts=opts)
-    pred = np.asarray(F.predict(params, x))  # [L, N]
-    hit = pred == y[None]
-    return params, np.asarray(steps), hit[:, held].mean(1), hit[:, train].mean(1)
+def _train(x_train, x_held, y, train, held, k, opts):
+    """x_train [L, n, D], x_held [L, m, D] on the device: the fit and the accuracies read the same
+    copies (moving the features to the device again to predict cost more than the fit's overhead)."""
+    params, steps = F.fit_linear(x_train, y[train], np.ones(len(train), np.float32),
+                                 x_held, y[held], k=k, opts=opts)
+    acc = (np.asarray(F.predict(params, x_held)) == y[held][None]).mean(1)  # [L]
+    train_acc = (np.asarray(F.predict(params, x_train)) == y[train][None]).mean(1)
+    return params, np.asarray(steps), acc, train_acc
 
 
 def probe_layers(features, labels, *, dev=0.2, control=None, mdl: bool = False, seed: int = 0,
@@ -110,12 +113,13 @@ def probe_layers(features, labels, *, dev=0.2, control=None, mdl: bool = False, 
     opts = F.options(**train_options)
     x, y, k = _check(features, labels)
     train, held = split(x.shape[1], dev, seed)
-    params, steps, acc, train_acc = _train(x, y, train, held, k, opts)
+    x_train, x_held = jax.device_put((x[:, train], x[:, held]))  # once, for every fit below
+    params, steps, acc, train_acc = _train(x_train, x_held, y, train, held, k, opts)
     result = dict(accuracy=acc, train_accuracy=train_acc, params=jax.device_get(params),
                   steps=steps, dev=held)
     if control is not None:
         _, yc, kc = _check(x[:1, :, :1], control)
-        _, _, control_acc, _ = _train(x, yc, train, held, max(k, kc), opts)
+        _, _, control_acc, _ = _train(x_train, x_held, yc, train, held, max(k, kc), opts)
         result.update(control_accuracy=control_acc, selectivity=_selectivity(acc, control_acc))
     if mdl:
         bits = online_codelength(x[:, train], y[train], k=k, opts=opts, seed=seed,

@@ -5,11 +5,15 @@ its tokens to words (`word_features`) and yields fixed-size batches of word feat
 their labels; `probe_stream` trains every layer's probe on such batches with minibatch Adam (one
 compiled step, vmapped over L) and early stopping on a held-out stream. Resident memory is a few
 batches, whatever the corpus size: 100k words x 13 layers x 768 dims (4 GB as float32) never sit in
-memory at once.
+memory at once. The shards are memory-mapped; the pages of a shard that has been read are handed
+back (`madvise(MADV_DONTNEED)`) when the stream moves on to the next shard, so they leave the
+process's resident set too instead of piling up in it until the kernel reclaims them.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -19,7 +23,7 @@ import optax
 
 from bertjax.probing.linear import ProbeResult
 from bertjax.probing.words import word_features
-from bertjax.scale.store import ActivationStore
+from bertjax.scale.store import ActivationStore, memmap_safetensors
 
 
 def _example(store: ActivationStore, i: int, names: tuple[str, ...]) -> np.ndarray:
@@ -29,6 +33,17 @@ def _example(store: ActivationStore, i: int, names: tuple[str, ...]) -> np.ndarr
         a = store[i][name]
         parts.append(a[None] if a.ndim == 2 else a)
     return np.concatenate(parts).astype(np.float32)
+
+
+def _release(store: ActivationStore, shard: str | None) -> None:
+    """Drops a shard's memory-mapped pages from the resident set (they stay in the page cache;
+    reading them again maps them back). A no-op where madvise is not available."""
+    if shard is None or not hasattr(mmap.mmap, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for a in memmap_safetensors(os.path.join(store.folder, shard)).values():
+        mapped = getattr(a, "_mmap", None)  # np.memmap's mapping (absent for an empty tensor)
+        if mapped is not None and not mapped.closed:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def word_batches(store: ActivationStore, word_ids: Sequence, labels: Sequence, *,
@@ -54,8 +69,11 @@ def word_batches(store: ActivationStore, word_ids: Sequence, labels: Sequence, *
     if len(word_ids) != len(store) or len(labels) != len(store):
         raise ValueError(f"word_ids and labels need one entry per stored example ({len(store)}), "
                          f"got {len(word_ids)} and {len(labels)}")
-    xs, ys, held = [], [], 0
+    xs, ys, held, shard = [], [], 0, None
     for i in range(len(store)) if examples is None else examples:
+        if store.examples[i]["shard"] != shard:  # done with the previous shard (for now)
+            _release(store, shard)
+            shard = store.examples[i]["shard"]
         if len(word_ids[i]) != store.lengths[i]:
             raise ValueError(f"example {i}: word_ids has {len(word_ids[i])} entries, the store "
                              f"{store.lengths[i]} tokens (tokenise as extract did)")
@@ -69,6 +87,7 @@ def word_batches(store: ActivationStore, word_ids: Sequence, labels: Sequence, *
             x, y = np.concatenate(xs, axis=1), np.concatenate(ys)
             yield x[:, :batch_size], y[:batch_size]
             xs, ys, held = [x[:, batch_size:]], [y[batch_size:]], held - batch_size
+    _release(store, shard)
     if held:
         yield np.concatenate(xs, axis=1), np.concatenate(ys)
 

@@ -153,6 +153,8 @@ def test_sentence_features_and_the_store_stream_agree(minilm, tmp_path):
     assert [len(y) for _, y in batches] == [7] * (n // 7) + [n % 7]
     got = np.concatenate([x for x, _ in batches], axis=1)
     np.testing.assert_allclose(got, np.concatenate(feats, axis=1), atol=2e-4)
+    again = list(word_batches(store, word_ids, labels, pool="mean", batch_size=7))  # after the
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in again], axis=1), got)  # release
     r = probe_stream(lambda: iter(batches), lambda: iter(batches), k=2, n_train=n,
                      learning_rate=0.05, epochs=30)
     assert r.accuracy.shape == (config.num_hidden_layers + 1,) and r.accuracy.max() > 0.9
