@@ -222,5 +222,6 @@ def test_family_benchmark_runs_every_family_tiny(tmp_path):
     mem = result["albert_memory"]
     assert mem["applied_layers"] == 2 and mem["param_layers"] == 1
     assert mem["group_weights"] < mem["per_layer_copy"] and mem["rss_loaded"] > 0
-    assert len(result["targets"]) == len(bench_family.FAMILIES) - 1 + 2 + 1
+    assert all(a["same_jaxpr"] for a in result["ab"])  # this tree against itself
+    assert len(result["targets"]) == len(bench_family.FAMILIES) - 1 + 2 + 2 + 1
     assert "| albert |" in (tmp_path / "fam.md").read_text()
