@@ -40,6 +40,12 @@ Usage:
   .venv/bin/python benchmarks/bench_forward.py --isa avx2 --shapes 8x128,32x128,8x512
 Writes benchmarks/results/forward.json and forward.md (--out DIR to change; forward_avx2.* with
 --isa avx2).
+
+--family F (repeatable or comma-separated: roberta, distilbert, electra, albert, mpnet, ... or all)
+and --code DIR run the encoder family's benchmark instead (benchmarks/bench_family.py: each
+family at base size against its transformers model with sdpa at (8, 128), BERT in the same run,
+ALBERT's resident memory, and BERT's forward A/B against the source tree DIR); it writes
+forward_family.json and .md.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import sys
 import tempfile
 import time
 
+import bench_family
 from machine import (
     ISAS,
     cpu_info,
@@ -698,9 +705,12 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", help="output file stem (default forward, forward_avx2 with "
                                        "--isa avx2)")
+    bench_family.add_options(parser)
     args = parse_or_serve(parser, serve_system, compile_one=(3, compile_one, int),
                           torch_memory=(4, torch_memory_probe))
-    if args is not None:
+    if args is not None and (args.family or args.code):
+        bench_family.run(args)  # the encoder family / BERT A/B (bench_family.py)
+    elif args is not None:
         run(args)
 
 

@@ -17,6 +17,7 @@ import bertjax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import bench_capture  # noqa: E402
+import bench_family  # noqa: E402
 import bench_forward  # noqa: E402
 import bench_load  # noqa: E402
 import gpu_check  # noqa: E402
@@ -184,3 +185,43 @@ def test_timed_rounds_leave_out_an_entry_whose_worker_died():
     calls.clear()
     with pytest.raises(RuntimeError, match="code -9"):
         workers.timed_rounds(["a", "b"], call, 3)
+
+
+def test_family_benchmark_options_put_bert_first_and_refuse_unknown_families():
+    assert bench_family.parse_families(None) == ["bert"]
+    assert bench_family.parse_families(["albert,roberta", "bert", "albert"]) == [
+        "bert", "albert", "roberta"]
+    assert bench_family.parse_families(["all"]) == list(bench_family.FAMILIES)
+    with pytest.raises(SystemExit, match="--family wants some of bert, .* got gpt2"):
+        bench_family.parse_families(["roberta,gpt2"])
+    albert = bench_family.family_spec("albert", tiny=True)
+    assert albert["embedding_size"] < albert["hidden_size"] == bench_family.TINY["hidden_size"]
+    assert bench_family.family_spec("albert", tiny=False)["embedding_size"] == 128
+    entries = bench_family.entries_for(["bert", "mpnet"], ["/old"])
+    assert ("torch", "mpnet", "plain") in entries and ("bertjax1", "bert", "all") in entries
+
+
+@pytest.mark.slow
+def test_family_benchmark_runs_every_family_tiny(tmp_path):
+    """`bench_forward.py --family all --tiny` end to end (transformers models built, saved,
+    converted, timed in workers; ALBERT's memory probe; the A/B against a --code tree, here this
+    tree itself): every family has a ratio, every target a verdict, both files are written."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_forward.py"),
+                           "--family", "all", "--tiny", "--rounds", "1", "--code", root,
+                           "--out", str(tmp_path), "--name", "fam"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "fam.json").read_text())
+    assert [r["family"] for r in result["rows"]] == list(bench_family.FAMILIES)
+    assert all(r["ratio"] > 0 and r["bertjax_ms"] > 0 for r in result["rows"])
+    assert [a["mode"] for a in result["ab"]] == ["plain", "all"]
+    mem = result["albert_memory"]
+    assert mem["applied_layers"] == 2 and mem["param_layers"] == 1
+    assert mem["group_weights"] < mem["per_layer_copy"] and mem["rss_loaded"] > 0
+    assert all(a["same_jaxpr"] for a in result["ab"])  # this tree against itself
+    assert len(result["targets"]) == len(bench_family.FAMILIES) - 1 + 2 + 2 + 1
+    assert "| albert |" in (tmp_path / "fam.md").read_text()
