@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import torch
+from torch_ref import _heads, _ln_std, _np
 
 V = 97
 COMMON = dict(vocab_size=V, num_attention_heads=3, intermediate_size=47)
@@ -78,20 +79,6 @@ def inputs(family: str, seed: int = 0, B: int = 3, S: int = 9):
     if family in ("bert", "electra", "albert"):
         types = rng.integers(0, 2, size=(B, S)).astype(np.int32)
     return ids, types, mask
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
-
-def _heads(t, n):  # [B, S, D] -> [B, N, S, H]
-    b, s, d = t.shape
-    return t.reshape(b, s, n, d // n).transpose(1, 2)
-
-
-def _ln_std(x: np.ndarray, eps: float) -> np.ndarray:
-    t = torch.as_tensor(x, dtype=torch.float64)
-    return np.sqrt(t.var(dim=-1, unbiased=False).numpy() + eps).astype(np.float32)
 
 
 # family -> name -> (module path in one layer, "out" (output) or "in" (first input)).
