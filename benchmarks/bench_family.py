@@ -162,7 +162,7 @@ class TorchFamilies:
 
 
 def converted(work: str, family: str):
-    """(config, params on the device) of `family`'s saved transformers model, through
+    """(config, stacked params on the device) of `family`'s saved transformers model, through
     state_dict_to_params (NumPy state dict from the safetensors file; no torch here)."""
     import jax
     from safetensors.numpy import load_file
@@ -176,7 +176,9 @@ def converted(work: str, family: str):
     state = load_file(os.path.join(folder, "model.safetensors"))
     params, _heads, _notes = state_dict_to_params(state, config)
     del state
-    return config, jax.device_put(params)
+    # Stacked once up front, as a user holding several models does: `forward`'s stacking cache
+    # holds one tree, so interleaved per-layer trees would be restacked on every call.
+    return config, bertjax.stack_layers(jax.device_put(params))
 
 
 class BertjaxFamilies:

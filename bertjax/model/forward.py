@@ -99,7 +99,8 @@ def forward(params: dict, input_ids: ArrayLike, config: BertConfig,
       params: the full parameter tree, per-layer or with `stack_layers` applied. Concrete
         per-layer arrays are stacked once and the stacked copy is reused while they live
         (`stacked_once` in bertjax/model/encoder.py); `bertjax.load(path, stacked=True)` (or
-        `stack_layers`) keeps one copy in memory.
+        `stack_layers`) keeps one copy in memory. The cache holds one tree: calling several
+        per-layer models in turn restacks each on every call, so stack each model once.
       input_ids: int [B, S].
       config: the model's BertConfig (static).
       token_type_ids: int [B, S], zeros when None.
