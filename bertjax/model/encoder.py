@@ -7,7 +7,8 @@ one subtree whose leaves carry a leading L axis. When to stack:
   weights on every call (differentiable; what happens under an outer jit or grad);
 * `bertjax.forward` given concrete per-layer arrays stacks them once, outside its jit, and keeps the
   stacked copy for the next calls with the same arrays (`stacked_once`, a one-entry cache that
-  holds no reference to the per-layer arrays and is dropped when they are);
+  holds no reference to the per-layer arrays and is dropped when they are; models called in turn
+  are restacked on every call, which it warns about once);
 * an already stacked tree is used as it is: `params = bertjax.stack_layers(params)` once up front
   keeps a single copy of the weights in memory.
 
@@ -17,6 +18,7 @@ per-layer activations come out of the scan stacked on axis 0, exactly as the con
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import jax
@@ -69,6 +71,13 @@ def _complete(layers: list[dict]) -> list[dict]:
 
 # The one entry of `stacked_once`: (ids of the per-layer leaves, weakrefs to them, stacked tree).
 _STACKED: list = []
+# The last few trees the entry held before (key, weakrefs), to notice models called in turn.
+_EVICTED: list = []
+_WARNED: list = []
+RESTACK_WARNING = ("forward is restacking per-layer parameters on every call: several per-layer "
+                   "models are called in turn and its cache holds one stacked tree; stack each "
+                   "model once (params = bertjax.stack_layers(params), or bertjax.load(path, "
+                   "stacked=True))")
 
 
 def stacked_once(layers: dict) -> dict:
@@ -88,8 +97,23 @@ def stacked_once(layers: dict) -> dict:
     stacked = stack_layers(layers)
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(stacked)):
         return stacked  # called while tracing an outer function: the stack is part of its program
+    _warn_if_alternating(key, leaves)
+    if _STACKED:
+        _EVICTED[:] = [_STACKED[0][:2], *_EVICTED[:3]]
     _STACKED[:] = [(key, [weakref.ref(x, _drop(key)) for x in leaves], stacked)]
     return stacked
+
+
+def _warn_if_alternating(key: tuple, leaves: list) -> None:
+    """Warns once per process when a tree the cache held before comes back: models called in
+    turn are restacked on every call (each restack copies every layer's weights)."""
+    if _WARNED:
+        return
+    for old_key, refs in _EVICTED:
+        if old_key == key and all(r() is x for r, x in zip(refs, leaves)):
+            _WARNED.append(True)
+            warnings.warn(RESTACK_WARNING, RuntimeWarning, stacklevel=5)
+            return
 
 
 def _drop(key: tuple):

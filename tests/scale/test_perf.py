@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -40,6 +41,31 @@ def test_per_layer_params_are_stacked_once_and_freed_with_them():
     del params, stacked
     gc.collect()
     assert ENCODER._STACKED == []  # the copy went away with the per-layer arrays
+
+
+def test_per_layer_models_called_in_turn_warn_once_to_stack_them(monkeypatch):
+    config, first = _tiny()
+    second = bertjax.init_params(jax.random.key(1), config)
+    ids, types, mask = tiny_inputs()
+    monkeypatch.setattr(ENCODER, "_WARNED", [])
+    monkeypatch.setattr(ENCODER, "_EVICTED", [])
+    ENCODER._STACKED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):  # one model again and again: stacked once, no warning
+            bertjax.forward(first, ids, config, types, mask)
+        bertjax.forward(second, ids, config, types, mask)  # a second model: no warning yet
+    with pytest.warns(RuntimeWarning, match="restacking per-layer parameters on every call"):
+        bertjax.forward(first, ids, config, types, mask)  # the first again: alternating
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        bertjax.forward(second, ids, config, types, mask)
+    stacked = [bertjax.stack_layers(p) for p in (first, second)]
+    monkeypatch.setattr(ENCODER, "_WARNED", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stacked trees never go through the cache
+        for p in stacked * 2:
+            bertjax.forward(p, ids, config, types, mask)
 
 
 def test_stacking_under_an_outer_jit_or_grad_is_not_cached():
