@@ -68,8 +68,24 @@ class BertConfig:
       relative_attention_num_buckets: rows of MPNet's relative position bias table (0 elsewhere).
       num_hidden_groups, inner_group_num: ALBERT's groups of shared layers and layers per group
         (1 and 1 elsewhere).
+      relative_attention, max_relative_positions, position_buckets, pos_att_type, share_att_key,
+        norm_rel_ebd, position_biased_input, conv_kernel_size, conv_groups, conv_act, legacy:
+        DeBERTa-v2/v3's disentangled attention (which of the c2p / p2c terms, the log-bucketed
+        relative positions and their shared or separate projections, the LayerNorm of the relative
+        table, absolute positions or not, the v2-xlarge convolution after layer 0, and the MLM head
+        layout: `legacy` True is the BERT-style `cls.predictions` head), transformers'
+        DebertaV2Config names and meanings.
+      pooler_hidden_act, pooler_dropout: DeBERTa's ContextPooler (the sequence classifier's input).
+      layer_types, local_attention, global_rope_theta, local_rope_theta: ModernBERT's per-layer
+        "full_attention" / "sliding_attention" pattern, its window (a query sees keys with
+        |i - j| <= local_attention // 2) and the rotary bases of the two layer kinds.
+      norm_bias, attention_bias, mlp_bias, decoder_bias, classifier_bias: whether ModernBERT's
+        norms, projections, MLM decoder and classifier carry biases.
+      classifier_pooling, classifier_activation: ModernBERT's sequence classifier ("cls" or
+        "mean" pooling over real tokens, and its head's activation).
 
-    type_vocab_size is 0 for the families without token types (DistilBERT, MPNet).
+    type_vocab_size is 0 for the families without token types (DistilBERT, MPNet, ModernBERT,
+    DeBERTa-v3).
     """
 
     vocab_size: int = 30522
