@@ -12,9 +12,10 @@ Each timing: one warm-up call, then the median of `--rounds` calls; bertjax and 
 interleaved rounds (one call of each per round). The load average of the machine is recorded
 before and after (other processes share the CPU).
 
-Usage:  .venv/bin/python benchmarks/bench_modern.py [--rounds 2] [--layers 6]
+Usage:  .venv/bin/python benchmarks/bench_modern.py [--rounds 2] [--layers 6] [--only full,...]
   --layers: ModernBERT layers of the short (8, 512) comparison (both libraries; 0 skips it); the
-  full 22-layer comparison always runs.
+  full 22-layer comparison always runs. --only reruns some parts (long, layer, deberta, short,
+  full) and merges them into the existing results.
 Writes benchmarks/results/modern.json and modern.md.
 """
 
@@ -110,8 +111,8 @@ def interleaved(calls: dict, rounds: int) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
-            for name, t in times.items()}
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                   "times_s": t} for name, t in times.items()}
 
 
 def versus_transformers(spec: dict, shape: tuple[int, int], rounds: int, seed: int,
@@ -119,7 +120,8 @@ def versus_transformers(spec: dict, shape: tuple[int, int], rounds: int, seed: i
     """bertjax's jitted forward (capture=()) against transformers' base model of the same config
     (`ModernBertModel` / `DebertaV2Model`, random weights, eval, inference mode) at `shape`, in
     interleaved rounds: {"shape", "layers", "bertjax", "transformers_<implementation>",
-    "speedup"} (speedup = transformers' median / bertjax's)."""
+    "speedup", "round_speedups"} (speedup = transformers' median / bertjax's; round_speedups
+    the same ratio in each round, where both ran back to back under the same load)."""
     import torch
     import transformers
 
@@ -142,8 +144,10 @@ def versus_transformers(spec: dict, shape: tuple[int, int], rounds: int, seed: i
     name = f"transformers_{implementation}"
     times = interleaved({"bertjax": lambda: bertjax.forward(params, ids, config)
                          .last_hidden_state.block_until_ready(), name: theirs}, rounds)
+    paired = [t / o for t, o in zip(times[name]["times_s"], times["bertjax"]["times_s"])]
     return {"shape": list(shape), "layers": config.num_hidden_layers, **times,
-            "speedup": times[name]["median_s"] / times["bertjax"]["median_s"]}
+            "speedup": times[name]["median_s"] / times["bertjax"]["median_s"],
+            "round_speedups": paired}
 
 
 def modernbert_vs_transformers(rounds: int, layers: int, spec: dict = MODERNBERT_BASE,
@@ -158,11 +162,28 @@ def deberta_vs_transformers(rounds: int, spec: dict = DEBERTA_V3_BASE,
     return versus_transformers(spec, shape, rounds, 4, "eager")
 
 
+def _load(r: dict) -> str:
+    """The load average around one part, and its rounds, where recorded."""
+    if "load_before" not in r:
+        return ""
+    return f"{r['load_before'][0]} / {r['load_after'][0]}, {r['rounds']} rounds"
+
+
 def _versus_row(label: str, r: dict) -> str:
     name = next(k for k in r if k.startswith("transformers_"))
     kind = name.removeprefix("transformers_")
     return (f"| {label} forward ({r['shape'][0]}, {r['shape'][1]}) | {r['bertjax']['median_s']:.3f} s "
-            f"| {r[name]['median_s']:.3f} s ({kind}) | {r['speedup']:.2f}x faster |")
+            f"({r['bertjax']['min_s']:.2f}-{r['bertjax']['max_s']:.2f}) "
+            f"| {r[name]['median_s']:.3f} s ({r[name]['min_s']:.2f}-{r[name]['max_s']:.2f}; {kind}) "
+            f"| {r['speedup']:.2f}x faster{_paired(r)} | {_load(r)} |")
+
+
+def _paired(r: dict) -> str:
+    """The speedup round by round (both systems called back to back), where recorded."""
+    paired = r.get("round_speedups")
+    if not paired:
+        return ""
+    return f" (per round: {', '.join(f'{x:.2f}' for x in paired)})"
 
 
 def markdown(results: dict) -> str:
@@ -173,17 +194,48 @@ def markdown(results: dict) -> str:
         f"# ModernBERT and DeBERTa-v3 on CPU ({results['machine']})", "",
         f"Load average before / after: {results['load_before']} / {results['load_after']} "
         f"(other processes shared the {os.cpu_count()} cores: figures are upper bounds). "
-        f"Each comparison with transformers: one warm-up call of each, then {results['rounds']} "
-        f"interleaved rounds (medians).", "",
-        "| measurement | bertjax | transformers | ratio |", "|---|---|---|---|",
+        f"Each comparison with transformers: one warm-up call of each, then interleaved rounds "
+        f"(one call of each per round). Parts rerun with `--only` carry their own load and "
+        f"rounds in the last column.", "",
+        "| measurement | bertjax median (min-max) | transformers median (min-max) | ratio "
+        "| load average 1 min, before / after |", "|---|---|---|---|---|",
         f"| ModernBERT-base forward (1, 8192), capture=() | {long['median_s']:.2f} s "
-        f"(peak RSS {long['peak_rss_gib']:.1f} GiB) | | |",
+        f"(peak RSS {long['peak_rss_gib']:.1f} GiB) | | | {_load(long)} |",
         f"| one ModernBERT-base layer at S=8192: sliding (banded) / global | "
         f"{layer['sliding']['median_s']:.3f} s / {layer['global']['median_s']:.3f} s | | "
-        f"{layer['sliding_over_global']:.2f}x |",
+        f"{layer['sliding_over_global']:.2f}x | {_load(layer)} |",
         *rows,
         _versus_row("DeBERTa-v3-base", results["deberta_8x128"]),
         ""])
+
+
+PARTS = ("long", "layer", "deberta", "short", "full")
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    """--only's comma-separated parts, in PARTS' order."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"--only takes parts among {', '.join(PARTS)}; got {text!r}")
+    return tuple(p for p in PARTS if p in parts)
+
+
+def run_parts(parts: tuple[str, ...], rounds: int, layers: int) -> dict:
+    """Each part's result, under its results key, with the load average around it."""
+    runs = {"long": ("modernbert_8192", lambda: modernbert_long(rounds)),  # first: own peak RSS
+            "layer": ("layer_8192", lambda: layer_costs(rounds)),
+            "deberta": ("deberta_8x128", lambda: deberta_vs_transformers(rounds)),
+            "short": ("modernbert_8x512", lambda: modernbert_vs_transformers(rounds, layers)),
+            "full": ("modernbert_full_8x512", lambda: modernbert_vs_transformers(
+                rounds, MODERNBERT_BASE["num_hidden_layers"]))}
+    out = {}
+    for part in parts:
+        key, fn = runs[part]
+        before = [round(x, 2) for x in os.getloadavg()]
+        out[key] = {**fn(), "rounds": rounds, "load_before": before,
+                    "load_after": [round(x, 2) for x in os.getloadavg()]}
+    return out
 
 
 def main() -> None:
@@ -191,23 +243,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--layers", type=int, default=6,
                         help="layers of the short ModernBERT (8, 512) comparison (0: skip it)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated parts among {', '.join(PARTS)}, rerun and merged "
+                             f"into the existing results (default: all)")
     args = parser.parse_args()
+    parts = parse_parts(args.only) if args.only else \
+        tuple(p for p in PARTS if p != "short" or args.layers)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
-                          f"cores", "rounds": args.rounds,
-               "load_before": [round(x, 2) for x in os.getloadavg()]}
-    results["modernbert_8192"] = modernbert_long(args.rounds)  # first: its own peak RSS
-    results["layer_8192"] = layer_costs(args.rounds)
-    results["deberta_8x128"] = deberta_vs_transformers(args.rounds)
-    if args.layers:
-        results["modernbert_8x512"] = modernbert_vs_transformers(args.rounds, args.layers)
-    results["modernbert_full_8x512"] = modernbert_vs_transformers(
-        args.rounds, MODERNBERT_BASE["num_hidden_layers"])
-    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    path = os.path.join(HERE, "results", "modern.json")
+    results = {}
+    if args.only and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    results.update(run_parts(parts, args.rounds, args.layers))
+    results.update({"machine": f"{platform.processor() or platform.machine()}, "
+                               f"{os.cpu_count()} cores"})
+    if not args.only:
+        results.update({"rounds": args.rounds, "load_before": load_before,
+                        "load_after": [round(x, 2) for x in os.getloadavg()]})
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    write_atomic(os.path.join(HERE, "results", "modern.json"), json.dumps(results, indent=2))
+    write_atomic(path, json.dumps(results, indent=2))
     write_atomic(os.path.join(HERE, "results", "modern.md"), markdown(results))
     print(markdown(results))
 

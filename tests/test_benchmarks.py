@@ -251,4 +251,11 @@ def test_modern_benchmark_compares_each_family_with_transformers_tiny():
     text = bench_modern.markdown(results)
     assert "ModernBERT-base shapes (3 layers) forward (2, 16)" in text
     assert "ModernBERT-base shapes (22 layers) forward (2, 16)" in text
-    assert "(sdpa)" in text and "DeBERTa-v3-base forward (2, 8)" in text and "(eager)" in text
+    assert "; sdpa)" in text and "DeBERTa-v3-base forward (2, 8)" in text and "; eager)" in text
+
+
+def test_modern_benchmark_parts_keep_their_order_and_refuse_unknown_ones():
+    assert bench_modern.parse_parts("full, long") == ("long", "full")
+    with pytest.raises(ValueError, match="--only takes parts among long, layer, deberta, short, "
+                                         "full; got 'fulll'"):
+        bench_modern.parse_parts("fulll")
