@@ -132,7 +132,7 @@ def rollout(probs: Float[ArrayLike, "L B N S T"],
 
 def attention_distance(probs: ArrayLike,  # [L, B, N, S, S]; checked here, with a clear message
                        attention_mask: ArrayLike | None = None) -> Float[Array, "L B N"]:
-    """Each head's mean attention distance: sum_t p[s, t] |s - t| for every query s, averaged over
+    """Each head's mean attention distance: ``sum_t p[s, t] |s - t|`` for every query s, averaged over
     the example's real query positions (all of them without a mask).
 
     Args:
