@@ -214,3 +214,22 @@ def test_sliding_layers_take_the_fused_window_where_selected(monkeypatch):
     calls.clear()
     _, acts = run(capture=("attn.probs",))
     assert calls == [] and acts["attn.probs"].shape[-1] == hidden.shape[1]
+
+
+def test_global_layers_take_the_fused_path_off_cpu(monkeypatch):
+    """Off CPU a global ModernBERT layer takes BERT's `jax.nn.dot_product_attention` path (forced
+    here on CPU); it equals the grouped path CPU takes."""
+    from bertjax.model import attention as A
+
+    config = _sliding_config(29)
+    layer, hidden, mask, positions = _sliding_attention(config)
+    positions = {**positions, "local": False}
+    run = lambda: jax.jit(lambda p, h, m: A.attention(p, h, config, m, positions=positions)[0])(
+        layer, hidden, mask)
+    want = run()
+    calls = []
+    fused = A._fused_context
+    monkeypatch.setattr(A, "_fused_here", lambda: True)
+    monkeypatch.setattr(A, "_fused_context", lambda *a: calls.append(1) or fused(*a))
+    assert_close("attn.out, fused global layer", run(), want, atol=1e-5)
+    assert calls == [1]
