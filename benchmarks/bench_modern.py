@@ -254,7 +254,9 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     path = os.path.join(HERE, "results", "modern.json")
     results = {}
-    if args.only and os.path.exists(path):
+    if args.only:
+        if not os.path.exists(path):
+            parser.error(f"--only merges into {path}, which does not exist: run every part first")
         with open(path) as f:
             results = json.load(f)
     load_before = [round(x, 2) for x in os.getloadavg()]
