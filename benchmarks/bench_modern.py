@@ -4,14 +4,18 @@ Random weights of the real shapes (no hub needed):
   * ModernBERT-base (D 768, 12 heads, I 1152, local_attention 128, every third layer global):
     the forward at (1, 8192) with capture=() (wall time and the process's peak RSS: it must fit
     in 24 GiB); one sliding layer vs one global layer at S = 8192 (jitted `encoder_layer`);
-    the forward at (8, 512) against transformers' ModernBertModel with sdpa, same run;
+    the forward at (8, 512) against transformers' ModernBertModel with sdpa, same run, for the
+    full 22 layers and for a shorter stack (`--layers`);
   * DeBERTa-v3-base (D 768, 12 layers, 12 heads, I 3072, 256 buckets): the forward at (8, 128)
     against transformers' DebertaV2Model (eager, its only implementation), same run.
-Each timing: one warm-up call, then the median of `--rounds` calls. The load average of the
-machine is recorded before and after (other processes share the CPU).
+Each timing: one warm-up call, then the median of `--rounds` calls; bertjax and transformers in
+interleaved rounds (one call of each per round). The load average of the machine is recorded
+before and after (other processes share the CPU).
 
-Usage:  .venv/bin/python benchmarks/bench_modern.py [--rounds 2] [--layers 6]
-  --layers: ModernBERT layers for the (8, 512) comparison (both libraries; 22 is the base model).
+Usage:  .venv/bin/python benchmarks/bench_modern.py [--rounds 2] [--layers 6] [--only full,...]
+  --layers: ModernBERT layers of the short (8, 512) comparison (both libraries; 0 skips it); the
+  full 22-layer comparison always runs. --only reruns some parts (long, layer, deberta, short,
+  full) and merges them into the existing results.
 Writes benchmarks/results/modern.json and modern.md.
 """
 
@@ -95,91 +99,185 @@ def layer_costs(rounds: int) -> dict:
     return out
 
 
-def _torch_time(model, ids, rounds: int, **kwargs) -> dict:
-    import torch
+def interleaved(calls: dict, rounds: int) -> dict:
+    """One warm-up call of each system, then `rounds` rounds in which every system is called once
+    (in turn, so that a change of load on the shared machine hits them alike): name -> `timed`'s
+    median, min, max seconds."""
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                   "times_s": t} for name, t in times.items()}
 
-    with torch.inference_mode():
-        return timed(lambda: model(torch.tensor(ids, dtype=torch.long), **kwargs), rounds)
 
-
-def modernbert_vs_transformers(rounds: int, layers: int) -> dict:
+def versus_transformers(spec: dict, shape: tuple[int, int], rounds: int, seed: int,
+                        implementation: str) -> dict:
+    """bertjax's jitted forward (capture=()) against transformers' base model of the same config
+    (`ModernBertModel` / `DebertaV2Model`, random weights, eval, inference mode) at `shape`, in
+    interleaved rounds: {"shape", "layers", "bertjax", "transformers_<implementation>",
+    "speedup", "round_speedups"} (speedup = transformers' median / bertjax's; round_speedups
+    the same ratio in each round, where both ran back to back under the same load)."""
     import torch
     import transformers
 
-    spec = {**MODERNBERT_BASE, "num_hidden_layers": layers}
     config = bertjax.BertConfig.from_dict(spec)
-    params = bertjax.stack_layers(init_params(jax.random.key(3), config, Heads(pooler=False)))
-    ids = _ids(config.vocab_size, 8, 512)
-    ours = timed(lambda: bertjax.forward(params, ids, config).last_hidden_state
-                 .block_until_ready(), rounds)
+    params = bertjax.stack_layers(init_params(jax.random.key(seed), config, Heads(pooler=False)))
+    ids = _ids(config.vocab_size, *shape)
     hf = {k: v for k, v in spec.items() if k != "model_type"}
-    torch.manual_seed(0)
-    model = transformers.ModernBertModel(transformers.ModernBertConfig(
-        **hf, attn_implementation="sdpa")).eval()
-    theirs = _torch_time(model, ids, rounds)
-    return {"shape": [8, 512], "layers": layers, "bertjax": ours, "transformers_sdpa": theirs,
-            "speedup": theirs["median_s"] / ours["median_s"]}
+    modern = spec["model_type"] == "modernbert"
+    config_class, model_class = (("ModernBertConfig", "ModernBertModel") if modern else
+                                 ("DebertaV2Config", "DebertaV2Model"))
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(
+        **hf, attn_implementation=implementation)).eval()
+    torch_ids = torch.tensor(ids, dtype=torch.long)
+
+    def theirs():
+        with torch.inference_mode():
+            model(torch_ids)
+
+    name = f"transformers_{implementation}"
+    times = interleaved({"bertjax": lambda: bertjax.forward(params, ids, config)
+                         .last_hidden_state.block_until_ready(), name: theirs}, rounds)
+    paired = [t / o for t, o in zip(times[name]["times_s"], times["bertjax"]["times_s"])]
+    return {"shape": list(shape), "layers": config.num_hidden_layers, **times,
+            "speedup": times[name]["median_s"] / times["bertjax"]["median_s"],
+            "round_speedups": paired}
 
 
-def deberta_vs_transformers(rounds: int) -> dict:
-    import torch
-    import transformers
+def modernbert_vs_transformers(rounds: int, layers: int, spec: dict = MODERNBERT_BASE,
+                               shape: tuple[int, int] = (8, 512)) -> dict:
+    """ModernBERT (`layers` layers of `spec`) against transformers' ModernBertModel with sdpa."""
+    return versus_transformers({**spec, "num_hidden_layers": layers}, shape, rounds, 3, "sdpa")
 
-    config = bertjax.BertConfig.from_dict(DEBERTA_V3_BASE)
-    params = bertjax.stack_layers(init_params(jax.random.key(4), config, Heads(pooler=False)))
-    ids = _ids(config.vocab_size, 8, 128)
-    ours = timed(lambda: bertjax.forward(params, ids, config).last_hidden_state
-                 .block_until_ready(), rounds)
-    hf = {k: v for k, v in DEBERTA_V3_BASE.items() if k != "model_type"}
-    torch.manual_seed(0)
-    model = transformers.DebertaV2Model(transformers.DebertaV2Config(**hf)).eval()
-    theirs = _torch_time(model, ids, rounds)
-    return {"shape": [8, 128], "bertjax": ours, "transformers_eager": theirs,
-            "speedup": theirs["median_s"] / ours["median_s"]}
+
+def deberta_vs_transformers(rounds: int, spec: dict = DEBERTA_V3_BASE,
+                            shape: tuple[int, int] = (8, 128)) -> dict:
+    """DeBERTa-v3 against transformers' DebertaV2Model (eager, its only implementation)."""
+    return versus_transformers(spec, shape, rounds, 4, "eager")
+
+
+def _load(r: dict) -> str:
+    """The load average around one part, and its rounds, where recorded."""
+    if "load_before" not in r:
+        return ""
+    return f"{r['load_before'][0]} / {r['load_after'][0]}, {r['rounds']} rounds"
+
+
+def _versus_row(label: str, r: dict) -> str:
+    name = next(k for k in r if k.startswith("transformers_"))
+    kind = name.removeprefix("transformers_")
+    return (f"| {label} forward ({r['shape'][0]}, {r['shape'][1]}) | {r['bertjax']['median_s']:.3f} s "
+            f"({r['bertjax']['min_s']:.2f}-{r['bertjax']['max_s']:.2f}) "
+            f"| {r[name]['median_s']:.3f} s ({r[name]['min_s']:.2f}-{r[name]['max_s']:.2f}; {kind}) "
+            f"| {r['speedup']:.2f}x faster{_paired(r)} | {_load(r)} |")
+
+
+def _paired(r: dict) -> str:
+    """The speedup round by round (both systems called back to back), where recorded."""
+    paired = r.get("round_speedups")
+    if not paired:
+        return ""
+    return f" (per round: {', '.join(f'{x:.2f}' for x in paired)})"
 
 
 def markdown(results: dict) -> str:
     long, layer = results["modernbert_8192"], results["layer_8192"]
-    mb, db = results["modernbert_8x512"], results["deberta_8x128"]
+    rows = [_versus_row(f"ModernBERT-base shapes ({r['layers']} layers)", r)
+            for r in (results.get("modernbert_8x512"), results["modernbert_full_8x512"]) if r]
     return "\n".join([
         f"# ModernBERT and DeBERTa-v3 on CPU ({results['machine']})", "",
         f"Load average before / after: {results['load_before']} / {results['load_after']} "
-        f"(other processes shared the {os.cpu_count()} cores: figures are upper bounds).", "",
-        "| measurement | bertjax | transformers | ratio |", "|---|---|---|---|",
+        f"(other processes shared the {os.cpu_count()} cores: figures are upper bounds). "
+        f"Each comparison with transformers: one warm-up call of each, then interleaved rounds "
+        f"(one call of each per round). Parts rerun with `--only` carry their own load and "
+        f"rounds in the last column.", "",
+        "| measurement | bertjax median (min-max) | transformers median (min-max) | ratio "
+        "| load average 1 min, before / after |", "|---|---|---|---|---|",
         f"| ModernBERT-base forward (1, 8192), capture=() | {long['median_s']:.2f} s "
-        f"(peak RSS {long['peak_rss_gib']:.1f} GiB) | | |",
+        f"(peak RSS {long['peak_rss_gib']:.1f} GiB) | | | {_load(long)} |",
         f"| one ModernBERT-base layer at S=8192: sliding (banded) / global | "
         f"{layer['sliding']['median_s']:.3f} s / {layer['global']['median_s']:.3f} s | | "
-        f"{layer['sliding_over_global']:.2f}x |",
-        f"| ModernBERT-base shapes ({mb['layers']} layers) forward (8, 512) | "
-        f"{mb['bertjax']['median_s']:.3f} s | {mb['transformers_sdpa']['median_s']:.3f} s (sdpa) "
-        f"| {mb['speedup']:.2f}x faster |",
-        f"| DeBERTa-v3-base forward (8, 128) | {db['bertjax']['median_s']:.3f} s | "
-        f"{db['transformers_eager']['median_s']:.3f} s (eager) | {db['speedup']:.2f}x faster |",
+        f"{layer['sliding_over_global']:.2f}x | {_load(layer)} |",
+        *rows,
+        _versus_row("DeBERTa-v3-base", results["deberta_8x128"]),
         ""])
+
+
+PARTS = ("long", "layer", "deberta", "short", "full")
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    """--only's comma-separated parts, in PARTS' order."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"--only takes parts among {', '.join(PARTS)}; got {text!r}")
+    return tuple(p for p in PARTS if p in parts)
+
+
+def run_parts(parts: tuple[str, ...], rounds: int, layers: int) -> dict:
+    """Each part's result, under its results key, with the load average around it."""
+    runs = {"long": ("modernbert_8192", lambda: modernbert_long(rounds)),  # first: own peak RSS
+            "layer": ("layer_8192", lambda: layer_costs(rounds)),
+            "deberta": ("deberta_8x128", lambda: deberta_vs_transformers(rounds)),
+            "short": ("modernbert_8x512", lambda: modernbert_vs_transformers(rounds, layers)),
+            "full": ("modernbert_full_8x512", lambda: modernbert_vs_transformers(
+                rounds, MODERNBERT_BASE["num_hidden_layers"]))}
+    out = {}
+    for part in parts:
+        key, fn = runs[part]
+        before = [round(x, 2) for x in os.getloadavg()]
+        out[key] = {**fn(), "rounds": rounds, "load_before": before,
+                    "load_after": [round(x, 2) for x in os.getloadavg()]}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=6,
+                        help="layers of the short ModernBERT (8, 512) comparison (0: skip it)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated parts among {', '.join(PARTS)}, rerun and merged "
+                             f"into the existing results (default: all)")
     args = parser.parse_args()
+    parts = parse_parts(args.only) if args.only else \
+        tuple(p for p in PARTS if p != "short" or args.layers)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
-                          f"cores", "load_before": [round(x, 2) for x in os.getloadavg()]}
-    results["modernbert_8192"] = modernbert_long(args.rounds)  # first: its own peak RSS
-    results["layer_8192"] = layer_costs(args.rounds)
-    results["deberta_8x128"] = deberta_vs_transformers(args.rounds)
-    results["modernbert_8x512"] = modernbert_vs_transformers(args.rounds, args.layers)
-    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    path = os.path.join(HERE, "results", "modern.json")
+    results = {}
+    if args.only:
+        if not os.path.exists(path):
+            parser.error(f"--only merges into {path}, which does not exist: run every part first")
+        with open(path) as f:
+            results = json.load(f)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    results.update(run_parts(parts, args.rounds, args.layers))
+    results.update({"machine": f"{platform.processor() or platform.machine()}, "
+                               f"{os.cpu_count()} cores"})
+    if not args.only:
+        results.update({"rounds": args.rounds, "load_before": load_before,
+                        "load_after": [round(x, 2) for x in os.getloadavg()]})
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "modern.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(HERE, "results", "modern.md"), "w") as f:
-        f.write(markdown(results))
+    write_atomic(path, json.dumps(results, indent=2))
+    write_atomic(os.path.join(HERE, "results", "modern.md"), markdown(results))
     print(markdown(results))
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes text to path through a temporary file in the same folder, then a rename."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

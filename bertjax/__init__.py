@@ -32,6 +32,7 @@ _EXPORTS = {
     "ActivationStore": "bertjax.scale.store",
     "ALL_NAMES": "bertjax.model.capture",
     "attention": "bertjax.model.attention",
+    "attention_distance": "bertjax.analysis.reductions",
     "attention_relevance": "bertjax.probing.relevance",
     "BertConfig": "bertjax.model.config",
     "BertOutput": "bertjax.model.forward",

@@ -1,6 +1,6 @@
 """The benchmark scripts' own logic (no timings): the instruction-set cap, the profile's HLO
-categories, the GPU check's parity verdicts, the capture benchmark's agreement figures and the load
-benchmark's fresh-process case."""
+categories, the GPU check's parity verdicts, the capture benchmark's agreement figures, the load
+benchmark's fresh-process case and the modern encoders' comparison with transformers (tiny)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import bench_capture  # noqa: E402
 import bench_family  # noqa: E402
 import bench_forward  # noqa: E402
 import bench_load  # noqa: E402
+import bench_modern  # noqa: E402
 import gpu_check  # noqa: E402
 import machine  # noqa: E402
 import profile_forward  # noqa: E402
@@ -225,3 +226,36 @@ def test_family_benchmark_runs_every_family_tiny(tmp_path):
     assert all(a["same_jaxpr"] for a in result["ab"])  # this tree against itself
     assert len(result["targets"]) == len(bench_family.FAMILIES) - 1 + 2 + 2 + 1
     assert "| albert |" in (tmp_path / "fam.md").read_text()
+
+
+@pytest.mark.slow
+def test_modern_benchmark_compares_each_family_with_transformers_tiny():
+    """bench_modern's one comparison helper on tiny ModernBERT and DeBERTa-v3 shapes: both systems
+    timed in the same rounds, the speedup their medians' ratio, every row in the report."""
+    from tests.model import modern_ref
+
+    modern = {"model_type": "modernbert", **modern_ref.MODERNBERT}
+    deberta = {"model_type": "deberta-v2", **modern_ref.DEBERTA_V3}
+    mb = bench_modern.modernbert_vs_transformers(1, 3, spec=modern, shape=(2, 16))
+    db = bench_modern.deberta_vs_transformers(1, spec=deberta, shape=(2, 8))
+    assert mb["layers"] == 3 and mb["shape"] == [2, 16] and db["layers"] == 2
+    for r, name in ((mb, "transformers_sdpa"), (db, "transformers_eager")):
+        assert r["speedup"] == pytest.approx(r[name]["median_s"] / r["bertjax"]["median_s"])
+        assert 0 < r["bertjax"]["min_s"] <= r["bertjax"]["median_s"] <= r["bertjax"]["max_s"]
+    timing = {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0}
+    results = {"machine": "m", "rounds": 1, "load_before": [1.0], "load_after": [2.0],
+               "modernbert_8192": {**timing, "peak_rss_gib": 1.5},
+               "layer_8192": {"sliding": timing, "global": timing, "sliding_over_global": 1.0},
+               "modernbert_8x512": mb, "modernbert_full_8x512": {**mb, "layers": 22},
+               "deberta_8x128": db}
+    text = bench_modern.markdown(results)
+    assert "ModernBERT-base shapes (3 layers) forward (2, 16)" in text
+    assert "ModernBERT-base shapes (22 layers) forward (2, 16)" in text
+    assert "; sdpa)" in text and "DeBERTa-v3-base forward (2, 8)" in text and "; eager)" in text
+
+
+def test_modern_benchmark_parts_keep_their_order_and_refuse_unknown_ones():
+    assert bench_modern.parse_parts("full, long") == ("long", "full")
+    with pytest.raises(ValueError, match="--only takes parts among long, layer, deberta, short, "
+                                         "full; got 'fulll'"):
+        bench_modern.parse_parts("fulll")

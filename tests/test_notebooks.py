@@ -36,7 +36,8 @@ def cache(tmp_path_factory) -> str:
 def test_the_studies_are_numbered_in_order():
     """The six studies of the analysis issue, fine-tuning (07), then the studies of the analysis-depth
     issue (08 steering and site gradients, 09 circuits, 10 head importance), then the encoder
-    family's attention (11) and probing (12), one number each."""
+    family's attention (11), probing (12) and the modern encoders' attention (13), one number
+    each."""
     assert [p.name[:3] for p in PATHS][:12] == [f"{i:02d}_" for i in range(1, 13)]
     numbers = [int(p.name[:2]) for p in PATHS]  # later studies: one number each, in order
     assert numbers == sorted(set(numbers)) and all(p.name[2] == "_" for p in PATHS)

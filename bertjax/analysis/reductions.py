@@ -10,6 +10,9 @@ Every per-head statistic is a mean over the real (non-padding) query positions o
   to_sep    attention mass on the [SEP] tokens (both of them in a sentence pair)
   to_self   attention of each token to itself
   to_prev   attention to the previous position (queries at positions >= 1)
+`attention_distance` reads a captured attn.probs: each head's mean |i - j| between a query and the
+keys it attends to, weighted by probability (how far a head looks; ModernBERT's sliding layers are
+bounded by their window, its global layers are not).
 Rollout (Abnar & Zuidema 2020): average the heads, add the identity (the residual), renormalize the
 rows, multiply through the layers: R = A'_L ... A'_1 with A' = (mean_n A + I) / 2.
 
@@ -125,3 +128,34 @@ def rollout(probs: Float[ArrayLike, "L B N S T"],
     start = jnp.broadcast_to(eye, mixed.shape[1:])  # [B, S, T]
     result, _ = jax.lax.scan(step, start, mixed)
     return result if real is None else result * jnp.asarray(real, jnp.float32)[:, :, None]
+
+
+def attention_distance(probs: ArrayLike,  # [L, B, N, S, S]; checked here, with a clear message
+                       attention_mask: ArrayLike | None = None) -> Float[Array, "L B N"]:
+    """Each head's mean attention distance: ``sum_t p[s, t] |s - t|`` for every query s, averaged over
+    the example's real query positions (all of them without a mask).
+
+    Args:
+      probs: `attn.probs`, float [L, B, N, S, T] with T = S (self-attention).
+      attention_mask: [B, S] of 1 (token) / 0 (padding), or None for no padding.
+
+    Returns:
+      float32 [L, B, N], in positions (0: every query attends to itself only).
+
+    Raises:
+      ValueError: probs not [L, B, N, S, S], or a mask that is not [B, S].
+    """
+    shape = jnp.shape(probs)
+    if len(shape) != 5 or shape[-1] != shape[-2]:
+        raise ValueError(f"probs must be attn.probs of shape [L, B, N, S, S] (capture "
+                         f"'attn.probs'), got {tuple(shape)}")
+    _, B, _, S, _ = shape
+    if attention_mask is not None and jnp.shape(attention_mask) != (B, S):
+        raise ValueError(f"attention_mask must have shape [B, S] = {(B, S)} to match probs, got "
+                         f"{tuple(jnp.shape(attention_mask))}")
+    i = jnp.arange(S)
+    offset = jnp.abs(i[:, None] - i[None, :]).astype(jnp.float32)  # [S, T]
+    per_query = jnp.einsum("LBNST,ST->LBNS", jnp.asarray(probs, jnp.float32), offset)
+    real = jnp.ones((B, S), jnp.float32) if attention_mask is None else \
+        (jnp.asarray(attention_mask) != 0).astype(jnp.float32)
+    return _query_mean(per_query, real)

@@ -8,7 +8,8 @@ straight into [B, N, S, H] made XLA CPU copy and transpose every kernel on each 
 
 Two ways to the context: the explicit one (scores, softmax, probs @ v, every step tappable), and a
 fast one when neither scores nor probs are captured or patched and there is no dropout or head
-mask: `jax.nn.dot_product_attention` off CPU (cuDNN's fused kernel on GPU for bfloat16 / float16,
+mask (ModernBERT's sliding layers: banded, or cuDNN with the window, see `window_implementation`):
+`jax.nn.dot_product_attention` off CPU (cuDNN's fused kernel on GPU for bfloat16 / float16,
 see `fused_implementation`, falling back to JAX's choice where it is refused; XLA's otherwise); on
 one CPU device the same
 arithmetic as the explicit way, run over groups of the batch whose float32 scores fit in a few
@@ -27,7 +28,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from bertjax.model import capture as C
-from bertjax.model.banded import banded_context, window_bias
+from bertjax.model.banded import banded_context, fused_window_context, window_bias
 from bertjax.model.checks import check_hidden
 from bertjax.model.config import BertConfig
 from bertjax.model.nn import dense, dropout, last_axis
@@ -69,6 +70,15 @@ def fused_implementation(dtype, backend: str | None = None) -> str | None:
     (JAX's choice: XLA) otherwise. `backend` defaults to `jax.default_backend()`."""
     backend = backend or jax.default_backend()
     return "cudnn" if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+
+
+def window_implementation(dtype, backend: str | None = None) -> str:
+    """How a ModernBERT sliding layer attends when nothing needs its probabilities: "cudnn" where
+    `fused_implementation` picks cuDNN (GPU, bfloat16 / float16): `jax.nn.dot_product_attention`'s
+    fused kernel with the window (`bertjax.model.banded.fused_window_context`, two one-sided
+    windows merged); "banded" otherwise (`banded_context`, S x window scores, on CPU and for
+    float32). `backend` defaults to `jax.default_backend()`."""
+    return "cudnn" if fused_implementation(dtype, backend) == "cudnn" else "banded"
 
 
 def _fused_here() -> bool:
@@ -164,13 +174,25 @@ def attention(params: dict, hidden: Float[ArrayLike, "B S D"], config: BertConfi
 
 def _local_or_global(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask,
                      config: BertConfig, local) -> jax.Array:
-    """ModernBERT's context without captured probabilities: banded attention in a sliding layer
-    (`bertjax.model.banded`), the grouped full form in a global one; chosen at trace time when
-    every layer is of one kind, else by `lax.cond` on the scanned flag. [B, N, S, H]."""
+    """ModernBERT's context without captured probabilities: in a sliding layer the banded
+    attention (`bertjax.model.banded`), or cuDNN's fused kernel with the window where
+    `window_implementation` picks it (falling back to banded where cuDNN refuses at trace time);
+    in a global one BERT's fast path (grouped on CPU, `jax.nn.dot_product_attention` elsewhere).
+    Chosen at trace time when every layer is of one kind, else by `lax.cond` on the scanned
+    flag. [B, N, S, H]."""
+    w, scale = config.sliding_window, config.score_scale
+
     def sliding():
-        return banded_context(q, k, v, attention_mask, config.sliding_window, config.score_scale)
+        if window_implementation(q.dtype) == "cudnn":
+            try:
+                return fused_window_context(q, k, v, attention_mask, w, scale, "cudnn")
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # cuDNN not available or the shape not supported: the banded form
+        return banded_context(q, k, v, attention_mask, w, scale)
 
     def full():
+        if _fused_here():
+            return _fused_context(q, k, v, mask_bias(attention_mask), attention_mask)
         return _grouped_context(q, k, v, mask_bias(attention_mask), config)
 
     if isinstance(local, bool):

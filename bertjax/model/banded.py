@@ -78,3 +78,61 @@ def banded_context(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: Arr
     none = ~jnp.any(allowed, axis=-1).reshape(B, 1, nb * C)[:, :, :S, None]  # [B, 1, S, 1]
     uniform = jnp.mean(v.astype(jnp.float32), axis=2, keepdims=True).astype(v.dtype)  # [B, N, 1, H]
     return jnp.where(none, uniform, context)  # [B, N, S, H]
+
+
+def _no_key_rows(attention_mask: ArrayLike | None, B: int, S: int, w: int) -> jax.Array:
+    """bool [B, 1, S, 1]: the queries with no real key within |i - j| <= w (running counts of
+    the mask, no S x T array)."""
+    if attention_mask is None:
+        return jnp.zeros((B, 1, S, 1), bool)
+    keys = (jnp.asarray(attention_mask) != 0).astype(jnp.int32)  # [B, S]
+    counts = jnp.pad(jnp.cumsum(keys, axis=1), ((0, 0), (1, 0)))  # [B, S + 1]
+    i = np.arange(S)
+    inside = counts[:, np.minimum(i + w, S - 1) + 1] - counts[:, np.maximum(i - w, 0)]  # [B, S]
+    return (inside == 0)[:, None, :, None]
+
+
+def fused_window_context(q: jax.Array, k: jax.Array, v: jax.Array,
+                         attention_mask: ArrayLike | None, w: int, scale: float,
+                         implementation: str | None = "cudnn") -> jax.Array:
+    """Sliding-window attention [B, N, S, H] through `jax.nn.dot_product_attention`'s fused kernel.
+
+    cuDNN takes a window only one-sided (causal: keys i - w .. i), so the symmetric window is two
+    calls: keys i - w .. i on the sequence, keys i .. i + w on the reversed sequence. Each returns
+    its context and log-sum-exp; the two softmaxes merge exactly, taking the query's own key (in
+    both halves) out once:
+      out = (e^a o_left + e^b o_right - e^c v_i) / (e^a + e^b - e^c),
+    a, b the halves' log-sum-exps, c the query's own scaled score (-inf when it is padding).
+    The same arithmetic with `implementation=None` (JAX's XLA implementation) runs on CPU, where
+    the tests compare it with `banded_context`. A row with no allowed key is the mean of all
+    values, as in `banded_context`.
+
+    Raises what `jax.nn.dot_product_attention` raises when cuDNN refuses (no GPU, an unsupported
+    dtype or shape): the caller falls back to `banded_context`.
+    """
+    B, N, S, H = q.shape
+    to_bsnh = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, S, H] <-> [B, S, N, H]
+    flip = lambda x: jnp.flip(x, axis=1)  # the sequence axis of [B, S, ...]
+    keys = None if attention_mask is None else \
+        (jnp.asarray(attention_mask) != 0)[:, None, None, :]  # [B, 1, 1, T]
+
+    def half(q, k, v, keys):
+        return jax.nn.dot_product_attention(q, k, v, mask=keys, scale=1.0 / scale, is_causal=True,
+                                            local_window_size=(w, 0),
+                                            implementation=implementation, return_residual=True)
+
+    qs, ks, vs = to_bsnh(q), to_bsnh(k), to_bsnh(v)  # [B, S, N, H]
+    left, a = half(qs, ks, vs, keys)  # [B, S, N, H], [B, S, N]
+    right, b = half(flip(qs), flip(ks), flip(vs), None if keys is None else jnp.flip(keys, -1))
+    right, b = flip(right), flip(b)
+    own = jnp.einsum("BSNH,BSNH->BSN", qs, ks, preferred_element_type=jnp.float32) / scale
+    if attention_mask is not None:
+        own = jnp.where((jnp.asarray(attention_mask) != 0)[:, :, None], own, -jnp.inf)
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    top = jnp.maximum(a, b)
+    ea, eb, ec = (jnp.exp(x - top)[..., None] for x in (a, b, own))  # [B, S, N, 1]
+    part = lambda e, x: jnp.where(e > 0, e * x.astype(jnp.float32), 0.0)  # 0, never 0 * inf
+    context = (part(ea, left) + part(eb, right) - part(ec, vs)) / (ea + eb - ec)
+    context = to_bsnh(context.astype(q.dtype))  # [B, N, S, H]
+    uniform = jnp.mean(v.astype(jnp.float32), axis=2, keepdims=True).astype(v.dtype)
+    return jnp.where(_no_key_rows(attention_mask, B, S, w), uniform, context)

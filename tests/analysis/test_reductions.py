@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY, assert_close, tiny_inputs
 
 import bertjax
-from bertjax.analysis.reductions import attention_stats, rollout, special_token_ids
+from bertjax.analysis.reductions import attention_distance, attention_stats, rollout, special_token_ids
 
 L = TINY["num_hidden_layers"]
 
@@ -106,3 +106,41 @@ def test_bad_ids_raise():
     with pytest.raises(ValueError, match="input_ids must be in"):
         attention_stats(params, np.full((1, 4), 500, np.int32), config, cls_token_id=CLS,
                         sep_token_id=SEP)
+
+
+def test_attention_distance_against_numpy(run):
+    """sum_t p |s - t| per query, averaged over each example's real queries, against NumPy."""
+    ids, mask, probs, _ = run
+    got = np.asarray(attention_distance(probs, attention_mask=mask))
+    S = probs.shape[-1]
+    offset = np.abs(np.arange(S)[:, None] - np.arange(S)[None, :])
+    want = _query_mean((probs * offset).sum(-1), mask)
+    assert got.shape == probs.shape[:3]
+    assert_close("attention_distance", got, want, atol=1e-5)
+    unmasked = np.asarray(attention_distance(probs))
+    assert_close("attention_distance, no mask", unmasked, (probs * offset).sum(-1).mean(-1), atol=1e-5)
+    assert not np.allclose(unmasked, got)  # the padded queries are left out with the mask
+
+
+def test_attention_distance_of_modernbert_stays_in_the_window():
+    """A sliding layer attends within |i - j| <= w, a global one beyond it (tiny random
+    ModernBERT, S well past the window)."""
+    from tests.model import modern_ref
+
+    config = bertjax.BertConfig.from_dict({"model_type": "modernbert", **modern_ref.MODERNBERT})
+    params = bertjax.init_params(jax.random.key(0), config, bertjax.Heads(pooler=False))
+    ids = np.random.default_rng(0).integers(3, config.vocab_size, (1, 40))
+    probs = bertjax.forward(params, ids, config, capture=("attn.probs",)).acts["attn.probs"]
+    distance = np.asarray(attention_distance(probs))[:, 0]  # [L, N]
+    local = np.asarray(config.local_layers)
+    assert local.any() and (~local).any()
+    assert (distance[local] <= config.sliding_window).all()
+    assert distance[~local].min() > config.sliding_window
+
+
+def test_attention_distance_refuses_other_shapes():
+    probs = np.full((2, 1, 3, 4, 4), 0.25)
+    with pytest.raises(ValueError, match=r"probs must be attn.probs of shape \[L, B, N, S, S\]"):
+        attention_distance(probs[0])
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \[B, S\] = \(1, 4\)"):
+        attention_distance(probs, attention_mask=np.ones((1, 5)))

@@ -121,3 +121,115 @@ def test_long_single_sequence_is_scored_by_query_chunks(monkeypatch):
     probs = jax.nn.softmax(jnp.einsum("BNSH,BNTH->BNST", q, k) / np.sqrt(12) + bias, axis=-1)
     want = jnp.einsum("BNST,BNTH->BNSH", probs, v)
     assert_close("chunked context", A._grouped_context(q, k, v, bias, config), want)
+
+
+def test_window_implementation_picks_cudnn_only_on_gpu_in_half_precision():
+    """The selection of the sliding layers' fast path, as `fused_implementation` for BERT's."""
+    from bertjax.model.attention import window_implementation
+
+    assert window_implementation(jnp.bfloat16, "gpu") == "cudnn"
+    assert window_implementation(jnp.float16, "gpu") == "cudnn"
+    assert window_implementation(jnp.float32, "gpu") == "banded"  # cuDNN's kernel needs 16 bits
+    assert window_implementation(jnp.bfloat16, "cpu") == "banded"
+    assert window_implementation(jnp.bfloat16, "tpu") == "banded"
+    assert window_implementation(jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu"
+                                                   else "banded")
+
+
+@pytest.mark.parametrize("S,w,pad", [(37, 4, 20), (8, 3, 0), (5, 8, 3), (40, 3, 35)],
+                         ids=["padded-tail", "one-block", "window-beyond-sequence",
+                              "rows-without-keys"])
+def test_fused_window_equals_banded_on_cpu(S, w, pad):
+    """The two one-sided windows merged by their log-sum-exps (the arithmetic cuDNN runs on GPU),
+    here through JAX's XLA implementation, equal the banded path; so does one XLA call with the
+    symmetric window, on the real queries."""
+    rng = np.random.default_rng(S + w)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 3, S, 6)), jnp.float32) for _ in range(3))
+    mask = np.ones((2, S), np.int64)
+    mask[1, S - pad:] = 0
+    attention_mask = None if pad == 0 else mask
+    want = banded.banded_context(q, k, v, attention_mask, w, 2.5)
+    fused = jax.jit(banded.fused_window_context, static_argnums=(4, 5, 6))
+    got = fused(q, k, v, attention_mask, w, 2.5, "xla")
+    assert_close("fused window context", got, want, atol=1e-5)
+    bsnh = lambda x: jnp.swapaxes(x, 1, 2)
+    keys = None if attention_mask is None else (jnp.asarray(mask) != 0)[:, None, None, :]
+    one = bsnh(jax.jit(jax.nn.dot_product_attention, static_argnames=(
+        "scale", "local_window_size", "implementation"))(
+        bsnh(q), bsnh(k), bsnh(v), mask=keys, scale=1 / 2.5, local_window_size=(w, w),
+        implementation="xla"))
+    real = mask.astype(bool)[:, None, :, None]  # padded queries: transformers' rows differ
+    assert_close("xla symmetric window", np.where(real, one, 0), np.where(real, want, 0),
+                 atol=1e-5)
+
+
+def _sliding_attention(config, seed=3):
+    """One ModernBERT sliding layer's attention inputs: params, hidden [2, S, D], mask, positions."""
+    from bertjax.model.positions import rotary_tables
+
+    S = config.max_position_embeddings
+    params = init_params(jax.random.key(seed), config, Heads(pooler=False))
+    layer = params["encoder"]["layer"]["1"]["attention"]
+    hidden = jax.random.normal(jax.random.key(seed + 1), (2, S, config.hidden_size))
+    mask = np.ones((2, S), np.int64)
+    mask[1, S // 3:] = 0
+    rope = rotary_tables(jnp.arange(S), config.local_rope_theta, config.head_size)
+    return layer, hidden, mask, {"rope": rope, "local": True}
+
+
+def test_sliding_layers_take_the_fused_window_where_selected(monkeypatch):
+    """With the selection forced to "cudnn" (as on a GPU in bfloat16) a sliding layer calls
+    `fused_window_context`, here run through XLA, and gives the banded path's output; where cuDNN
+    refuses (raises at trace time) it falls back to banded; a captured attn.probs never takes it."""
+    from bertjax.model import attention as A
+
+    config = _sliding_config(29)
+    layer, hidden, mask, positions = _sliding_attention(config)
+
+    def run(capture=()):  # traced afresh on each call, so the monkeypatched names are read
+        return jax.jit(lambda p, h, m: A.attention(p, h, config, m, capture=capture,
+                                                   positions=positions))(layer, hidden, mask)
+
+    want, _ = run()  # banded on CPU
+    calls = []
+
+    def through_xla(*args):
+        calls.append(args[-1])
+        return banded.fused_window_context(*args[:-1], implementation="xla")
+
+    monkeypatch.setattr(A, "window_implementation", lambda dtype, backend=None: "cudnn")
+    monkeypatch.setattr(A, "fused_window_context", through_xla)
+    got, _ = run()
+    assert calls == ["cudnn"]
+    assert_close("attn.out, fused window", got, want, atol=1e-5)
+
+    def refuses(*args):
+        calls.append("refused")
+        raise ValueError("cuDNN doesn't support this shape")
+
+    monkeypatch.setattr(A, "fused_window_context", refuses)
+    got, _ = run()
+    assert calls[-1] == "refused"
+    assert_close("attn.out, cuDNN refused", got, want, atol=1e-6)
+    calls.clear()
+    _, acts = run(capture=("attn.probs",))
+    assert calls == [] and acts["attn.probs"].shape[-1] == hidden.shape[1]
+
+
+def test_global_layers_take_the_fused_path_off_cpu(monkeypatch):
+    """Off CPU a global ModernBERT layer takes BERT's `jax.nn.dot_product_attention` path (forced
+    here on CPU); it equals the grouped path CPU takes."""
+    from bertjax.model import attention as A
+
+    config = _sliding_config(29)
+    layer, hidden, mask, positions = _sliding_attention(config)
+    positions = {**positions, "local": False}
+    run = lambda: jax.jit(lambda p, h, m: A.attention(p, h, config, m, positions=positions)[0])(
+        layer, hidden, mask)
+    want = run()
+    calls = []
+    fused = A._fused_context
+    monkeypatch.setattr(A, "_fused_here", lambda: True)
+    monkeypatch.setattr(A, "_fused_context", lambda *a: calls.append(1) or fused(*a))
+    assert_close("attn.out, fused global layer", run(), want, atol=1e-5)
+    assert calls == [1]
