@@ -4,7 +4,8 @@ The build is Sphinx with -W -n (warnings are errors: a broken reference to bertj
 in a docstring, a page in no toctree, a public name without a docstring, an activation site without
 a meaning all fail it). The ```python blocks of every page run in order in one scope on the offline
 MiniLM (after the example of "Concepts", which loads the model); the ```bash blocks run as shown
-from a scratch folder after the Quickstart (slow: they start the CLI several times).
+from a scratch folder after the Quickstart (slow: the CLI and script commands run one after the
+other in the test's process, any other line in bash).
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def bash_pages() -> list[str]:
 
 # a line bash must run itself: operators, redirections, expansions, continuations, compound commands
 SHELL_LINE = re.compile(r"[|&;<>$`\\(){}*?]|^\s*(for|if|while|until|case|do|done|then|else|fi)\b")
+# a block bash must run whole: a line that changes the shell's state for the next lines, or that
+# spans several lines
+WHOLE_BLOCK = re.compile(r"^\s*(for|if|while|until|case|function|cd|pushd|popd|export|unset|set|"
+                         r"source|alias|\.)(\s|$)|^\s*\w+=|\\$|<<|[({]\s*$")
 
 
 def in_process(line: str) -> list[str] | None:
@@ -199,7 +204,7 @@ def test_the_bash_blocks_run_as_shown(page, tmp_path, monkeypatch, capsys):
             continue
         commands = [(line + i + 1, c) for i, c in enumerate(code.splitlines())
                     if c.strip() and not c.lstrip().startswith("#")]
-        if any(c.rstrip().endswith("\\") or SHELL_LINE.search(c.split()[0]) for _, c in commands):
+        if any(WHOLE_BLOCK.search(c.rstrip()) for _, c in commands):
             bash(code, f"docs/{page}:{line}")
             continue
         for at, command in commands:
