@@ -3,6 +3,7 @@ checkpoints built locally with torch.manual_seed(0), tolerances and strict JAX s
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import tempfile
@@ -32,6 +33,16 @@ jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The test files with the most `slow` tests run first, each file's tests kept together and in
+    their order (its module fixtures are built once per worker): with two workers
+    (`--dist worksteal`, pyproject's addopts) the long tests start early and the run ends on short
+    ones, not on one long test while the other worker idles."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
 
 
 def pytest_unconfigure(config):

@@ -4,7 +4,8 @@ The build is Sphinx with -W -n (warnings are errors: a broken reference to bertj
 in a docstring, a page in no toctree, a public name without a docstring, an activation site without
 a meaning all fail it). The ```python blocks of every page run in order in one scope on the offline
 MiniLM (after the example of "Concepts", which loads the model); the ```bash blocks run as shown
-from a scratch folder after the Quickstart (slow: they start the CLI several times).
+from a scratch folder after the Quickstart (slow: the CLI and script commands run one after the
+other in the test's process, any other line in bash).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import runpy
+import shlex
 import subprocess
 import sys
 
@@ -136,19 +139,79 @@ def bash_pages() -> list[str]:
             if any("python3 -m venv" not in code for _, code in blocks(page, "bash"))]
 
 
+# a line bash must run itself: operators, redirections, expansions, continuations, compound commands
+SHELL_LINE = re.compile(r"[|&;<>$`\\(){}*?]|^\s*(for|if|while|until|case|do|done|then|else|fi)\b")
+# a block bash must run whole: a line that changes the shell's state for the next lines, or that
+# spans several lines
+WHOLE_BLOCK = re.compile(r"^\s*(for|if|while|until|case|function|cd|pushd|popd|export|unset|set|"
+                         r"source|alias|\.)(\s|$)|^\s*\w+=|\\$|<<|[({]\s*$")
+
+
+def in_process(line: str) -> list[str] | None:
+    """The argv of a one-command line that can run in this process (`.venv/bin/bertjax ARGS`,
+    `.venv/bin/python SCRIPT ARGS`, `.venv/bin/python -c CODE`), else None (bash runs it)."""
+    argv = shlex.split(line, comments=True)
+    unquoted = shlex.split(line, comments=True, posix=False)
+    if not argv or any(SHELL_LINE.search(w) for w in unquoted if w[:1] not in "'\""):
+        return None
+    if argv[0] == ".venv/bin/bertjax" or (argv[0] == ".venv/bin/python" and len(argv) > 1
+                                          and (argv[1] == "-c" or argv[1].endswith(".py"))):
+        return argv
+    return None
+
+
+def run_in_process(argv: list[str], monkeypatch) -> int:
+    """`bertjax ARGS` as `cli.main(ARGS)`, a script through runpy as `__main__` (its folder first
+    on sys.path, its argv), `-c CODE` through exec; returns the exit status."""
+    from bertjax.commands import cli
+
+    try:
+        if argv[0] == ".venv/bin/bertjax":
+            assert os.access(argv[0], os.X_OK), "no .venv/bin/bertjax"  # the command as shown exists
+            return cli.main(argv[1:])
+        if argv[1] == "-c":
+            exec(compile(argv[2], "<string>", "exec"), {"__name__": "__main__"})
+            return 0
+        monkeypatch.setattr(sys, "argv", argv[1:])
+        monkeypatch.syspath_prepend(os.path.dirname(os.path.abspath(argv[1])))
+        runpy.run_path(argv[1], run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", bash_pages())
-def test_the_bash_blocks_run_as_shown(page, tmp_path):
+def test_the_bash_blocks_run_as_shown(page, tmp_path, monkeypatch, capsys):
     """A page's blocks in order, from one scratch folder holding the repository's scripts and a
-    `.venv` (this interpreter's), as after the Quickstart."""
+    `.venv` (this interpreter's), as after the Quickstart. The `bertjax` and `python` commands run
+    in this process, one after the other (`cli.main`, the script as `__main__`: no interpreter,
+    JAX or torch start-up per command; the console script itself is tests/commands'); any other
+    line, and a whole block with a compound command, runs in bash -euo pipefail."""
     for name in ("conversion", "notebooks"):
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
     os.symlink(sys.prefix, tmp_path / ".venv")
+    monkeypatch.chdir(tmp_path)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+
+    def bash(code: str, where: str) -> None:
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=900, check=False)
+        assert result.returncode == 0, f"{where}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+
     for line, code in blocks(page, "bash"):
         if "python3 -m venv" in code:
             continue
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=900, check=False)
-        assert result.returncode == 0, \
-            f"docs/{page}:{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        commands = [(line + i + 1, c) for i, c in enumerate(code.splitlines())
+                    if c.strip() and not c.lstrip().startswith("#")]
+        if any(WHOLE_BLOCK.search(c.rstrip()) for _, c in commands):
+            bash(code, f"docs/{page}:{line}")
+            continue
+        for at, command in commands:
+            argv = in_process(command)
+            if argv is None:
+                bash(command, f"docs/{page}:{at}")
+                continue
+            rc = run_in_process(argv, monkeypatch)
+            out = capsys.readouterr()
+            assert rc == 0, f"docs/{page}:{at}: exit {rc}\n{out.out[-2000:]}\n{out.err[-3000:]}"

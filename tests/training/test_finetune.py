@@ -349,20 +349,36 @@ def test_token_labels_go_to_first_pieces(tiny):
     assert len(ids) == 4 and tags == [IGNORE, 0, 1, IGNORE]
 
 
+@pytest.fixture(scope="module")
+def small_run(tiny, tmp_path_factory):
+    """run(task) -> the summary of one epoch of the tokens or mlm task on 16 records (2 steps),
+    run once per task for the module (the tokens run is also the export test's)."""
+    runs = {}
+
+    def run(task: str) -> dict:
+        if task not in runs:
+            folder = tmp_path_factory.mktemp(f"ft_{task}")
+            rng = np.random.default_rng(0)
+            if task == "tokens":  # tag each word: positive / negative / other
+                words = [list(rng.choice(POS + NEG + FILLER + ["unreally"], size=4))
+                         for _ in range(16)]
+                records = [{"tokens": w, "labels": ["P" if x in POS else "N" if x in NEG else "O"
+                                                    for x in w]} for w in words]
+            else:
+                records = sentences(16, 2)
+            train = D.write_jsonl(folder / "train.jsonl", records)
+            opts = F.Options(train=train, eval=train, out=str(folder / "out"), model=tiny,
+                             task=task, epochs=1, batch_size=8, max_length=16, lr=1e-3)
+            runs[task] = F.finetune(opts, progress=False)
+        return runs[task]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["tokens", "mlm"])
-def test_tokens_and_mlm_tasks_run_and_save(tiny, tmp_path, task):
-    rng = np.random.default_rng(0)
-    if task == "tokens":  # tag each word: positive / negative / other
-        words = [list(rng.choice(POS + NEG + FILLER + ["unreally"], size=4)) for _ in range(16)]
-        records = [{"tokens": w, "labels": ["P" if x in POS else "N" if x in NEG else "O"
-                                            for x in w]} for w in words]
-    else:
-        records = sentences(16, 2)
-    train = D.write_jsonl(tmp_path / "train.jsonl", records)
-    opts = F.Options(train=train, eval=train, out=str(tmp_path / "out"), model=tiny, task=task,
-                     epochs=1, batch_size=8, max_length=16, lr=1e-3)
-    summary = F.finetune(opts, progress=False)
+def test_tokens_and_mlm_tasks_run_and_save(tiny, small_run, task):
+    summary = small_run(task)
     last = summary["last"]
     assert summary["steps"] == 2 and np.isfinite(last["eval_loss"]) and last["eval_labels"] > 0
     config, params = bertjax.load(summary["model"])
@@ -491,24 +507,16 @@ def test_a_line_over_the_limit_is_never_held_whole(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "tokens"])
-def test_finetuned_model_exports_to_transformers(tiny, tmp_path, task, capsys):
-    """`bertjax export` of a finetune run's model/ picks the class from finetune.json; transformers
-    loads it with every key in place and computes bertjax's logits."""
+def test_finetuned_model_exports_to_transformers(reference, small_run, tmp_path, task, capsys):
+    """`bertjax export` of a finetune run's model/ (the module's classification and tokens runs)
+    picks the class from finetune.json; transformers loads it with every key in place and computes
+    bertjax's logits."""
     import torch
     import transformers
 
     from bertjax.model.heads import classifier_logits, token_classifier_logits
 
-    rng = np.random.default_rng(3)
-    if task == "tokens":
-        records = [{"tokens": list(rng.choice(POS + NEG + FILLER, size=3)), "labels": ["A", "B", "A"]}
-                   for _ in range(8)]
-    else:
-        records = sentences(8, 3)
-    train = D.write_jsonl(tmp_path / "train.jsonl", records)
-    opts = F.Options(train=train, out=str(tmp_path / "out"), model=tiny, task=task, epochs=1,
-                     batch_size=8, max_length=8, lr=1e-3)
-    model_dir = F.finetune(opts, progress=False)["model"]
+    model_dir = (reference["summary"] if task == "classification" else small_run("tokens"))["model"]
     assert main(["export", model_dir, str(tmp_path / "hf")]) == 0
     name = {"classification": "ForSequenceClassification", "tokens": "ForTokenClassification"}[task]
     assert f"as Bert{name}" in capsys.readouterr().out
