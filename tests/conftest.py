@@ -22,6 +22,13 @@ if _CACHE_OWNER:
 TEST_CACHE = os.environ["BERTJAX_TEST_CACHE"]
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", TEST_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Compiling is most of the suite's time (tiny shapes run in microseconds): programs compile without
+# XLA's optimisation passes, in this process and in the subprocesses and notebook kernels it starts,
+# except in the modules marked `optimized` (the parity files: what users run is checked as users
+# compile it). BERTJAX_TEST_OPTIMIZED=1 compiles everything optimised.
+UNOPTIMIZED = os.environ.get("BERTJAX_TEST_OPTIMIZED", "0") != "1"
+if UNOPTIMIZED:
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,6 +50,21 @@ def pytest_collection_modifyitems(config, items):
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
     items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _optimized_module(request):
+    """A module marked `optimized` compiles with XLA's optimisation passes. The flag is not part of
+    JAX's in-memory cache keys, so the caches are cleared on the way in and out (programs compiled
+    either way come back from the run's persistent cache, whose keys do include it)."""
+    if not (UNOPTIMIZED and request.node.get_closest_marker("optimized")):
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", False)
+    jax.clear_caches()
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+    jax.clear_caches()
 
 
 def pytest_unconfigure(config):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import transformers
 from conftest import ATOL_REAL, RTOL_REAL, assert_close
 from torch_ref import torch_activations
 
 import bertjax
+
+# Parity is checked on the programs users run: compiled with XLA's optimisations (conftest).
+pytestmark = pytest.mark.optimized
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -13,6 +13,9 @@ from family_ref import FAMILIES, build, family_activations, inputs
 import bertjax
 from bertjax.model import capture as C
 
+# Parity is checked on the programs users run: compiled with XLA's optimisations (conftest).
+pytestmark = pytest.mark.optimized
+
 # family -> the task model whose every activation is compared (the MLM model; ELECTRA's
 # discriminator and ALBERT's pretraining model add disc.logits / sop.logits and the pooler).
 PARITY = [(f, "ForMaskedLM") for f in FAMILIES] + [("electra", "ForPreTraining"),

@@ -16,6 +16,9 @@ from bertjax.model import capture as C
 from tests.conftest import assert_close
 from tests.model import modern_ref
 
+# Parity is checked on the programs users run: compiled with XLA's optimisations (conftest).
+pytestmark = pytest.mark.optimized
+
 S = 13
 
 # The family's names (the contract's "The encoder family" tables), per reference config.

@@ -11,6 +11,9 @@ from torch_ref import torch_activations
 
 import bertjax
 
+# Parity is checked on the programs users run: compiled with XLA's optimisations (conftest).
+pytestmark = pytest.mark.optimized
+
 VARIANTS = {
     "default": {},
     "one-layer": dict(num_hidden_layers=1),
