@@ -78,7 +78,7 @@ class BertConfig:
       pooler_hidden_act, pooler_dropout: DeBERTa's ContextPooler (the sequence classifier's input).
       layer_types, local_attention, global_rope_theta, local_rope_theta: ModernBERT's per-layer
         "full_attention" / "sliding_attention" pattern, its window (a query sees keys with
-        |i - j| <= local_attention // 2) and the rotary bases of the two layer kinds.
+        ``|i - j| <= local_attention // 2``) and the rotary bases of the two layer kinds.
       norm_bias, attention_bias, mlp_bias, decoder_bias, classifier_bias: whether ModernBERT's
         norms, projections, MLM decoder and classifier carry biases.
       classifier_pooling, classifier_activation: ModernBERT's sequence classifier ("cls" or

@@ -161,7 +161,10 @@ def test_patching_everything_from_clean_gives_the_clean_run(sharp, runs, name):
     clean, bad, inputs = runs
     out = bertjax.forward(params, config=config, patch={name: I.patch_from(clean.acts, name)},
                           **inputs)
-    assert_close(name, out.last_hidden_state, clean.last_hidden_state, 1e-6)
+    # the same values through another program: its rounding differs by up to 2e-6 on these
+    # sharp weights when compiled without XLA's optimisations (conftest), far below the 1e-3
+    # by which the corrupted run differs
+    assert_close(name, out.last_hidden_state, clean.last_hidden_state, ATOL_TINY)
     assert not np.allclose(bad.last_hidden_state, clean.last_hidden_state, atol=1e-3)
 
 
