@@ -1,7 +1,12 @@
 """The toolkit on every family (issue 23, item 4): one test per wing, parametrized over the tiny
 offline models of conversion/make_tiny_checkpoint.py (`family_checkpoint`), sharing one loaded model
 and one `capture="all"` run per family. Where a method cannot be exact for a family it refuses with
-one line naming the family (MPNet's QK circuits, the full OV circuit of an E-wide decoder)."""
+one line naming the family (QK circuits of MPNet, DeBERTa and ModernBERT, whose scores add
+relative or rotary position terms; the full OV circuit of an E-wide decoder).
+
+Compile time is most of these tests' cost (a fine-tuning step of a tiny model: seconds of XLA
+optimisation passes for milliseconds of running), so they compile with XLA's optimisations off
+(`_unoptimized`); every check is at a tolerance, or compares two runs of one program."""
 
 from __future__ import annotations
 
@@ -17,6 +22,22 @@ from bertjax.scale import sharding
 
 FAMILIES = tiny_script().FAMILIES
 TEXTS = ["the cat sat on the mat.", "a dog ran"]
+# Families whose attention scores are not W_Q W_K^T alone: the refusal of their QK circuits.
+QK_REFUSALS = {
+    "mpnet": "QK circuits of this mpnet model would leave out the relative position bias",
+    "deberta-v2": r"the QK circuit W_Q W_K\^T omits DeBERTa's c2p and p2c position terms",
+    "modernbert": r"the QK circuit W_Q W_K\^T is not position-free in ModernBERT: rotary"}
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized():
+    """Programs compiled during a test of this module skip XLA's optimisation passes
+    (jax_disable_most_optimizations, restored after the test): 2-3x faster compiles of these tiny
+    models, the same results up to float rounding."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +131,10 @@ def test_circuits(family, models):
     L, N, D, H = config.num_layers, config.num_attention_heads, config.hidden_size, config.head_size
     ov = circuits.ov_circuit(params, config)
     assert ov.left.shape == (L, N, D, H)
-    if family == "mpnet":
-        with pytest.raises(ValueError, match="QK circuits of this mpnet model would leave out the "
-                                             "relative position bias"):
-            circuits.qk_circuit(params, config)
+    if family in QK_REFUSALS:
+        for qk in (circuits.qk_circuit, circuits.composition_scores):
+            with pytest.raises(ValueError, match=QK_REFUSALS[family]):
+                qk(params, config)
     else:
         scores = circuits.composition_scores(params, config)
         assert scores["q"].shape == (L, N, L, N) and np.isfinite(scores["v"]).all()
