@@ -39,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 HEADS = {"model": "BertModel", "mlm": "BertForMaskedLM", "pretraining": "BertForPreTraining",
@@ -286,6 +287,12 @@ def build_family(out: str, family: str = "bert", head: str = "mlm", seed: int = 
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if family == "modernbert":  # named as ModernBERT-base names it (transformers 5 writes its
+        path = os.path.join(out, "tokenizer_config.json")  # backend's name, TokenizersBackend)
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({**settings, "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=2)
     return out
 
 
