@@ -95,10 +95,10 @@ def infer_task(config: BertConfig, params: dict) -> str:
     if "classifier" in params:
         classifier = params["classifier"]
         if model_type in _SHARED_HEAD:
-            raise ValueError(f"a {model_type} classifier (head and classifier) serves "
+            raise ValueError(f"give the task, 'classification' or 'tokens' (bertjax export "
+                             f"--task): a {model_type} classifier (head and classifier) serves "
                              f"{FAMILY_CLASSES[model_type][0]}ForSequenceClassification and "
-                             f"...ForTokenClassification alike: give the task, 'classification' "
-                             f"or 'tokens' (bertjax export --task)")
+                             f"...ForTokenClassification alike")
         if model_type in _POOLED:  # BERT's and ALBERT's sequence head reads the pooler
             return "classification" if "pooler" in params else "tokens"
         return "classification" if "dense" in classifier or "pre_classifier" in params else "tokens"

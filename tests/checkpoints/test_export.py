@@ -214,9 +214,10 @@ def test_family_round_trip(family, head, variant, family_checkpoint, tmp_path):
     name = STEMS[family] + suffix
     config, params = bertjax.load(src)
     if family == "modernbert" and head in ("classifier", "tokens"):  # one head form for both
-        with pytest.raises(ValueError, match="a modernbert classifier \\(head and classifier\\) "
-                                             "serves ModernBertForSequenceClassification and "
-                                             "...ForTokenClassification alike: give the task"):
+        with pytest.raises(ValueError, match="give the task, 'classification' or 'tokens' "
+                                             "\\(bertjax export --task\\): a modernbert "
+                                             "classifier \\(head and classifier\\) serves "
+                                             "ModernBertForSequenceClassification and"):
             infer_task(config, params)
     else:
         assert infer_task(config, params) == task
