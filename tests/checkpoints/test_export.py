@@ -261,3 +261,20 @@ def test_modern_special_ids_without_a_tokenizer(family_checkpoint, tmp_path):
         with open(os.path.join(out, "config.json")) as f:
             written = json.load(f)
         assert {k: written[k] for k in want} == ids
+
+
+def test_cli_export_of_a_modernbert_classifier_needs_its_task(family_checkpoint, tmp_path, capsys):
+    """ModernBERT's sequence and token classifiers have one form: `bertjax export` refuses to
+    guess, leaving nothing behind, and writes the class --task names."""
+    src = family_checkpoint("modernbert", "tokens")
+    converted = tmp_path / "jax"
+    assert main(["convert", src, str(converted)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(converted), str(tmp_path / "hf")]) == 2
+    assert "give the task, 'classification' or 'tokens'" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["jax"]
+    assert main(["export", str(converted), str(tmp_path / "hf"), "--task", "tokens"]) == 0
+    assert "as ModernBertForTokenClassification" in capsys.readouterr().out
+    _, info = transformers.AutoModelForTokenClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
