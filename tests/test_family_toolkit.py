@@ -22,6 +22,8 @@ from bertjax.scale import sharding
 
 FAMILIES = tiny_script().FAMILIES
 TEXTS = ["the cat sat on the mat.", "a dog ran"]
+# Metrics read one feature: the sum of a LayerNorm's output over its features is constant where its
+# scale is uniform (a fresh model's), so its gradient would be zero up to rounding.
 # Families whose attention scores are not W_Q W_K^T alone: the refusal of their QK circuits.
 QK_REFUSALS = {
     "mpnet": "QK circuits of this mpnet model would leave out the relative position bias",
@@ -95,7 +97,7 @@ def test_edit_patch_and_head_mask(family, models):
 def test_site_grads(family, models):
     m = models(family)
     grads = bertjax.site_grads(m["params"], m["ids"], m["config"],
-                               lambda o: o.last_hidden_state[:, 0].sum(), ("layer.out",),
+                               lambda o: o.last_hidden_state[:, 0, 0].sum(), ("layer.out",),
                                attention_mask=m["mask"])
     g = np.asarray(grads["layer.out"])
     assert g.shape == m["out"].acts["layer.out"].shape and np.isfinite(g).all()
@@ -152,7 +154,7 @@ def test_head_importance(family, models):
     m = models(family)
     scores = pruning.head_importance(m["params"], m["config"],
                                      [{"input_ids": m["ids"], "attention_mask": m["mask"]}],
-                                     lambda out, batch: out.last_hidden_state[:, 0].sum())
+                                     lambda out, batch: out.last_hidden_state[:, 0, 0].sum())
     assert scores.shape == (m["config"].num_layers, m["config"].num_attention_heads)
     assert np.isfinite(scores).all() and (scores > 0).any()
     L, N = m["config"].num_layers, m["config"].num_attention_heads
