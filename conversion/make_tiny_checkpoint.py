@@ -1,16 +1,22 @@
 """Writes a tiny random transformers checkpoint of any family and head, for trying bertjax out offline.
 
-`--family` (bert, roberta, xlm-roberta, camembert, distilbert, electra, albert, mpnet) picks the
-architecture: BERT's own tiny config below, or the family's tiny reference config of
-shared/FAMILY_NOTES.md, with a real tokenizer of the family's kind built offline (no training, no
-hub: every piece generated, so that the folder is the same on every run): WordPiece for
+`--family` (bert, roberta, xlm-roberta, camembert, distilbert, electra, albert, mpnet, deberta-v2,
+modernbert) picks the architecture: BERT's own tiny config below, or the family's tiny reference
+config of shared/FAMILY_NOTES.md, with a real tokenizer of the family's kind built offline (no
+training, no hub: every piece generated, so that the folder is the same on every run): WordPiece for
 BERT/DistilBERT/ELECTRA (`vocabulary()`) and MPNet (its `<s> <pad> </s>` ids and `<mask>` last),
 byte-level BPE for RoBERTa (vocab.json + merges.txt + tokenizer.json: the 256 byte symbols, one
-merge chain per word, `<s> <pad> </s> <unk>` at ids 0-3 and `<mask>` last, as roberta-base), and a
-SentencePiece-style Unigram (tokenizer.json, scores favouring whole words) for XLM-R, CamemBERT and
-ALBERT, saved through the family's own tokenizer class with its special tokens at the family's ids.
-The config's vocab_size is the tokenizer's size. `build_family(out, family, head)` does it from
-Python (the tests' `family_checkpoint` fixture).
+merge chain per word, `<s> <pad> </s> <unk>` at ids 0-3 and `<mask>` last, as roberta-base) and for
+ModernBERT (the same pieces through `PreTrainedTokenizerFast`, `[UNK] [CLS] [SEP] [PAD] [MASK]`
+after them as in ModernBERT-base, their ids in the config), and a SentencePiece-style Unigram
+(tokenizer.json, scores favouring whole words) for XLM-R, CamemBERT, ALBERT and DeBERTa-v2
+(`[PAD] [CLS] [SEP] [UNK]` at ids 0-3 and `[MASK]` last, as deberta-v3-base), saved through the
+family's own tokenizer class with its special tokens at the family's ids. The config's vocab_size is
+the tokenizer's size. `--variant` picks a family's other config form: DeBERTa-v2's is a v3 config
+(relative attention with position buckets, shared attention keys, no absolute positions) unless
+`--variant v2-xlarge` (separate position keys, the convolution layer, absolute positions, token
+types, E=19 embeddings projected to D, the legacy MLM head). `build_family(out, family, head)` does
+it from Python (the tests' `family_checkpoint` fixture).
 
 The BERT checkpoint (the default family) is described next.
 
@@ -33,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 HEADS = {"model": "BertModel", "mlm": "BertForMaskedLM", "pretraining": "BertForPreTraining",
@@ -69,7 +76,7 @@ def save_tokenizer(out: str) -> None:
 
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "albert",
-            "mpnet")
+            "mpnet", "deberta-v2", "modernbert")
 # --head -> transformers class suffix; "pretraining" only where the family has such a class.
 HEAD_SUFFIX = {"model": "Model", "mlm": "ForMaskedLM", "pretraining": "ForPreTraining",
                "classifier": "ForSequenceClassification", "tokens": "ForTokenClassification"}
@@ -94,7 +101,24 @@ FAMILY_CONFIGS = {
     "mpnet": ("MPNet", {**_REF, "max_position_embeddings": 34, "pad_token_id": 1,
                         "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5,
                         "relative_attention_num_buckets": 32}),
+    # tests/model/modern_ref.py's DEBERTA_V3 and MODERNBERT (special token ids: the tokenizer's)
+    "deberta-v2": ("DebertaV2", {**_REF, "max_position_embeddings": 29, "type_vocab_size": 0,
+                                 "relative_attention": True, "pos_att_type": "p2c|c2p",
+                                 "position_buckets": 8, "max_relative_positions": -1,
+                                 "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                                 "position_biased_input": False, "layer_norm_eps": 1e-7,
+                                 "legacy": False, "pad_token_id": 0}),
+    "modernbert": ("ModernBert", {"hidden_size": 36, "num_attention_heads": 3,
+                                  "num_hidden_layers": 4, "intermediate_size": 47,
+                                  "max_position_embeddings": 64, "local_attention": 6,
+                                  "layer_types": ["full_attention", "sliding_attention",
+                                                  "sliding_attention", "full_attention"]}),
 }
+# --variant: a family's other config forms, as changes to its FAMILY_CONFIGS entry (the first
+# variant is the entry itself). DeBERTa-v2-xlarge: tests/model/modern_ref.py's DEBERTA_V2XL.
+VARIANTS = {"deberta-v2": {"v3": {}, "v2-xlarge": {
+    "type_vocab_size": 2, "share_att_key": False, "position_biased_input": True,
+    "conv_kernel_size": 3, "conv_act": "gelu", "embedding_size": 19, "legacy": True}}}
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 DIGITS = [str(d) for d in range(10)]
 
@@ -156,7 +180,39 @@ UNIGRAM_SPECIALS = {
     "camembert": (["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED", "<s>", "</s>"],
                   ["<mask>"]),
     "albert": (["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], []),
+    "deberta-v2": (["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"]),
 }
+# ModernBERT's special tokens after the byte-level pieces (ModernBERT-base's order) and the
+# config fields naming their ids.
+MODERNBERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+MODERNBERT_IDS = {"pad_token_id": "[PAD]", "cls_token_id": "[CLS]", "sep_token_id": "[SEP]",
+                  "bos_token_id": "[CLS]", "eos_token_id": "[SEP]"}
+
+
+def modernbert_tokenizer(max_length: int):
+    """ModernBERT's byte-level BPE (`bpe_vocabulary`'s pieces without RoBERTa's specials, then
+    MODERNBERT_SPECIALS) as a `PreTrainedTokenizerFast`: `[CLS] text [SEP]`, pairs `[CLS] a [SEP]
+    b [SEP]`, `[MASK]` taking the space before it, as ModernBERT-base's tokenizer.json."""
+    import tokenizers
+    import transformers
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    vocab, merges = bpe_vocabulary()
+    pieces = [t for t in vocab if t not in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+    vocab = {t: i for i, t in enumerate(pieces + list(MODERNBERT_SPECIALS))}
+    bpe = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:0 [SEP]:0",
+        special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
+    # [MASK] takes the space before it (lstrip), as in ModernBERT-base
+    mask = tokenizers.AddedToken("[MASK]", lstrip=True, special=True)
+    bpe.add_special_tokens([t for t in MODERNBERT_SPECIALS if t != "[MASK]"] + [mask])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        pad_token="[PAD]", mask_token=mask, model_max_length=max_length,
+        model_input_names=["input_ids", "attention_mask"])
 
 
 def family_tokenizer(family: str, max_length: int):
@@ -173,17 +229,34 @@ def family_tokenizer(family: str, max_length: int):
         vocab, merges = bpe_vocabulary()
         return transformers.RobertaTokenizer(vocab=vocab, merges=merges,
                                              model_max_length=max_length)
+    if family == "modernbert":
+        return modernbert_tokenizer(max_length)
     before, after = UNIGRAM_SPECIALS[family]
     pieces = ([(t, 0.0) for t in before] + unigram_pieces(family == "albert")
               + [(t, 0.0) for t in after])
-    return getattr(transformers, f"{stem}Tokenizer")(vocab=pieces, model_max_length=max_length)
+    extra = {"unk_token": "[UNK]"} if family == "deberta-v2" else {}
+    return getattr(transformers, f"{stem}Tokenizer")(vocab=pieces, model_max_length=max_length,
+                                                      **extra)
+
+
+def family_fields(family: str, variant: str | None = None) -> tuple[str, dict]:
+    """(transformers class stem, config keyword arguments) of a family's tiny config, in its
+    `variant` form (VARIANTS; None: the first)."""
+    stem, fields = FAMILY_CONFIGS.get(family, ("Bert", TINY))
+    forms = VARIANTS.get(family, {})
+    if variant is not None and variant not in forms:
+        have = (f"{family}'s are {', '.join(forms)}" if forms else
+                f"only {', '.join(VARIANTS)} {'has' if len(VARIANTS) == 1 else 'have'} variants")
+        raise ValueError(f"--variant {variant!r} is not a variant of {family}: {have}")
+    return stem, {**fields, **forms.get(variant, {})}
 
 
 def build_family(out: str, family: str = "bert", head: str = "mlm", seed: int = 0,
                  num_labels: int = 2, pooler: bool = True, untied: bool = False,
-                 random_all: bool = False) -> str:
+                 random_all: bool = False, variant: str | None = None) -> str:
     """Writes a tiny random `family` model with `head` (HEAD_SUFFIX) and its tokenizer to `out`
-    (created); returns `out`. Its vocab_size is the tokenizer's size."""
+    (created); returns `out`. Its vocab_size is the tokenizer's size; `variant` one of the
+    family's VARIANTS (None: its first)."""
     import torch
     import transformers
 
@@ -194,10 +267,13 @@ def build_family(out: str, family: str = "bert", head: str = "mlm", seed: int = 
     if head == "pretraining" and family not in PRETRAINING:
         raise ValueError(f"--head pretraining: {family} has no ForPreTraining class; families "
                          f"with one: {', '.join(PRETRAINING)}")
-    stem, fields = FAMILY_CONFIGS.get(family, ("Bert", TINY))
+    stem, fields = family_fields(family, variant)
     positions = fields["max_position_embeddings"]
     offset = 2 if family in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
     tokenizer = family_tokenizer(family, positions - offset)
+    if family == "modernbert":
+        fields = {**fields, **{k: tokenizer.convert_tokens_to_ids(t)
+                               for k, t in MODERNBERT_IDS.items()}}
     config = getattr(transformers, f"{stem}Config")(
         **{**fields, "vocab_size": len(tokenizer)}, num_labels=num_labels,
         tie_word_embeddings=not untied, attn_implementation="eager")
@@ -211,6 +287,12 @@ def build_family(out: str, family: str = "bert", head: str = "mlm", seed: int = 
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if family == "modernbert":  # named as ModernBERT-base names it (transformers 5 writes its
+        path = os.path.join(out, "tokenizer_config.json")  # backend's name, TokenizersBackend)
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({**settings, "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=2)
     return out
 
 
@@ -261,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=FAMILIES, default="bert")
     parser.add_argument("--head", choices=HEAD_SUFFIX, default="mlm",
                         help="tokens: ForTokenClassification; pretraining: bert, electra, albert")
+    parser.add_argument("--variant", help="a family's other config form: deberta-v2 v3 (default) "
+                                          "or v2-xlarge")
     parser.add_argument("--format", choices=("safetensors", "bin"), default="safetensors")
     parser.add_argument("--untied", action="store_true", help="tie_word_embeddings=false")
     parser.add_argument("--no-pooler", action="store_true", help="BertModel without its pooler")
@@ -271,16 +355,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", metavar="SIZE", help="max_shard_size, e.g. 20KB (safetensors)")
     parser.add_argument("--no-tokenizer", action="store_true", help="write the weights only")
     args = parser.parse_args(argv)
-    if args.family != "bert" or args.head == "tokens":
+    if args.family != "bert" or args.head == "tokens" or args.variant:
         if args.format != "safetensors" or args.legacy or args.shard or args.no_tokenizer:
             parser.error("--format bin, --legacy, --shard and --no-tokenizer are for --family bert "
                          "without --head tokens")
         try:
             build_family(args.out, args.family, args.head, args.seed, args.num_labels,
-                         not args.no_pooler, args.untied, args.random_all)
+                         not args.no_pooler, args.untied, args.random_all, args.variant)
         except ValueError as e:
             parser.error(str(e))
-        print(f"wrote a tiny {args.family} ({args.head}) to {args.out}: "
+        form = f" {args.variant}" if args.variant else ""
+        print(f"wrote a tiny {args.family}{form} ({args.head}) to {args.out}: "
               f"{', '.join(sorted(os.listdir(args.out)))}")
         return 0
     model = build(args.head, args.untied, not args.no_pooler, args.num_labels, args.seed,

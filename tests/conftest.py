@@ -153,7 +153,8 @@ def tiny_script():
 def family_checkpoint(tmp_path_factory):
     """make(family, head="mlm", **options) -> folder of a tiny random transformers model of that
     family with its offline tokenizer (`build_family` of conversion/make_tiny_checkpoint.py: the
-    FAMILY_NOTES tiny reference config), cached per arguments for the session."""
+    FAMILY_NOTES tiny reference config; options such as seed=1 or variant="v2-xlarge", DeBERTa-v2's
+    other config form), cached per arguments for the session."""
     script, cache = tiny_script(), {}
 
     def make(family: str, head: str = "mlm", **options) -> str:

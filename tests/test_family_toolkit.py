@@ -1,7 +1,12 @@
 """The toolkit on every family (issue 23, item 4): one test per wing, parametrized over the tiny
 offline models of conversion/make_tiny_checkpoint.py (`family_checkpoint`), sharing one loaded model
 and one `capture="all"` run per family. Where a method cannot be exact for a family it refuses with
-one line naming the family (MPNet's QK circuits, the full OV circuit of an E-wide decoder)."""
+one line naming the family (QK circuits of MPNet, DeBERTa and ModernBERT, whose scores add
+relative or rotary position terms; the full OV circuit of an E-wide decoder).
+
+Compile time is most of these tests' cost (a fine-tuning step of a tiny model: seconds of XLA
+optimisation passes for milliseconds of running), so they compile with XLA's optimisations off
+(`_unoptimized`); every check is at a tolerance, or compares two runs of one program."""
 
 from __future__ import annotations
 
@@ -17,6 +22,24 @@ from bertjax.scale import sharding
 
 FAMILIES = tiny_script().FAMILIES
 TEXTS = ["the cat sat on the mat.", "a dog ran"]
+# Metrics read one feature: the sum of a LayerNorm's output over its features is constant where its
+# scale is uniform (a fresh model's), so its gradient would be zero up to rounding.
+# Families whose attention scores are not W_Q W_K^T alone: the refusal of their QK circuits.
+QK_REFUSALS = {
+    "mpnet": "QK circuits of this mpnet model would leave out the relative position bias",
+    "deberta-v2": r"the QK circuit W_Q W_K\^T omits DeBERTa's c2p and p2c position terms",
+    "modernbert": r"the QK circuit W_Q W_K\^T is not position-free in ModernBERT: rotary"}
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized():
+    """Programs compiled during a test of this module skip XLA's optimisation passes
+    (jax_disable_most_optimizations, restored after the test): 2-3x faster compiles of these tiny
+    models, the same results up to float rounding."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +97,7 @@ def test_edit_patch_and_head_mask(family, models):
 def test_site_grads(family, models):
     m = models(family)
     grads = bertjax.site_grads(m["params"], m["ids"], m["config"],
-                               lambda o: o.last_hidden_state[:, 0].sum(), ("layer.out",),
+                               lambda o: o.last_hidden_state[:, 0, 0].sum(), ("layer.out",),
                                attention_mask=m["mask"])
     g = np.asarray(grads["layer.out"])
     assert g.shape == m["out"].acts["layer.out"].shape and np.isfinite(g).all()
@@ -110,10 +133,10 @@ def test_circuits(family, models):
     L, N, D, H = config.num_layers, config.num_attention_heads, config.hidden_size, config.head_size
     ov = circuits.ov_circuit(params, config)
     assert ov.left.shape == (L, N, D, H)
-    if family == "mpnet":
-        with pytest.raises(ValueError, match="QK circuits of this mpnet model would leave out the "
-                                             "relative position bias"):
-            circuits.qk_circuit(params, config)
+    if family in QK_REFUSALS:
+        for qk in (circuits.qk_circuit, circuits.composition_scores):
+            with pytest.raises(ValueError, match=QK_REFUSALS[family]):
+                qk(params, config)
     else:
         scores = circuits.composition_scores(params, config)
         assert scores["q"].shape == (L, N, L, N) and np.isfinite(scores["v"]).all()
@@ -131,7 +154,7 @@ def test_head_importance(family, models):
     m = models(family)
     scores = pruning.head_importance(m["params"], m["config"],
                                      [{"input_ids": m["ids"], "attention_mask": m["mask"]}],
-                                     lambda out, batch: out.last_hidden_state[:, 0].sum())
+                                     lambda out, batch: out.last_hidden_state[:, 0, 0].sum())
     assert scores.shape == (m["config"].num_layers, m["config"].num_attention_heads)
     assert np.isfinite(scores).all() and (scores > 0).any()
     L, N = m["config"].num_layers, m["config"].num_attention_heads
@@ -163,39 +186,64 @@ def test_sharded_forward_and_bf16(family, models):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_finetune_classification_then_export(family, family_checkpoint, tmp_path):
-    """Two steps of `bertjax finetune --task classification` add the family's own sequence head;
-    the result exports to the family's ForSequenceClassification with bertjax's logits."""
+def test_finetune_every_task_then_export(family, family_checkpoint, tmp_path):
+    """Two steps of `bertjax finetune` for each task, classification (the family's own sequence
+    head added), tokens (its token head) and mlm (its MLM head); each model exports (`bertjax
+    export`, the task read from finetune.json) to the family's ...For<Task> class with every key
+    in place, the classifiers with bertjax's logits, and reads back bit for bit (less the MLM head
+    a classifier's class has no place for)."""
     import torch
     import transformers
 
     from bertjax.commands.cli import main
+    from bertjax.model.params import flatten
     from bertjax.training import datasets as D
     from bertjax.training import finetune as F
 
     rng = np.random.default_rng(0)
     words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "big", "small", "red"]
-    records = [{"text": " ".join(rng.choice(words, size=4)), "label": ("a", "b")[i % 2]}
-               for i in range(16)]
-    train = D.write_jsonl(tmp_path / "train.jsonl", records)
-    opts = F.Options(train=train, out=str(tmp_path / "run"), model=family_checkpoint(family, "mlm"),
-                     task="classification", epochs=1, batch_size=8, max_length=12, lr=1e-3)
-    summary = F.finetune(opts, progress=False)
-    assert summary["steps"] == 2
-    assert main(["export", summary["model"], str(tmp_path / "hf")]) == 0
-    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
-    config, params = bertjax.load(summary["model"])
-    out = bertjax.forward(params, batch["input_ids"], config, attention_mask=batch["attention_mask"])
-    pooled = out.pooler_output if config.classifier_kind == "pooler" else out.last_hidden_state
-    want = bertjax.classifier_logits(params, pooled, config)
-    with torch.no_grad():
-        got = model.eval()(input_ids=torch.tensor(batch["input_ids"]),
-                           attention_mask=torch.tensor(batch["attention_mask"])).logits
-    np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0)
+    texts = [{"text": " ".join(rng.choice(words, size=4)), "label": ("a", "b")[i % 2]}
+             for i in range(16)]
+    tokens = [{"tokens": list(rng.choice(words, size=3)), "labels": ["A", "B", "A"]}
+              for _ in range(16)]
+    data = {"classification": texts, "tokens": tokens, "mlm": texts}
+    classes = {"classification": transformers.AutoModelForSequenceClassification,
+               "tokens": transformers.AutoModelForTokenClassification,
+               "mlm": transformers.AutoModelForMaskedLM}
+    tokenizer = None
+    for task, records in data.items():
+        train = D.write_jsonl(tmp_path / f"{task}.jsonl", records)
+        opts = F.Options(train=train, out=str(tmp_path / task), model=family_checkpoint(family),
+                         task=task, epochs=1, batch_size=8, max_length=12, lr=1e-3)
+        summary = F.finetune(opts, progress=False)
+        assert summary["steps"] == 2 and np.isfinite(summary["history"]["loss"]).all(), task
+        hf = tmp_path / f"hf-{task}"
+        assert main(["export", summary["model"], str(hf)]) == 0
+        model, info = classes[task].from_pretrained(hf, output_loading_info=True,
+                                                     attn_implementation="eager")
+        assert not info["missing_keys"] and not info["unexpected_keys"], (task, info)
+        config, params = bertjax.load(summary["model"])
+        a, b = flatten(params), flatten(bertjax.load(hf)[1])  # less what the class has no place for
+        assert b.keys() <= a.keys() and all(np.array_equal(a[k], b[k]) for k in b), task
+        assert {k.split("/")[0] for k in a.keys() - b.keys()} <= (
+            set() if task == "mlm" else {"cls", "pooler"}), task
+        if task == "mlm":
+            continue
+        tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(hf)
+        batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = bertjax.forward(params, ids, config, attention_mask=mask)
+        if task == "tokens":
+            want = bertjax.token_classifier_logits(params, out.last_hidden_state, config)
+        else:
+            pooled = (out.pooler_output if config.classifier_kind == "pooler"
+                      else out.last_hidden_state)
+            want = bertjax.classifier_logits(params, pooled, config, attention_mask=mask)
+        with torch.no_grad():
+            got = model.eval()(input_ids=torch.tensor(ids),
+                               attention_mask=torch.tensor(mask)).logits
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0,
+                                   err_msg=task)
 
 
 @pytest.mark.slow
@@ -217,42 +265,3 @@ def test_extract(family, models, family_checkpoint, tmp_path):
         np.testing.assert_array_equal(store.token_ids(i), m["ids"][i, :length])
         np.testing.assert_allclose(store[i]["layer.out"],
                                    m["out"].acts["layer.out"][:, i, :length], atol=1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
-def test_finetune_tokens_and_mlm(family, family_checkpoint, tmp_path):
-    """Two steps of `bertjax finetune --task tokens` (the family's token head, exported to its
-    ForTokenClassification with bertjax's logits) and of `--task mlm` (the family's MLM head)."""
-    import torch
-    import transformers
-
-    from bertjax.commands.cli import main
-    from bertjax.training import datasets as D
-    from bertjax.training import finetune as F
-
-    rng = np.random.default_rng(1)
-    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "big", "small", "red"]
-    tokens = [{"tokens": list(rng.choice(words, size=3)), "labels": ["A", "B", "A"]}
-              for _ in range(16)]
-    texts = [{"text": " ".join(rng.choice(words, size=4))} for _ in range(16)]
-    model = family_checkpoint(family, "mlm")
-    for task, records in (("tokens", tokens), ("mlm", texts)):
-        train = D.write_jsonl(tmp_path / f"{task}.jsonl", records)
-        opts = F.Options(train=train, out=str(tmp_path / task), model=model, task=task, epochs=1,
-                         batch_size=8, max_length=12, lr=1e-3)
-        summary = F.finetune(opts, progress=False)
-        assert summary["steps"] == 2 and np.isfinite(summary["history"]["loss"]).all(), task
-    assert main(["export", str(tmp_path / "tokens" / "model"), str(tmp_path / "hf")]) == 0
-    hf, info = transformers.AutoModelForTokenClassification.from_pretrained(
-        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
-    config, params = bertjax.load(str(tmp_path / "tokens" / "model"))
-    out = bertjax.forward(params, batch["input_ids"], config, attention_mask=batch["attention_mask"])
-    want = bertjax.token_classifier_logits(params, out.last_hidden_state, config)
-    with torch.no_grad():
-        got = hf.eval()(input_ids=torch.tensor(batch["input_ids"]),
-                        attention_mask=torch.tensor(batch["attention_mask"])).logits
-    np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-5, rtol=0)

@@ -43,6 +43,7 @@ FAMILY_CLASSES = {
     "xlm-roberta": ("XLMRoberta", "roberta"), "camembert": ("Camembert", "roberta"),
     "distilbert": ("DistilBert", "distilbert"), "electra": ("Electra", "electra"),
     "albert": ("Albert", "albert"), "mpnet": ("MPNet", "mpnet"),
+    "deberta-v2": ("DebertaV2", "deberta"), "modernbert": ("ModernBert", "model"),
 }
 # task -> class name suffix
 TASKS = {"model": "Model", "mlm": "ForMaskedLM", "classification": "ForSequenceClassification",
@@ -52,13 +53,21 @@ _HEAD_PARTS = {"model": ("pooler",), "mlm": ("cls",),
                "classification": ("pooler", "pre_classifier", "classifier"),
                "tokens": ("classifier",),
                "pretraining": ("pooler", "cls", "sop_classifier", "discriminator_predictions")}
-# Families whose sequence classifier reads the pooler (the others drop it in that class).
-_POOLED = ("bert", "albert")
+# Families whose sequence classifier reads the pooler (the others drop it in that class):
+# DeBERTa's ContextPooler is its sequence head's pooler, absent from DebertaV2Model.
+_POOLED = ("bert", "albert", "deberta-v2")
+# ModernBERT's sequence and token classifiers are one form (head dense + norm, classifier).
+_SHARED_HEAD = ("modernbert",)
 # MLM output bias -> the decoder Linear's own bias, which transformers ties to it only while the
 # decoder weight is tied: an untied export writes both (as transformers' save_pretrained does).
 _DECODER_BIAS = {"cls.predictions.bias": "cls.predictions.decoder.bias",
                  "lm_head.bias": "lm_head.decoder.bias",
                  "predictions.bias": "predictions.decoder.bias"}
+# Config keys naming special token ids that BertConfig does not keep, per family, and the token
+# (tokenizer_config.json's key) each names: filled from the exported tokenizer's files, or None
+# without one (the config class's defaults are ids of the real vocabulary, out of a small one's).
+_SPECIAL_IDS = {"modernbert": {"cls_token_id": "cls_token", "sep_token_id": "sep_token",
+                               "bos_token_id": "cls_token", "eos_token_id": "sep_token"}}
 _SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
@@ -80,10 +89,16 @@ def infer_task(config: BertConfig, params: dict) -> str:
     be the family's sequence head: BERT's or ALBERT's without a pooler, a plain classifier where the
     family's has another form, RoBERTa's dense + out_proj or DistilBERT's pre_classifier),
     "pretraining" for ELECTRA's discriminator or ALBERT's SOP head, "mlm" for an
-    MLM head, else "model"."""
+    MLM head, else "model". A ModernBERT classifier, whose sequence and token heads have one
+    form, is refused (ValueError): its task must be given."""
     model_type = _model_type(config)
     if "classifier" in params:
         classifier = params["classifier"]
+        if model_type in _SHARED_HEAD:
+            raise ValueError(f"give the task, 'classification' or 'tokens' (bertjax export "
+                             f"--task): a {model_type} classifier (head and classifier) serves "
+                             f"{FAMILY_CLASSES[model_type][0]}ForSequenceClassification and "
+                             f"...ForTokenClassification alike")
         if model_type in _POOLED:  # BERT's and ALBERT's sequence head reads the pooler
             return "classification" if "pooler" in params else "tokens"
         return "classification" if "dense" in classifier or "pre_classifier" in params else "tokens"
@@ -110,6 +125,8 @@ def _required(config: BertConfig, task: str) -> tuple[str, ...]:
     model_type = config_type(config)
     if task == "mlm":
         return ("cls",)
+    if task in ("classification", "tokens") and model_type in _SHARED_HEAD:
+        return ("head", "classifier")
     if task == "classification":
         if model_type in _POOLED:
             return ("pooler", "classifier")
@@ -126,6 +143,10 @@ def _kept_parts(config: BertConfig, task: str) -> tuple[str, ...]:
     parts = _HEAD_PARTS[task]
     if task == "classification" and config_type(config) not in _POOLED:
         parts = tuple(p for p in parts if p != "pooler")
+    if task == "model" and config_type(config) == "deberta-v2":
+        parts = ()  # DebertaV2Model has no pooler (the ContextPooler is the classifier's)
+    if task in ("classification", "tokens") and config_type(config) in _SHARED_HEAD:
+        parts = ("head", "classifier")
     if task == "pretraining" and config_type(config) == "electra":
         parts = ("discriminator_predictions",)
     return ("embeddings", "encoder", *parts)
@@ -143,14 +164,16 @@ class ExportPlan:
 
 
 def _check_heads(config: BertConfig, params: dict, task: str, name: str) -> None:
-    if task == "classification" and config_type(config) not in _POOLED and "classifier" in params:
+    sequence_form = config_type(config) not in _POOLED + _SHARED_HEAD  # a head of its own form
+    if task == "classification" and sequence_form and "classifier" in params:
         classifier = params["classifier"]
         token_form = "kernel" in classifier
         if config_type(config) != "distilbert" and token_form:
             raise ValueError(f"{name} needs the family's sequence head (classifier/dense and "
                              f"classifier/out_proj); this tree's classifier is a token head: "
                              f"use task 'tokens'")
-    if task == "tokens" and "classifier" in params and "kernel" not in params["classifier"]:
+    if (task == "tokens" and config_type(config) not in _SHARED_HEAD and "classifier" in params
+            and "kernel" not in params["classifier"]):
         raise ValueError(f"{name} needs classifier/{{kernel,bias}} at every token; this tree's "
                          f"classifier is a sequence head: use task 'classification'")
     missing = [p for p in _required(config, task) if p not in params]
@@ -220,6 +243,28 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
         os.fsync(f.fileno())
 
 
+def special_token_ids(config: dict, files: dict[str, str]) -> dict:
+    """The family's special token id keys (`_SPECIAL_IDS`) of an exported config dict: each id as
+    the tokenizer (`files`: name -> path, tokenizer_config.json and tokenizer.json's added
+    tokens) has it, else None."""
+    wanted = _SPECIAL_IDS.get(config.get("model_type"), {})
+    if not wanted:
+        return {}
+    try:
+        with open(files["tokenizer_config.json"], encoding="utf-8") as f:
+            names = json.load(f)
+        with open(files["tokenizer.json"], encoding="utf-8") as f:
+            added = {t["content"]: t["id"] for t in json.load(f).get("added_tokens", [])}
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
+        names, added = {}, {}
+    ids = {}
+    for key, token in wanted.items():
+        name = names.get(token) if isinstance(names, dict) else None
+        name = name.get("content") if isinstance(name, dict) else name
+        ids[key] = added.get(name) if isinstance(name, str) else None
+    return ids
+
+
 def copy_tokenizer(tokenizer_dir: str | None, folder: str) -> list[str]:
     """Copies the tokenizer files found in `tokenizer_dir` (only regular files inside it:
     `bertjax.checkpoints.sources.tokenizer_files`); returns their names."""
@@ -262,13 +307,14 @@ def write_export(out, plan: ExportPlan, tokenizer_dir: str | None = None,
                  force: bool = False) -> str:
     """Writes a planned export (`plan_export`) to `out` atomically; returns its path."""
     out = _check_out(out, force)
-    tokenizer_files(tokenizer_dir)  # refused before anything is written
+    files = dict(tokenizer_files(tokenizer_dir))  # refused before anything is written
+    config = {**plan.config, **special_token_ids(plan.config, files)}
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
     try:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(plan.config, f, indent=2, sort_keys=True)
+            json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
         write_safetensors(os.path.join(tmp, WEIGHTS_FILE), plan.tensors)
         copy_tokenizer(tokenizer_dir, tmp)

@@ -32,11 +32,11 @@ import stat
 # module imports JAX), and the tokenizer files it may hold beside them (sources.TOKENIZER_FILES):
 # `--force` replaces only a folder holding both of the first, or nothing but these names.
 CHECKPOINT_FILES = ("config.json", "flax_model.msgpack")
-# (WordPiece's vocab.txt, byte-level BPE's vocab.json and merges.txt, SentencePiece's models, the
-# fast tokenizer's tokenizer.json)
+# (WordPiece's vocab.txt, byte-level BPE's vocab.json and merges.txt, SentencePiece's models
+# (DeBERTa-v2/v3's spm.model), the fast tokenizer's tokenizer.json)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
-                   "added_tokens.json")
+                   "added_tokens.json", "spm.model")
 
 
 def temp_name(path: str, tag: str) -> str:

@@ -133,15 +133,25 @@ def _quiet_transformers():
 # transformers' class name prefix of each family.
 _CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
                  "camembert": "Camembert", "distilbert": "DistilBert", "electra": "Electra",
-                 "albert": "Albert", "mpnet": "MPNet"}
+                 "albert": "Albert", "mpnet": "MPNet", "deberta-v2": "DebertaV2",
+                 "modernbert": "ModernBert"}
 
 
-def _reference_class(heads: Heads, config=None):
+def is_token_head(heads: Heads, architectures=()) -> bool:
+    """Whether the tree's classifier is a token head: a plain classifier without a pooler; for
+    ModernBERT, whose sequence and token heads have one form (head + classifier), whether the
+    source config.json's `architectures` names its ...ForTokenClassification."""
+    if heads.classifier_form == "head":
+        return any(str(a).endswith("ForTokenClassification") for a in architectures or ())
+    return heads.classifier_form == "linear" and not heads.pooler
+
+
+def _reference_class(heads: Heads, config=None, architectures=()):
     """transformers' class of the family for the heads found, and its extra arguments."""
     import transformers
 
     family = "bert" if config is None else config.model_type
-    token_head = heads.classifier_form == "linear" and not heads.pooler
+    token_head = is_token_head(heads, architectures)
     if heads.classifier:
         task = "ForTokenClassification" if token_head else "ForSequenceClassification"
     elif heads.disc or heads.sop or (heads.mlm and heads.pooler and family == "bert"):
@@ -174,10 +184,11 @@ def reference_model(source: Source, config_path: str, heads: Heads, config=None)
     if source.weights.endswith(".msgpack"):
         raise VerifyError(f"--verify compares with the PyTorch weights, and {source.weights} is a "
                           f"Flax msgpack file")
-    model_class, kwargs = _reference_class(heads, config)
-    state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
     with open(config_path, encoding="utf-8") as f:
-        family = json.load(f).get("model_type", "bert")
+        d = json.load(f)
+    family = d.get("model_type", "bert")
+    model_class, kwargs = _reference_class(heads, config, d.get("architectures"))
+    state = {k: _as_torch(v) for k, v in read_weights(source.weights).items()}
     hf_config = transformers.CONFIG_MAPPING[family].from_json_file(config_path)
     with _quiet_transformers():
         model, info = model_class.from_pretrained(
@@ -188,6 +199,13 @@ def reference_model(source: Source, config_path: str, heads: Heads, config=None)
         raise VerifyError(f"transformers' {model_class.__name__} could not load "
                           f"{', '.join(map(str, missing[:4]))} from {source.weights}")
     return model.eval()
+
+
+def hidden_names(num_layers: int, pre_norm: bool) -> list[str]:
+    """The rows of transformers' hidden_states[1:]: each layer's output, but a pre-norm model's
+    (ModernBERT's) last entry is its final norm's output (the last hidden state)."""
+    names = [f"layer {i} hidden" for i in range(num_layers)]
+    return names[:-1] + ["final norm"] if pre_norm else names
 
 
 def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
@@ -201,8 +219,10 @@ def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.nda
     with torch.no_grad():
         out = base(**args, output_hidden_states=True, output_attentions=True)
         ref = {"embeddings": out.hidden_states[0]}
-        for i, (hidden, probs) in enumerate(zip(out.hidden_states[1:], out.attentions)):
-            ref[f"layer {i} hidden"], ref[f"layer {i} attention"] = hidden, probs
+        names = hidden_names(len(out.attentions), model.config.model_type == "modernbert")
+        for i, (name, hidden, probs) in enumerate(zip(names, out.hidden_states[1:],
+                                                      out.attentions)):
+            ref[name], ref[f"layer {i} attention"] = hidden, probs
         if heads.pooler and getattr(out, "pooler_output", None) is not None:
             ref["pooler"] = out.pooler_output  # (a task model without one drops a stored pooler)
         top = model(**args) if model is not base else None
@@ -218,19 +238,26 @@ def reference_outputs(model, heads: Heads, ids, types, mask) -> dict[str, np.nda
     return {k: v.float().numpy() for k, v in ref.items()}
 
 
-def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dict[str, np.ndarray]:
-    """The same names as `reference_outputs`, from `bertjax.forward`, as float32."""
+def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask,
+                    token_head: bool | None = None) -> dict[str, np.ndarray]:
+    """The same names as `reference_outputs`, from `bertjax.forward`, as float32 (`token_head`:
+    the classifier's task, `is_token_head`; None: read from the heads)."""
     from bertjax.model.forward import forward
     from bertjax.model.heads import classifier_logits, token_classifier_logits
 
-    first = C.EMBED_PROJ if config.has_projection else C.EMBED_OUT  # = hidden_states[0]
+    # = hidden_states[0]: the projection's output where it follows the norm (ELECTRA, ALBERT)
+    projected = config.has_projection and not config.projection_before_norm
+    first = C.EMBED_PROJ if projected else C.EMBED_OUT
     capture = (first, C.LAYER_OUT, C.ATTN_PROBS) + tuple(
         name for name, has in ((C.MLM_LOGITS, heads.mlm), (C.DISC_LOGITS, heads.disc),
                                (C.SOP_LOGITS, heads.sop)) if has)
     out = forward(params, ids, config, token_type_ids=types, attention_mask=mask, capture=capture)
     ours = {"embeddings": out.acts[first]}
-    for i in range(config.num_layers):
-        ours[f"layer {i} hidden"] = out.acts[C.LAYER_OUT][i]
+    hidden = list(out.acts[C.LAYER_OUT])
+    if config.pre_norm:  # transformers' last hidden_states entry: the final norm's output
+        hidden[-1] = out.last_hidden_state
+    for i, name in enumerate(hidden_names(config.num_layers, config.pre_norm)):
+        ours[name] = hidden[i]
         ours[f"layer {i} attention"] = out.acts[C.ATTN_PROBS][i]
     if heads.pooler:
         ours["pooler"] = out.pooler_output
@@ -240,11 +267,12 @@ def bertjax_outputs(params: dict, config, heads: Heads, ids, types, mask) -> dic
         ours["disc logits"] = out.acts[C.DISC_LOGITS]
     if heads.sop:
         ours["sop logits"] = out.acts[C.SOP_LOGITS]
-    if heads.classifier and heads.classifier_form == "linear" and not heads.pooler:
+    token_head = is_token_head(heads) if token_head is None else token_head
+    if heads.classifier and token_head:
         ours["classifier logits"] = token_classifier_logits(params, out.last_hidden_state, config)
     elif heads.classifier:
         pooled = out.pooler_output if heads.classifier_form == "linear" else out.last_hidden_state
-        ours["classifier logits"] = classifier_logits(params, pooled, config)
+        ours["classifier logits"] = classifier_logits(params, pooled, config, attention_mask=mask)
     return {k: np.asarray(v, np.float32) for k, v in ours.items()}
 
 
@@ -288,7 +316,8 @@ def verify_conversion(out: str, src, config: str | None = None, dtype: str = "fl
     ids, types, mask, what = verify_inputs(out, cfg.vocab_size, cfg.type_vocab_size,
                                            cfg.max_sequence_length)
     params = jax.tree_util.tree_map(jnp.asarray, converted.params)
-    ours = bertjax_outputs(params, cfg, heads, ids, types, mask)
+    token_head = is_token_head(heads, model.config.architectures)
+    ours = bertjax_outputs(params, cfg, heads, ids, types, mask, token_head)
     ref = reference_outputs(model, heads, ids, types, mask)
     rows = [compare(name, ours[name], ref[name], loose) for name in ref]
     agreement = (*top_k_agreement(ours["mlm logits"], ref["mlm logits"], mask),

@@ -90,7 +90,8 @@ LAYER_NAMES = LAYER_NAMES + MODERN_LAYER_NAMES  # every per-layer name of every 
 EVERY_NAME = EMBEDDING_NAMES + ENCODER_NAMES + LAYER_NAMES + FINAL_NAMES + OUTPUT_NAMES
 
 # Shapes in the package's axis letters (per-layer names carry a leading L once stacked; E is the
-# embedding size, D for BERT; C the number of labels).
+# embedding size, D for BERT; C the number of labels). embed.out, the embedding LayerNorm's output,
+# is D wide where the projection comes before that norm (DeBERTa): `shape_letters`.
 SHAPES = {
     EMBED_WORD: "B S E", EMBED_POSITION: "B S E", EMBED_TOKEN_TYPE: "B S E", EMBED_SUM: "B S E",
     EMBED_OUT: "B S E", EMBED_PROJ: "B S D", ATTN_REL_BIAS: "N S T",
@@ -404,10 +405,20 @@ def check_edit(edit: dict | None) -> dict:
     return _check_pairs("edit", edit, "(mul, add)", heads_ok=True)
 
 
-def stacked_shape(name: str, sizes: dict[str, int]) -> tuple[int, ...]:
-    """An activation's stacked shape from axis sizes (letters of `SHAPES`; T is S)."""
+def shape_letters(name: str, config=None) -> list[str]:
+    """The axis letters of `name`'s stacked shape in a model (`SHAPES`): embed.out is E wide,
+    but D wide where the embedding projection comes before the LayerNorm (DeBERTa-v2 with
+    embedding_size != hidden_size: `BertConfig.embed_norm_size`). config None: SHAPES's."""
+    letters = SHAPES[name].split()
+    if name == EMBED_OUT and config is not None and config.embed_norm_size != config.embed_size:
+        return ["D" if a == "E" else a for a in letters]
+    return letters
+
+
+def stacked_shape(name: str, sizes: dict[str, int], config=None) -> tuple[int, ...]:
+    """An activation's stacked shape from axis sizes (letters of `shape_letters`; T is S)."""
     sizes = {"E": sizes.get("D"), **sizes, "T": sizes["S"]}
-    return tuple(sizes[letter] for letter in SHAPES[name].split())
+    return tuple(sizes[letter] for letter in shape_letters(name, config))
 
 
 # One line per activation site, every family's (the docs' site reference is generated from this,
@@ -417,8 +428,10 @@ MEANINGS = {
     "embed.position": "position embedding lookup",
     "embed.token_type": "token type (segment) embedding lookup",
     "embed.sum": "word + position + token type, before the embedding LayerNorm",
-    "embed.out": "after the embedding LayerNorm (= hidden_states[0] in transformers, without a projection)",
-    "embed.proj": "the embedding-size-to-hidden-size projection (ELECTRA, ALBERT: the encoder's input)",
+    "embed.out": "after the embedding LayerNorm (= hidden_states[0] in transformers, without a projection); "
+                 "D wide in DeBERTa, whose projection comes before the LayerNorm",
+    "embed.proj": "the embedding-size-to-hidden-size projection (ELECTRA, ALBERT: the encoder's input; "
+                  "DeBERTa: of embed.sum, before the LayerNorm)",
     "embed.ln_std": "sqrt(var + eps) of the embedding LayerNorm's input, per token (float32)",
     "attn.rel_bias": "the relative position bias added to every layer's scores (MPNet; shared)",
     "attn.q": "per-head queries, bias included",

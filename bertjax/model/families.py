@@ -149,9 +149,16 @@ def _modernbert_dict(d: dict) -> dict:
 
 
 def deberta_out(d: dict) -> dict:
-    """BERT-named config dict -> DebertaV2Config's keys (for `BertConfig.to_dict`)."""
+    """BERT-named config dict -> DebertaV2Config's keys (for `BertConfig.to_dict`), the optional
+    ones (embedding_size, conv_*) left out where transformers' own config has none."""
     d["pos_att_type"] = "|".join(d["pos_att_type"]) if d["pos_att_type"] else None
-    d["embedding_size"] = d["embedding_size"] or d["hidden_size"]
+    if d["embedding_size"] is None:  # absent, as in DebertaV2Config: hidden_size
+        d.pop("embedding_size")
+    if not d["conv_kernel_size"]:  # no convolution layer: its keys absent, as transformers writes
+        for key in ("conv_kernel_size", "conv_groups", "conv_act"):
+            d.pop(key)
+    elif d["conv_groups"] == 1:
+        d.pop("conv_groups")  # transformers reads it with getattr(config, "conv_groups", 1)
     d["pooler_hidden_size"] = d["hidden_size"]
     d["cls_dropout"] = d.pop("classifier_dropout")
     d.pop("position_embedding_type", None)

@@ -72,8 +72,8 @@ def _interventions(config: BertConfig, input_ids, patch, edit, heads: Heads | No
             if name in edit and not has:
                 raise ValueError(f"cannot edit {name!r}: this model has no {what}")
     sizes = _sizes(config, input_ids)
-    patch = check_operands("patch", patch, sizes, ("new", "mask"))
-    edit = check_operands("edit", edit, sizes, ("mul", "add"))
+    patch = check_operands("patch", patch, sizes, ("new", "mask"), config)
+    edit = check_operands("edit", edit, sizes, ("mul", "add"), config)
     edit = {k: tuple(_as_array(x) for x in v) for k, v in edit.items()}
     if head_mask is not None:
         try:

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertjax.model.capture import LAYER_NAMES, SHAPES, stacked_shape
+from bertjax.model.capture import LAYER_NAMES, SHAPES, shape_letters, stacked_shape
 
 
-def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[str, str]) -> dict:
+def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[str, str],
+                   config=None) -> dict:
     """Checks each operand of `pairs` and returns the pairs with named operands placed.
 
     An operand is a real number or array (bool, int or float; never None, a string or complex)
@@ -35,20 +36,23 @@ def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[
       what: "edit" or "patch" (named in the message).
       pairs: name -> two operands; sizes: axis letter -> size (L, B, S, N, H, D, I, V).
       labels: the operands' names in the message, e.g. ("mul", "add").
+      config: the model's config, for the family's letters of a name (`shape_letters`: DeBERTa's
+        embed.out is D wide); None: SHAPES's.
     """
     checked = {}
     for name, operands in pairs.items():
-        target = stacked_shape(name, sizes)
+        target = stacked_shape(name, sizes, config)
+        letters = shape_letters(name, config)
         placed = []
         for label, x in zip(labels, operands):
             where = f"{what}[{name!r}] {label}"
-            x = named_operand(where, name, x, target) if isinstance(x, dict) else x
+            x = named_operand(where, name, x, target, letters) if isinstance(x, dict) else x
             shape = real_shape(where, x)
             if len(shape) > len(target) or any(
                     a not in (1, b) for a, b in zip(shape[::-1], target[::-1])):
                 raise ValueError(
                     f"{where} has shape {shape}, which does not broadcast to "
-                    f"{name}'s stacked shape [{', '.join(_letters(name, sizes))}]={target}")
+                    f"{name}'s stacked shape [{', '.join(_letters(letters, sizes))}]={target}")
             if label == "mask":
                 x = _boolean_mask(where, x)
             if label == "new" and name in LAYER_NAMES and len(shape) == len(target) and (
@@ -57,17 +61,17 @@ def check_operands(what: str, pairs: dict, sizes: dict[str, int], labels: tuple[
                                  f"a layer-selected capture? capture every layer of {name} in the "
                                  f"clean run, or give values without the layer axis for all layers")
             if not isinstance(operands[len(placed)], dict):
-                _warn_ambiguous(where, name, shape, target, label)
+                _warn_ambiguous(where, letters, shape, target, label)
             placed.append(x)
         checked[name] = tuple(placed)
     return checked
 
 
 
-def _letters(name: str, sizes: dict[str, int]) -> list[str]:
-    """The axis letters of `name`, E written D where the embeddings are D wide (BERT)."""
+def _letters(letters: list[str], sizes: dict[str, int]) -> list[str]:
+    """Axis letters for a message, E written D where the embeddings are D wide (BERT)."""
     same = sizes.get("E", sizes.get("D")) == sizes.get("D")
-    return ["D" if letter == "E" and same else letter for letter in SHAPES[name].split()]
+    return ["D" if letter == "E" and same else letter for letter in letters]
 
 
 def real_shape(where: str, x) -> tuple[int, ...]:
@@ -107,11 +111,13 @@ AXIS_WORDS = {"L": "layers", "B": "batch", "S": "query positions", "T": "key pos
               "N": "heads", "H": "head size", "D": "hidden", "I": "intermediate", "V": "vocab"}
 
 
-def named_operand(where: str, name: str, operand: dict, target: tuple[int, ...]):
-    """`{"N": x}` or `{"L N": x}`: x's axes named by letters of name's stacked shape; returns x
-    transposed to those axes' order and reshaped to the full rank (1 on the other axes)."""
+def named_operand(where: str, name: str, operand: dict, target: tuple[int, ...],
+                  letters: list[str] | None = None):
+    """`{"N": x}` or `{"L N": x}`: x's axes named by letters of name's stacked shape (`letters`,
+    the model's `shape_letters`; None: SHAPES's); returns x transposed to those axes' order and
+    reshaped to the full rank (1 on the other axes)."""
 
-    axes = SHAPES[name].split()
+    axes = list(letters) if letters is not None else SHAPES[name].split()
     if len(operand) != 1:
         raise ValueError(f"{where}: a named operand is a dict of one entry {{'N': x}} or "
                          f"{{'L N': x}}, got {len(operand)} entries")
@@ -137,12 +143,12 @@ def named_operand(where: str, name: str, operand: dict, target: tuple[int, ...])
     return x.reshape(full)
 
 
-def _warn_ambiguous(where: str, name: str, shape: tuple, target: tuple, label: str) -> None:
-    """Warns when a positional operand of fewer axes than its activation could mean other axes:
-    a non-1 size that also is the size of an axis the trailing alignment leaves out."""
+def _warn_ambiguous(where: str, axes: list[str], shape: tuple, target: tuple, label: str) -> None:
+    """Warns when a positional operand of fewer axes than its activation could mean other axes
+    (`axes`: the activation's letters): a non-1 size that also is the size of an axis the trailing
+    alignment leaves out."""
     if len(shape) >= len(target) or all(a == 1 for a in shape):
         return
-    axes = SHAPES[name].split()
     aligned = axes[len(axes) - len(shape):]
     left_out = {a: n for a, n in zip(axes[:len(axes) - len(shape)], target)}
     clash = [(a, other) for a, n in zip(aligned, shape) if n > 1

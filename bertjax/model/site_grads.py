@@ -69,8 +69,8 @@ def site_grads(params: dict, input_ids: ArrayLike, config: BertConfig,
     for what, pair in (("edit", ("mul", "add")), ("patch", ("new", "mask"))):
         if arrays.get(what):  # checked here, on concrete values, not inside the trace
             checked = (C.check_edit if what == "edit" else C.check_patch)(arrays[what])
-            arrays[what] = check_operands(what, checked, sizes, pair)
-    zeros = {name: jnp.zeros(C.stacked_shape(name, sizes), jnp.float32) for name in names}
+            arrays[what] = check_operands(what, checked, sizes, pair, config)
+    zeros = {name: jnp.zeros(C.stacked_shape(name, sizes, config), jnp.float32) for name in names}
     grads = _grads(params, input_ids, arrays, zeros, config=config, metric=metric,
                    capture=capture if isinstance(capture, (str, tuple)) else tuple(capture))
     # a dict `names` selects layers, as for capture: those layers, in the given order

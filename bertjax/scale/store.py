@@ -59,7 +59,7 @@ def array_layout(name: str, config: BertConfig, n_layers: int, reduce: str) -> d
     None). A second length axis (the keys T of the attention maps) stays where it is.
     """
     sizes = {**C.axis_sizes(config, 0, 0), "L": n_layers, "S": SEQ, "T": SEQ}
-    letters = [a for a in C.SHAPES[name].split() if a != "B"]
+    letters = [a for a in C.shape_letters(name, config) if a != "B"]
     axis = token_axis(letters)
     if axis is None:
         return {"shape": [sizes[a] for a in letters], "seq_axis": None}

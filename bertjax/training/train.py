@@ -52,9 +52,11 @@ def add_classifier(params: dict, config: BertConfig, num_labels: int, rng: jax.A
     The form is transformers' head of the family for the task (`BertConfig.classifier_kind`):
     `classifier/{kernel, bias}` for tokens and for BERT/ALBERT sequences (with a `pooler`, added
     when the tree has none); `classifier/{dense, out_proj}` for RoBERTa-family, ELECTRA and MPNet
-    sequences; `pre_classifier` + `classifier` for DistilBERT sequences. Initialised as
-    transformers initialises them: kernels normal(initializer_range), zero biases. An existing
-    classifier is replaced.
+    sequences; `pre_classifier` + `classifier` for DistilBERT sequences; ModernBERT's `head`
+    (dense, activation, norm; biases as classifier_bias / norm_bias say) + `classifier` for
+    sequences and tokens alike (DeBERTa's sequence head is BERT's form, its `pooler` the
+    ContextPooler). Initialised as transformers initialises them: kernels
+    normal(initializer_range), zero biases, unit norm scales. An existing classifier is replaced.
 
     Returns:
       (config with num_labels and id2label set, params with the head).
@@ -65,8 +67,17 @@ def add_classifier(params: dict, config: BertConfig, num_labels: int, rng: jax.A
     D, std = config.hidden_size, config.initializer_range
     r_classifier, r_pooler = jax.random.split(rng)
     r_pre = jax.random.fold_in(rng, 2)
-    kind = "pooler" if task == "tokens" else config.classifier_kind
-    params = {k: v for k, v in params.items() if k not in ("classifier", "pre_classifier")}
+    kind = "pooler" if task == "tokens" and config.classifier_kind != "head" else \
+        config.classifier_kind
+    params = {k: v for k, v in params.items() if k not in ("classifier", "pre_classifier", "head")}
+    if kind == "head":  # ModernBERT, both tasks: ModernBertPredictionHead, then the classifier
+        dense = _dense_init(r_pre, D, D, std)
+        norm = {"scale": jnp.ones((D,), jnp.float32), "bias": jnp.zeros((D,), jnp.float32)}
+        params["head"] = {
+            "dense": dense if config.classifier_bias else {"kernel": dense["kernel"]},
+            "LayerNorm": norm if config.norm_bias else {"scale": norm["scale"]}}
+        params["classifier"] = _dense_init(r_classifier, D, num_labels, std)
+        return config, params
     if kind in ("dense_tanh", "dense_gelu"):
         params["classifier"] = {"dense": _dense_init(r_pre, D, D, std),
                                 "out_proj": _dense_init(r_classifier, D, num_labels, std)}

@@ -183,15 +183,19 @@ def _vocab(tmp_path) -> str:
 CORE = importlib.util.find_spec("bertjax.model.families") is not None
 STEMS = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
          "camembert": "Camembert", "distilbert": "DistilBert", "electra": "Electra",
-         "albert": "Albert", "mpnet": "MPNet"}
+         "albert": "Albert", "mpnet": "MPNet", "deberta-v2": "DebertaV2",
+         "modernbert": "ModernBert"}
 # make_tiny_checkpoint --head -> (export task, class suffix)
 FAMILY_HEADS = {"model": ("model", "Model"), "mlm": ("mlm", "ForMaskedLM"),
                 "classifier": ("classification", "ForSequenceClassification"),
                 "tokens": ("tokens", "ForTokenClassification"),
                 "pretraining": ("pretraining", "ForPreTraining")}
-FAMILY_CASES = [pytest.param(f, h, marks=pytest.mark.skipif(not CORE and f != "bert",
-                                                            reason="needs bertjax.model.families"))
-                for f in STEMS for h in FAMILY_HEADS
+# family -> its config forms (make_tiny_checkpoint --variant; None: the family's only / first)
+VARIANTS = {"deberta-v2": (None, "v2-xlarge")}
+FAMILY_CASES = [pytest.param(f, h, v, marks=pytest.mark.skipif(
+                    not CORE and f != "bert", reason="needs bertjax.model.families"),
+                    id=f"{f}{'-' + v if v else ''}-{h}")
+                for f in STEMS for v in VARIANTS.get(f, (None,)) for h in FAMILY_HEADS
                 if h != "pretraining" or f in ("electra", "albert")]
 
 
@@ -200,16 +204,24 @@ def _family_inputs(tokenizer):
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
-@pytest.mark.parametrize(("family", "head"), FAMILY_CASES)
-def test_family_round_trip(family, head, family_checkpoint, tmp_path):
-    """Each family and head: bertjax.load -> save_transformers gives the matching class, every key
-    in place, the source model's outputs exactly, and reads back into bertjax bit for bit."""
-    src = family_checkpoint(family, head, seed=1)
+@pytest.mark.parametrize(("family", "head", "variant"), FAMILY_CASES)
+def test_family_round_trip(family, head, variant, family_checkpoint, tmp_path):
+    """Each family (and config form) and head: bertjax.load -> save_transformers gives the
+    matching class, every key in place, the source model's outputs exactly, the family's own
+    config (transformers reads the same config back), and reads back into bertjax bit for bit."""
+    src = family_checkpoint(family, head, seed=1, **({"variant": variant} if variant else {}))
     task, suffix = FAMILY_HEADS[head]
     name = STEMS[family] + suffix
     config, params = bertjax.load(src)
-    assert infer_task(config, params) == task
-    out = bertjax.save_transformers(tmp_path / "hf", config, params, tokenizer_dir=src)
+    if family == "modernbert" and head in ("classifier", "tokens"):  # one head form for both
+        with pytest.raises(ValueError, match="give the task, 'classification' or 'tokens' "
+                                             "\\(bertjax export --task\\): a modernbert "
+                                             "classifier \\(head and classifier\\) serves "
+                                             "ModernBertForSequenceClassification and"):
+            infer_task(config, params)
+    else:
+        assert infer_task(config, params) == task
+    out = bertjax.save_transformers(tmp_path / "hf", config, params, tokenizer_dir=src, task=task)
     cls = getattr(transformers, name)
     model, info = cls.from_pretrained(out, output_loading_info=True, attn_implementation="eager")
     assert all(not info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -224,8 +236,45 @@ def test_family_round_trip(family, head, family_checkpoint, tmp_path):
         np.testing.assert_array_equal(getattr(got, key).numpy(), getattr(want, key).numpy())
     a, b = flatten(params), flatten(bertjax.load(out)[1])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    if family in VARIANTS or family == "modernbert":  # the family's own config.json form
+        ours, theirs = (transformers.AutoConfig.from_pretrained(f).to_dict() for f in (out, src))
+        differ = {k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
+        assert differ == {"_name_or_path", "dtype"}, differ
     if head == "mlm":  # and bertjax's own logits (eager attention, padded batch)
         ours = bertjax.forward(params, batch["input_ids"].numpy(), config,
                                attention_mask=batch["attention_mask"].numpy(),
                                capture=("mlm.logits",)).acts["mlm.logits"]
         assert_close(f"{family} mlm.logits", ours, got.logits.numpy())
+
+
+def test_modern_special_ids_without_a_tokenizer(family_checkpoint, tmp_path):
+    """ModernBERT's cls/sep/bos/eos ids, which BertConfig does not keep, come from the exported
+    tokenizer; without one they are None, not ModernBertConfig's ids of the real vocabulary."""
+    src = family_checkpoint("modernbert", "mlm")
+    config, params = bertjax.load(src)
+    with open(os.path.join(src, "config.json")) as f:
+        want = {k: v for k, v in json.load(f).items() if k in ("cls_token_id", "sep_token_id",
+                                                                "bos_token_id", "eos_token_id")}
+    assert len(want) == 4 and max(want.values()) < config.vocab_size
+    for folder, tokenizer, ids in (("a", src, want), ("b", None, dict.fromkeys(want))):
+        out = bertjax.save_transformers(tmp_path / folder, config, params, tokenizer_dir=tokenizer)
+        with open(os.path.join(out, "config.json")) as f:
+            written = json.load(f)
+        assert {k: written[k] for k in want} == ids
+
+
+def test_cli_export_of_a_modernbert_classifier_needs_its_task(family_checkpoint, tmp_path, capsys):
+    """ModernBERT's sequence and token classifiers have one form: `bertjax export` refuses to
+    guess, leaving nothing behind, and writes the class --task names."""
+    src = family_checkpoint("modernbert", "tokens")
+    converted = tmp_path / "jax"
+    assert main(["convert", src, str(converted)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(converted), str(tmp_path / "hf")]) == 2
+    assert "give the task, 'classification' or 'tokens'" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["jax"]
+    assert main(["export", str(converted), str(tmp_path / "hf"), "--task", "tokens"]) == 0
+    assert "as ModernBertForTokenClassification" in capsys.readouterr().out
+    _, info = transformers.AutoModelForTokenClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -131,3 +131,66 @@ def test_cli_convert_verify_then_load(family_folder, tmp_path, capsys, family, t
     a = bertjax.forward(params, ids, config, types, mask)
     b = bertjax.forward(ref, ids, ref_config, types, mask)
     np.testing.assert_array_equal(np.asarray(a.last_hidden_state), np.asarray(b.last_hidden_state))
+
+
+# --- DeBERTa-v2 (v3 and v2-xlarge configs, both MLM head layouts) and ModernBERT: every source form.
+
+MODERN = [("deberta-v3", "DebertaV2ForMaskedLM"), ("deberta-v2xl", "DebertaV2ForMaskedLM"),
+          ("deberta-v3", "DebertaV2ForSequenceClassification"),
+          ("modernbert", "ModernBertForMaskedLM"), ("modernbert", "ModernBertForTokenClassification")]
+
+
+def _source_forms(model, folder) -> dict[str, str]:
+    """The model saved as a folder (safetensors), a .safetensors file, a .bin file (transformers
+    4's pickled state dict) and a sharded safetensors index, each beside its config.json."""
+    import os
+
+    import torch
+
+    forms = {}
+    for form in ("folder", "bin", "sharded"):
+        path = folder / form
+        model.save_pretrained(path, **({"max_shard_size": "20KB"} if form == "sharded" else {}))
+        forms[form] = str(path)
+    forms["safetensors"] = str(folder / "folder" / "model.safetensors")
+    os.remove(folder / "bin" / "model.safetensors")
+    torch.save(model.state_dict(), folder / "bin" / "pytorch_model.bin")
+    forms["bin"] = str(folder / "bin" / "pytorch_model.bin")
+    assert os.path.isfile(folder / "sharded" / "model.safetensors.index.json")
+    return forms
+
+
+@pytest.mark.parametrize("kind,name", MODERN, ids=[f"{k}-{n}" for k, n in MODERN])
+def test_modern_source_forms_bit_exact(kind, name, tmp_path):
+    from tests.model import modern_ref
+
+    model = modern_ref.build(kind, name)
+    state = _state(model)
+    forms = _source_forms(model, tmp_path)
+    config, params = bertjax.load(forms["folder"])
+    table = key_table(config, Heads.of(params))
+    flat = flatten(params)
+    for key, path, transposed in table:  # every tensor from its transformers key, exactly
+        want = state[source_key(config, key)]
+        np.testing.assert_array_equal(flat[path], want.T if transposed else want, err_msg=path)
+    assert set(flat) == {path for _, path, _ in table}
+    for form in ("safetensors", "bin", "sharded"):
+        config2, other = bertjax.load(forms[form])
+        assert config2 == config, form
+        got = flatten(other)
+        assert got.keys() == flat.keys() and all(np.array_equal(got[k], flat[k]) for k in flat), form
+
+
+@pytest.mark.parametrize("kind,name", [("deberta-v2xl", "DebertaV2ForMaskedLM"),
+                                       ("modernbert", "ModernBertForTokenClassification")])
+def test_modern_cli_convert_verify(kind, name, tmp_path, capsys):
+    """--verify on a sharded source; ModernBERT's classifier, one form for both tasks, against
+    the class its config.json's `architectures` names (the final norm compared as transformers'
+    last hidden_states entry)."""
+    from tests.model import modern_ref
+
+    forms = _source_forms(modern_ref.build(kind, name), tmp_path)
+    assert main(["convert", forms["sharded"], str(tmp_path / "out"), "--verify"]) == 0
+    report = capsys.readouterr().out
+    assert "verify: OK" in report and f"transformers {name}" in report
+    assert ("  final norm " in report) == (kind == "modernbert")

@@ -114,7 +114,7 @@ def test_hub_download_asks_for_the_preferred_weights(monkeypatch, both_formats):
     assert calls == [{"allow_patterns": ["config.json", "vocab.txt", "tokenizer.json",
                                          "tokenizer_config.json", "special_tokens_map.json",
                                          "vocab.json", "merges.txt", "sentencepiece.bpe.model",
-                                         "spiece.model", "added_tokens.json",
+                                         "spiece.model", "added_tokens.json", "spm.model",
                                          "model.safetensors"]}]
 
 

@@ -11,6 +11,8 @@ import pytest
 import transformers
 from conftest import tiny_script
 
+import bertjax
+
 SCRIPT = tiny_script()
 TEXT = "The cat sat on the mat, it was tired."  # 12 WordPiece tokens: fits BERT's 13 positions
 # family -> (tokenizer model type in tokenizer.json, mask token, {special token: id})
@@ -23,6 +25,9 @@ KINDS = {
     "xlm-roberta": ("Unigram", "<mask>", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}),
     "camembert": ("Unigram", "<mask>", {"<pad>": 1, "<unk>": 3, "<s>": 5, "</s>": 6}),
     "albert": ("Unigram", "[MASK]", {"<pad>": 0, "<unk>": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}),
+    "deberta-v2": ("Unigram", "[MASK]", {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3}),
+    # ModernBERT's specials follow the byte-level pieces: their ids are the config's (below)
+    "modernbert": ("BPE", "[MASK]", {}),
 }
 
 
@@ -43,7 +48,13 @@ def test_family_folder_loads_offline(family, family_checkpoint):
     assert tokenizer.mask_token == mask
     assert {t: tokenizer.convert_tokens_to_ids(t) for t in specials} == specials
     assert config["pad_token_id"] == tokenizer.pad_token_id
+    if family == "modernbert":  # [UNK] [CLS] [SEP] [PAD] [MASK] last, at the config's ids
+        assert [tokenizer.convert_ids_to_tokens(config[f"{t}_token_id"]) for t in
+                ("cls", "sep", "pad", "bos", "eos")] == ["[CLS]", "[SEP]", "[PAD]", "[CLS]", "[SEP]"]
+        assert tokenizer.convert_tokens_to_ids(["[UNK]", "[MASK]"]) == [len(tokenizer) - 5,
+                                                                        len(tokenizer) - 1]
     ids = tokenizer(TEXT)["input_ids"]
+    assert bertjax.tokenizer_for(folder)(TEXT)["input_ids"] == ids  # what load / the CLI use
     assert tokenizer.unk_token_id not in ids and len(ids) <= tokenizer.model_max_length
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     expected = TEXT.lower() if kind == "WordPiece" or family == "albert" else TEXT
@@ -53,6 +64,29 @@ def test_family_folder_loads_offline(family, family_checkpoint):
     model, info = transformers.AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.vocab_size == len(tokenizer)
+
+
+def test_deberta_variants(family_checkpoint, tmp_path):
+    """DeBERTa-v2's two config forms: v3 (the default) and --variant v2-xlarge; the variant of a
+    family without any is refused, naming the families that have them."""
+    with open(os.path.join(family_checkpoint("deberta-v2"), "config.json")) as f:
+        v3 = json.load(f)
+    folder = family_checkpoint("deberta-v2", "mlm", variant="v2-xlarge")
+    with open(os.path.join(folder, "config.json")) as f:
+        xl = json.load(f)
+    assert (v3["share_att_key"], v3["position_biased_input"], v3.get("conv_kernel_size", 0),
+            v3["legacy"]) == (True, False, 0, False)
+    assert (xl["share_att_key"], xl["position_biased_input"], xl["conv_kernel_size"],
+            xl["legacy"], xl["embedding_size"], xl["type_vocab_size"]) == (False, True, 3, True,
+                                                                            19, 2)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert type(tokenizer).__name__ == "DebertaV2Tokenizer" and len(tokenizer) == xl["vocab_size"]
+    with pytest.raises(ValueError, match="--variant 'v2-xlarge' is not a variant of modernbert: "
+                                         "only deberta-v2 has variants"):
+        SCRIPT.build_family(str(tmp_path / "m"), "modernbert", variant="v2-xlarge")
+    with pytest.raises(ValueError, match="--variant 'xl' is not a variant of deberta-v2: "
+                                         "deberta-v2's are v3, v2-xlarge"):
+        SCRIPT.build_family(str(tmp_path / "d"), "deberta-v2", variant="xl")
 
 
 def test_family_folders_are_the_same_on_every_run(tmp_path):

@@ -1,12 +1,15 @@
 """The command line on every family's tiny offline folder (conversion/make_tiny_checkpoint.py
 --family): `convert --verify` against the family's transformers class, `inspect` with the family's
 special tokens, `fill-mask` with the family's mask token (and BERT's `[MASK]` read as it), and
-`export` back to a folder transformers loads."""
+`export` back to a folder transformers loads. In-process (`bertjax.commands.cli.main`), compiled
+without XLA's optimisation passes (as tests/test_family_toolkit.py: compile time is the cost);
+tests/commands/test_cli.py runs the installed command in a subprocess."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -26,7 +29,18 @@ FAMILIES = [pytest.param(f, marks=pytest.mark.skipif(not CORE and f != "bert",
 SPECIALS = {"bert": ("[MASK]", "[CLS]", "[SEP]"), "distilbert": ("[MASK]", "[CLS]", "[SEP]"),
             "electra": ("[MASK]", "[CLS]", "[SEP]"), "albert": ("[MASK]", "[CLS]", "[SEP]"),
             "roberta": ("<mask>", "<s>", "</s>"), "xlm-roberta": ("<mask>", "<s>", "</s>"),
-            "camembert": ("<mask>", "<s>", "</s>"), "mpnet": ("<mask>", "<s>", "</s>")}
+            "camembert": ("<mask>", "<s>", "</s>"), "mpnet": ("<mask>", "<s>", "</s>"),
+            "deberta-v2": ("[MASK]", "[CLS]", "[SEP]"), "modernbert": ("[MASK]", "[CLS]", "[SEP]")}
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized():
+    """Programs compiled during a test of this module skip XLA's optimisation passes (restored
+    after the test)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +67,11 @@ def test_convert_verify_inspect_fill_mask_export(family, converted, capsys, tmp_
     assert main(["inspect", "the cat sat on the mat.", "--model", out]) == 0
     text = capsys.readouterr().out
     assert "tokens (" in text and f": {cls} " in text and f" {sep}\n" in text
+    modern = ("deberta-v2", "modernbert")
     has = {"attn.rel_bias": family == "mpnet", "embed.proj": family in ("electra", "albert"),
-           "embed.token_type": family not in ("distilbert", "mpnet")}
+           "embed.token_type": family not in ("distilbert", "mpnet", *modern),
+           "embed.position": family not in modern, "attn.c2p": family == "deberta-v2",
+           "attn.q_rot": family == "modernbert", "attn.norm": family != "modernbert"}
     assert {name: f"  {name} " in text for name in has} == has
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     batch = tokenizer(f"the cat {mask} on the mat.", return_tensors="pt")
