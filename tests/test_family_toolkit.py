@@ -6,7 +6,8 @@ relative or rotary position terms; the full OV circuit of an E-wide decoder).
 
 Compile time is most of these tests' cost (a fine-tuning step of a tiny model: seconds of XLA
 optimisation passes for milliseconds of running), so they compile with XLA's optimisations off
-(`_unoptimized`); every check is at a tolerance, or compares two runs of one program."""
+(the suite's default, tests/conftest.py); every check is at a tolerance, or compares two runs of one
+program."""
 
 from __future__ import annotations
 
@@ -30,16 +31,6 @@ QK_REFUSALS = {
     "deberta-v2": r"the QK circuit W_Q W_K\^T omits DeBERTa's c2p and p2c position terms",
     "modernbert": r"the QK circuit W_Q W_K\^T is not position-free in ModernBERT: rotary"}
 
-
-@pytest.fixture(autouse=True)
-def _unoptimized():
-    """Programs compiled during a test of this module skip XLA's optimisation passes
-    (jax_disable_most_optimizations, restored after the test): 2-3x faster compiles of these tiny
-    models, the same results up to float rounding."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 --family): `convert --verify` against the family's transformers class, `inspect` with the family's
 special tokens, `fill-mask` with the family's mask token (and BERT's `[MASK]` read as it), and
 `export` back to a folder transformers loads. In-process (`bertjax.commands.cli.main`), compiled
-without XLA's optimisation passes (as tests/test_family_toolkit.py: compile time is the cost);
+without XLA's optimisation passes (the suite's default, tests/conftest.py: compile time is the cost);
 tests/commands/test_cli.py runs the installed command in a subprocess."""
 
 from __future__ import annotations
 
 import importlib.util
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -32,15 +31,6 @@ SPECIALS = {"bert": ("[MASK]", "[CLS]", "[SEP]"), "distilbert": ("[MASK]", "[CLS
             "camembert": ("<mask>", "<s>", "</s>"), "mpnet": ("<mask>", "<s>", "</s>"),
             "deberta-v2": ("[MASK]", "[CLS]", "[SEP]"), "modernbert": ("[MASK]", "[CLS]", "[SEP]")}
 
-
-@pytest.fixture(autouse=True)
-def _unoptimized():
-    """Programs compiled during a test of this module skip XLA's optimisation passes (restored
-    after the test)."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
