@@ -29,6 +29,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # MiniLM, whose runs cost more unoptimised than their compiles save). BERTJAX_TEST_OPTIMIZED=1
 # compiles everything optimised.
 UNOPTIMIZED = os.environ.get("BERTJAX_TEST_OPTIMIZED", "0") != "1"
+# The environment for a subprocess whose results are compared bit for bit with this process's.
+SAME_COMPILE_ENV = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1" if UNOPTIMIZED else "0"}
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -26,15 +26,21 @@ def _full(q, k, v, attention_mask, w, scale):
     return jnp.einsum("BNST,BNTH->BNSH", jax.nn.softmax(scores, axis=-1), v)
 
 
-@pytest.mark.parametrize("S,w,pad", [(37, 4, 20), (8, 3, 0), (5, 8, 3), (64, 1, 40), (17, 2, 0)],
-                         ids=["padded-tail", "one-block", "window-beyond-sequence", "w1",
-                              "no-mask"])
-def test_banded_equals_full(S, w, pad):
+def _inputs(S: int, w: int, pad: int):
+    """Seeded q, k, v [2, 3, S, 6] and a mask whose second row ends in `pad` padding positions
+    (None when pad is 0)."""
     rng = np.random.default_rng(S + w)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 3, S, 6)), jnp.float32) for _ in range(3))
     mask = np.ones((2, S), np.int64)
     mask[1, S - pad:] = 0
-    attention_mask = None if pad == 0 else mask
+    return q, k, v, None if pad == 0 else mask
+
+
+@pytest.mark.parametrize("S,w,pad", [(37, 4, 20), (8, 3, 0), (5, 8, 3), (64, 1, 40), (17, 2, 0)],
+                         ids=["padded-tail", "one-block", "window-beyond-sequence", "w1",
+                              "no-mask"])
+def test_banded_equals_full(S, w, pad):
+    q, k, v, attention_mask = _inputs(S, w, pad)
     got = banded.banded_context(q, k, v, attention_mask, w, 2.5)
     assert_close("banded context", got, _full(q, k, v, attention_mask, w, 2.5))
 
@@ -143,11 +149,7 @@ def test_fused_window_equals_banded_on_cpu(S, w, pad):
     """The two one-sided windows merged by their log-sum-exps (the arithmetic cuDNN runs on GPU),
     here through JAX's XLA implementation, equal the banded path; so does one XLA call with the
     symmetric window, on the real queries."""
-    rng = np.random.default_rng(S + w)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 3, S, 6)), jnp.float32) for _ in range(3))
-    mask = np.ones((2, S), np.int64)
-    mask[1, S - pad:] = 0
-    attention_mask = None if pad == 0 else mask
+    q, k, v, attention_mask = _inputs(S, w, pad)
     want = banded.banded_context(q, k, v, attention_mask, w, 2.5)
     fused = jax.jit(banded.fused_window_context, static_argnums=(4, 5, 6))
     got = fused(q, k, v, attention_mask, w, 2.5, "xla")
