@@ -155,6 +155,7 @@ def test_fused_window_equals_banded_on_cpu(S, w, pad):
     got = fused(q, k, v, attention_mask, w, 2.5, "xla")
     assert_close("fused window context", got, want, atol=1e-5)
     bsnh = lambda x: jnp.swapaxes(x, 1, 2)
+    mask = np.ones((2, S), np.int64) if attention_mask is None else attention_mask
     keys = None if attention_mask is None else (jnp.asarray(mask) != 0)[:, None, None, :]
     one = bsnh(jax.jit(jax.nn.dot_product_attention, static_argnames=(
         "scale", "local_window_size", "implementation"))(
