@@ -22,15 +22,13 @@ if _CACHE_OWNER:
 TEST_CACHE = os.environ["BERTJAX_TEST_CACHE"]
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", TEST_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# Compiling is most of the suite's time (tiny shapes run in microseconds): the test processes compile
-# without XLA's optimisation passes (set below, not in the environment: the subprocesses and notebook
-# kernels run real-size models and compile as users do), except in the modules marked `optimized`
-# (the parity files: what users run is checked as users compile it; and those running the real
-# MiniLM, whose runs cost more unoptimised than their compiles save). BERTJAX_TEST_OPTIMIZED=1
-# compiles everything optimised.
+# Compiling is most of the suite's time (tiny shapes run in microseconds): programs compile without
+# XLA's optimisation passes, in this process and in the subprocesses it starts (the environment),
+# except in the modules marked `optimized` (the parity files: what users run is checked as users
+# compile it) and in the notebooks' kernels (tests/test_notebooks.py: their real-size runs cost more
+# unoptimised than their compiles save). BERTJAX_TEST_OPTIMIZED=1 compiles everything optimised.
 UNOPTIMIZED = os.environ.get("BERTJAX_TEST_OPTIMIZED", "0") != "1"
-# The environment for a subprocess whose results are compared bit for bit with this process's.
-SAME_COMPILE_ENV = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1" if UNOPTIMIZED else "0"}
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1" if UNOPTIMIZED else "0"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -3,7 +3,8 @@
 Each notebook runs in a fresh kernel through `notebooks/run_all.py`'s `execute` (the code path that
 produced the committed outputs), in memory: the committed files are not rewritten. The kernel
 inherits this process's environment: offline (HF_HUB_OFFLINE=1 from conftest) and a user cache in a
-temporary folder, shared by the notebooks so that the default model is converted once.
+temporary folder, shared by the notebooks so that the default model is converted once; it compiles
+with XLA's optimisations, as users do (the rest of the suite skips them: conftest).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def test_notebook_runs_top_to_bottom(path, cache, monkeypatch):
         f"{path.name} is not committed with its outputs: run notebooks/run_all.py"
     assert code[0].source.startswith("MODEL = "), "the first code cell sets MODEL"
     monkeypatch.setenv("BERTJAX_CACHE", cache)
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")  # compiled as users do (conftest)
     before = path.read_bytes()
     nb = run_all.execute(path)  # raises CellExecutionError on any cell error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs

@@ -15,7 +15,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import SAME_COMPILE_ENV, make_checkpoint
+from conftest import make_checkpoint
 
 import bertjax
 from bertjax.commands.cli import main
@@ -143,8 +143,7 @@ KILLED_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
 def test_killed_then_rerun_ends_bit_for_bit_as_uninterrupted(reference, tmp_path, capsys):
     opts = dataclasses.replace(reference["opts"], out=str(tmp_path / "out"))
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_FIRST_CHECKPOINT, *_argv(opts)],
-                            capture_output=True, text=True, timeout=600, check=False,
-                            env=SAME_COMPILE_ENV)  # compiled as the resumed run here is
+                            capture_output=True, text=True, timeout=600, check=False)
     assert killed.returncode == -9, killed.stderr[-3000:]
     # the killed run's lock file stays (its lock died with it) and the resumed run takes it over
     assert sorted(os.listdir(opts.out)) == [".lock-finetune", ".tmp-finetune-checkpoint.msgpack",
