@@ -12,7 +12,7 @@ import pytest
 
 import bertjax
 from bertjax.model import banded
-from bertjax.model.attention import mask_bias
+from bertjax.model.attention import BANDED_FROM, mask_bias
 from bertjax.model.params import Heads, init_params
 from tests.conftest import assert_close
 from tests.model import modern_ref
@@ -85,6 +85,25 @@ def test_banded_forward_equals_captured_forward_with_padding():
     fast = bertjax.forward(params, ids, config, attention_mask=mask)
     full = bertjax.forward(params, ids, config, attention_mask=mask, capture=("attn.probs",))
     assert_close("last_hidden_state", fast.last_hidden_state, full.last_hidden_state)
+
+
+def test_short_sequences_take_the_full_form_with_the_window():
+    """Up to S = BANDED_FROM * w a sliding layer scores S x T with the window in the bias (faster
+    there); the result equals the captured path's."""
+    config = _sliding_config(64)
+    S = BANDED_FROM * config.sliding_window
+    params = init_params(jax.random.key(1), config, Heads(pooler=False))
+    ids = np.random.default_rng(0).integers(3, 97, (2, S)).astype(np.int32)
+    mask = np.ones((2, S), np.int64)
+    mask[1, 5:] = 0
+    N = config.num_attention_heads
+    fast = jax.make_jaxpr(lambda p: bertjax.forward(p, ids, config, attention_mask=mask)
+                          .last_hidden_state)(params)
+    assert _largest(fast.jaxpr) >= N * S * S // 2  # grouped full-form scores
+    got = bertjax.forward(params, ids, config, attention_mask=mask).last_hidden_state
+    want = bertjax.forward(params, ids, config, attention_mask=mask,
+                           capture=("attn.probs",)).last_hidden_state
+    assert_close("last_hidden_state", got, want)
 
 
 def test_deberta_relative_terms_stay_within_the_scores_size():
