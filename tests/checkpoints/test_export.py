@@ -94,6 +94,16 @@ def test_round_trip_per_head(source, checkpoint_factory, tmp_path):
     assert b.keys() <= a.keys() and all(np.array_equal(a[k], b[k]) for k in b)
 
 
+def _loads_with_bertjax_logits(out, class_name: str, config, params, task: str, seed: int):
+    """The exported folder loads as `class_name` with no missing or unexpected key, and its logits
+    equal bertjax's on seeded tiny inputs."""
+    model, info = load_exported(out, class_name)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids, types, mask = tiny_inputs(seed)
+    assert_close("logits", torch_outputs(model, ids, types, mask)["logits"],
+                 bertjax_outputs(config, params, task, ids, types, mask)["logits"])
+
+
 def test_untied_decoder_and_stacked_params(checkpoint_factory, tmp_path):
     config, params = bertjax.load(checkpoint_factory("BertForMaskedLM", tie_word_embeddings=False),
                                   stacked=True)
@@ -101,11 +111,7 @@ def test_untied_decoder_and_stacked_params(checkpoint_factory, tmp_path):
     plan = plan_export(config, params)
     assert "cls.predictions.decoder.weight" in plan.tensors and not plan.config["tie_word_embeddings"]
     out = bertjax.save_transformers(tmp_path / "hf", config, params)
-    model, info = load_exported(out, "BertForMaskedLM")
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    ids, types, mask = tiny_inputs(1)
-    assert_close("logits", torch_outputs(model, ids, types, mask)["logits"],
-                 bertjax_outputs(config, params, "mlm", ids, types, mask)["logits"])
+    _loads_with_bertjax_logits(out, "BertForMaskedLM", config, params, "mlm", seed=1)
 
 
 def test_tokens_task_drops_the_pooler(checkpoint_factory, tmp_path):
@@ -114,11 +120,7 @@ def test_tokens_task_drops_the_pooler(checkpoint_factory, tmp_path):
     assert plan.architecture == "BertForTokenClassification"
     assert plan.notes == ["left out pooler (a BertForTokenClassification has no place for it)"]
     out = bertjax.save_transformers(tmp_path / "hf", config, params, task="tokens")
-    model, info = load_exported(out, "BertForTokenClassification")
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    ids, types, mask = tiny_inputs(2)
-    assert_close("logits", torch_outputs(model, ids, types, mask)["logits"],
-                 bertjax_outputs(config, params, "tokens", ids, types, mask)["logits"])
+    _loads_with_bertjax_logits(out, "BertForTokenClassification", config, params, "tokens", seed=2)
 
 
 def test_bfloat16_is_written_as_it_is(checkpoint_factory, tmp_path):
